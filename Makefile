@@ -1,0 +1,37 @@
+# Two commands do all set-up on a fresh machine:
+#   make sample   -> text -> cloud -> mesh with the shipped checkpoints (writes runs/demo/)
+#   make test     -> the test suite (what CI runs)
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PROMPT  ?= a chair
+
+.PHONY: sample test sysdeps setup bench clean
+
+# System libraries: open3d needs libusb-1.0-0; the Sweet Home 3D furniture catalogs are real data.
+sysdeps:
+	@if ! ldconfig -p | grep -q libusb-1.0 || [ ! -d /usr/share/sweethome3d/furniture ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libusb-1.0-0 sweethome3d-furniture >/dev/null; \
+	  else echo "please run: sudo apt-get install -y libusb-1.0-0 sweethome3d-furniture"; fi; fi
+
+$(STAMP): pyproject.toml
+	$(MAKE) sysdeps
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+sample: $(STAMP)
+	$(BIN)/pointdiff sample "$(PROMPT)" --out runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_core.py
+
+clean:
+	rm -rf runs .pytest_cache
