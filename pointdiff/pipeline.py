@@ -1,0 +1,316 @@
+"""Text → coloured point cloud → mesh: the one place where the stages meet.
+
+A pipeline is a text encoder, a list of diffusion ``Stage``s (base 1024 points, then the
+upsampler adding 3072) and an optional SDF head for meshing. Checkpoint layouts understood by
+``load_pipeline``:
+
+* a **pipeline directory** with ``pipeline.json`` (``{"stages": {"base": "base", "upsampler":
+  "upsampler", "sdf": "sdf"}}``; the shipped ``checkpoints/<name>/`` use this), each entry a model
+  directory;
+* a single **model directory** (``model.safetensors`` + ``config.json``, e.g. a training run's
+  ``ckpt-*`` or a release export): a base-only pipeline.
+
+A text tower trained jointly with the base model is stored beside it (``text.safetensors``);
+otherwise ``TextConfig`` in the base config names a frozen open_clip model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from pointdiff.checkpoint import CheckpointError, load_model
+from pointdiff.config import DiffusionConfig, SampleConfig, TextConfig, from_dict
+from pointdiff.diffusion.guidance import clamp_denoised, classifier_free_guidance
+from pointdiff.diffusion.precond import KarrasDenoiser
+from pointdiff.diffusion.samplers import SAMPLERS
+from pointdiff.diffusion.schedules import get_sigmas_karras
+from pointdiff.mesh import TriMesh, marching_cubes, vertex_colors_from_cloud
+from pointdiff.pointcloud import PointCloud
+from pointdiff.text import TextEncoder
+
+
+class PipelineError(ValueError):
+    """Bad pipeline input or checkpoint, with the reason."""
+
+
+@dataclass
+class Stage:
+    """One diffusion stage.
+
+    :param name: ``base`` (text → points) or ``upsampler`` (points → more points).
+    :param denoiser: ``model(x [B,N,6], sigma [B], **cond) -> denoised [B,N,6]``.
+    :param num_points: points this stage generates.
+    :param sample: sampler defaults (sampler, steps, guidance, churn, clamp).
+    :param sigma_min, sigma_max, rho: the Karras σ grid.
+    :param uses_text: the stage takes ``text_emb`` (and is guided on it).
+    """
+
+    name: str
+    denoiser: Callable
+    num_points: int
+    sample: SampleConfig
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    uses_text: bool = True
+
+
+@dataclass
+class TextTo3D:
+    """The full pipeline. Build with ``load_pipeline``; call ``sample_clouds`` / ``to_mesh``."""
+
+    text_encoder: TextEncoder | None
+    stages: list[Stage]
+    sdf_model: torch.nn.Module | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    known_captions: list[str] = field(default_factory=list)
+
+    def prompt_warnings(self, prompts: list[str]) -> list[str]:
+        """Warnings for prompts far from everything the base model was trained on."""
+        return prompt_warnings(prompts, self.known_captions)
+
+    @torch.no_grad()
+    def sample_clouds(
+        self,
+        prompts: list[str],
+        seed: int = 0,
+        stop_after: str | None = None,
+        overrides: dict | None = None,
+        bf16: bool = False,
+    ) -> list[PointCloud]:
+        """Sample one cloud per prompt (batched), deterministically for a given seed.
+
+        :param stop_after: a stage name to stop at (e.g. ``"base"`` for 1024 points).
+        :param overrides: SampleConfig fields applied to every stage (e.g. ``{"steps": 32}``);
+            ``guidance`` applies to text stages only.
+        """
+        _check_prompts(prompts)
+        g = torch.Generator("cpu").manual_seed(seed)
+        text_emb = None
+        if any(s.uses_text for s in self.stages):
+            if self.text_encoder is None:
+                raise PipelineError("a stage needs text but the pipeline has no text encoder")
+            text_emb = self.text_encoder.embed(prompts).to(self.device)
+        x_prev = None
+        for stage in self.stages:
+            x_new = self._run_stage(stage, len(prompts), text_emb, x_prev, g, overrides or {}, bf16)
+            x_prev = x_new if x_prev is None else torch.cat([x_prev, x_new], dim=1)
+            if stage.name == stop_after:
+                break
+        return [PointCloud.from_tensor(x) for x in x_prev]
+
+    def _run_stage(self, stage, batch, text_emb, low_res, g, overrides, bf16) -> torch.Tensor:
+        cfg = replace(stage.sample, **{k: v for k, v in overrides.items()
+                                       if v is not None and (k != "guidance" or stage.uses_text)})  # fmt: skip
+        if cfg.sampler not in SAMPLERS:
+            raise PipelineError(f"unknown sampler {cfg.sampler!r}; choose from {sorted(SAMPLERS)}")
+        if cfg.steps < 1:
+            raise PipelineError(f"steps must be >= 1, got {cfg.steps}")
+        cond = {}
+        if stage.uses_text:
+            cond["text_emb"] = text_emb
+        if stage.name == "upsampler":
+            if low_res is None:
+                raise PipelineError("the upsampler stage needs a base stage before it")
+            cond["low_res"] = low_res
+        model = stage.denoiser
+        if stage.uses_text and cfg.guidance != 1.0:
+            model = classifier_free_guidance(model, cfg.guidance, cond_keys=("text_emb",))
+        if cfg.clip_denoised:
+            model = clamp_denoised(model)
+        sigmas = get_sigmas_karras(cfg.steps, stage.sigma_min, stage.sigma_max, stage.rho)
+        sigmas = sigmas.to(self.device)
+        x = torch.randn(batch, stage.num_points, 6, generator=g).to(self.device) * sigmas[0]
+        kwargs = {"extra_args": cond, "disable": None}
+        if cfg.sampler in ("heun", "euler"):
+            kwargs.update(s_churn=cfg.s_churn, generator=g)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = SAMPLERS[cfg.sampler](model, x, sigmas, **kwargs)
+        return out.float()
+
+    # ------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def to_mesh(self, cloud: PointCloud, grid_size: int = 64, batch_size: int = 32768) -> TriMesh:
+        """Mesh a cloud with the SDF head (encode once, query coarse-to-fine), colours from k-NN."""
+        if self.sdf_model is None:
+            raise PipelineError("this pipeline has no SDF head; use method='poisson' instead")
+        n = self.sdf_model.cfg.num_points
+        if len(cloud) != n:
+            cloud = cloud.subsample(n) if len(cloud) > n else cloud
+        pts = torch.from_numpy(cloud.coords).to(self.device)[None]
+        latents = self.sdf_model.encode(pts)
+
+        def sdf_fn(q: torch.Tensor) -> torch.Tensor:
+            out = [self.sdf_model.predict_sdf(latents, c[None].to(self.device))[0]
+                   for c in q.split(batch_size)]  # fmt: skip
+            return torch.cat(out).cpu()
+
+        mesh = marching_cubes(sdf_fn, grid_size=grid_size)
+        mesh.colors = vertex_colors_from_cloud(mesh.verts, cloud)
+        return mesh
+
+
+def _check_prompts(prompts) -> None:
+    if isinstance(prompts, str) or not isinstance(prompts, list | tuple):
+        raise PipelineError("prompts must be a list of strings")
+    if not prompts:
+        raise PipelineError("the prompt list is empty")
+    bad = [p for p in prompts if not isinstance(p, str) or not p.strip()]
+    if bad:
+        raise PipelineError(f"every prompt must be a non-empty string; got {bad[:3]!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def _stage_from_dir(path: Path, name: str, device: torch.device) -> tuple[Stage, dict]:
+    net, configs = load_model(path, kind="upsampler" if name == "upsampler" else "denoiser")
+    net.to(device).eval()
+    dcfg = from_dict(configs["diffusion"]) if "diffusion" in configs else DiffusionConfig()
+    scfg = from_dict(configs["sample"]) if "sample" in configs else SampleConfig()
+    stage = Stage(
+        name=name,
+        denoiser=KarrasDenoiser(net, sigma_data=dcfg.sigma_data),
+        num_points=net.cfg.num_points,
+        sample=scfg,
+        sigma_min=dcfg.sigma_min,
+        sigma_max=dcfg.sigma_max,
+        rho=dcfg.rho,
+        uses_text=net.cfg.cond_dim > 0,
+    )
+    return stage, configs
+
+
+def _text_encoder_for(path: Path, configs: dict, device: torch.device) -> TextEncoder | None:
+    if (path / "text.safetensors").is_file():
+        return TextEncoder.load(path).to(device).eval()
+    tcfg = from_dict(configs["text"]) if "text" in configs else TextConfig()
+    return TextEncoder.from_pretrained(tcfg.arch, tcfg.pretrained).to(device).eval()
+
+
+def load_pipeline(checkpoint: str | Path, device: str = "cpu") -> TextTo3D:
+    """Build a ``TextTo3D`` from a pipeline directory or a single base-model directory."""
+    root = Path(checkpoint)
+    dev = torch.device(device)
+    if not root.is_dir():
+        raise CheckpointError(f"checkpoint directory {root} does not exist")
+    if (root / "pipeline.json").is_file():
+        spec = json.loads((root / "pipeline.json").read_text())
+        entries = spec.get("stages", {})
+    else:
+        entries = {"base": "."}
+    if "base" not in entries:
+        raise CheckpointError(f"{root}/pipeline.json names no 'base' stage")
+    stages, base_cfg = [], None
+    for name in ("base", "upsampler"):
+        if name in entries:
+            stage, configs = _stage_from_dir(root / entries[name], name, dev)
+            stages.append(stage)
+            base_cfg = base_cfg or configs
+    text = None
+    if stages[0].uses_text:
+        text = _text_encoder_for(root / entries["base"], base_cfg, dev)
+    sdf = None
+    if "sdf" in entries:
+        sdf, _ = load_model(root / entries["sdf"], kind="sdf")
+        sdf.to(dev).eval()
+    captions = []
+    if (root / entries["base"] / "captions.json").is_file():
+        captions = json.loads((root / entries["base"] / "captions.json").read_text())
+    return TextTo3D(text, stages, sdf, dev, captions)
+
+
+# ----------------------------------------------------------------------------------------------
+# Prompts the model knows
+
+
+_STOPWORDS = {"a", "an", "the", "of", "with", "and", "in", "on", "for", "to", "3d", "model"}
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in "".join(c if c.isalnum() else " " for c in text.lower()).split()
+            if w not in _STOPWORDS}  # fmt: skip
+
+
+def prompt_warnings(prompts: list[str], known_captions: list[str]) -> list[str]:
+    """Warnings for prompts that share no word with anything the model was trained on.
+
+    A model trained on a few hundred captions cannot generalise to unseen words; saying so beats
+    silently returning noise. Empty when the training captions are unknown.
+    """
+    if not known_captions:
+        return []
+    vocab = set().union(*(_words(c) for c in known_captions))
+    return [
+        f"prompt {p!r} shares no word with the {len(known_captions)} training captions; "
+        "expect an arbitrary shape (see `pointdiff prompts`)"
+        for p in prompts
+        if not _words(p) & vocab
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing results
+
+
+def _slug(text: str, n: int = 40) -> str:
+    s = "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
+    return "_".join(filter(None, s.split("_")))[:n] or "sample"
+
+
+def write_sample(out: Path, index: int, prompt: str, cloud: PointCloud, mesh=None) -> Path:
+    """Write ``cloud.ply``, ``cloud.npz``, ``cloud.png`` (+ ``mesh.glb/.ply/.png``) to a folder.
+
+    :return: the folder ``out/<index>_<prompt slug>``.
+    """
+    from pointdiff.render import render_mesh_views, render_views
+
+    folder = Path(out) / f"{index:02d}_{_slug(prompt)}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PipelineError(f"cannot create output folder {folder}: {e.strerror}") from None
+    cloud.save(folder / "cloud.ply")
+    cloud.save(folder / "cloud.npz")
+    render_views(cloud).save(folder / "cloud.png")
+    if mesh is not None:
+        mesh.save(folder / "mesh.glb")
+        mesh.save(folder / "mesh.ply")
+        render_mesh_views(mesh.verts, mesh.faces, mesh.colors).save(folder / "mesh.png")
+    (folder / "prompt.txt").write_text(prompt + "\n")
+    return folder
+
+
+def mesh_cloud_file(
+    cloud_path: str | Path,
+    out_path: str | Path,
+    method: str = "sdf",
+    checkpoint: str | Path | None = None,
+    grid_size: int = 128,
+    device: str = "cpu",
+) -> Path:
+    """Mesh a point-cloud file and save the mesh (format from the suffix: .glb, .ply, .obj)."""
+    from pointdiff.mesh import poisson_mesh
+
+    out_path = Path(out_path)
+    if out_path.suffix not in (".glb", ".ply", ".obj"):
+        raise PipelineError(f"mesh output must end in .glb, .ply or .obj, got {out_path.name!r}")
+    cloud = PointCloud.load(cloud_path)
+    if method == "poisson":
+        mesh = poisson_mesh(cloud)
+    elif method == "sdf":
+        if checkpoint is None:
+            raise PipelineError("--method sdf needs a --checkpoint with an SDF head")
+        pipe = load_pipeline(checkpoint, device=device)
+        mesh = pipe.to_mesh(cloud.normalized(), grid_size=grid_size)
+    else:
+        raise PipelineError(f"unknown meshing method {method!r} (sdf | poisson)")
+    mesh.save(out_path)
+    return out_path
