@@ -1,0 +1,147 @@
+"""The token-conditioned point transformer shared by ``PointDenoiser`` and ``PointUpsampler``.
+
+Point-E's ``PointDiffusionTransformer`` body: points are projected to ``width`` tokens, conditions
+become extra tokens prepended to them (noise level, text vector, image grid, low-res points), a
+pre-LN transformer runs over the whole sequence, the condition tokens are stripped after
+``ln_post`` and a zero-initialised ``output_proj`` maps each point token to ``out_channels``.
+There is no positional embedding, so the model is permutation-equivariant over points; condition
+tokens are told apart by content alone (their order in the sequence does not change the maths).
+
+Parameter names (``input_proj``, ``time_embed``, ``text_proj``, ``grid_embed``, ``ln_pre``,
+``backbone.blocks.i``, ``ln_post``, ``output_proj``) are part of the checkpoint format.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pointdiff.models.layers import MLP, Transformer, timestep_embedding, zero_init
+
+
+class ModelInputError(ValueError):
+    """A tensor handed to a model has the wrong shape or is missing."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ModelInputError(msg)
+
+
+class PointTransformer(nn.Module):
+    """Trunk: ``input_proj``, noise token, optional text token, optional image-grid tokens,
+    ``ln_pre`` → blocks → ``ln_post``, zero-init ``output_proj``. Subclasses define ``forward``.
+
+    :param cfg: a config with ``width, depth, heads, in_channels, out_channels, cond_dim,
+        cond_drop_prob, init_scale, grid_tokens, grid_dim`` (``DenoiserConfig``/``UpsamplerConfig``).
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+        init_std = cfg.init_scale * math.sqrt(1.0 / w)
+        self.input_proj = nn.Linear(cfg.in_channels, w)  # PyTorch default init, as point-e
+        # Noise level: sinusoidal embedding -> MLP(w, 4w, w) -> one token (point-e time_embed).
+        self.time_embed = MLP(w, init_std)
+        if cfg.cond_dim > 0:
+            # Text vector: L2-normalise, × √D (unit variance per entry, point-e), Linear -> token.
+            self.text_proj = nn.Linear(cfg.cond_dim, w)
+        if cfg.grid_tokens > 0:
+            # Image patch grid (CLIP ViT-L/14, before its final norm): LayerNorm + Linear per token.
+            self.grid_embed = nn.Sequential(nn.LayerNorm(cfg.grid_dim), nn.Linear(cfg.grid_dim, w))
+        self.ln_pre = nn.LayerNorm(w)
+        self.backbone = Transformer(w, cfg.depth, cfg.heads, cfg.init_scale)
+        self.ln_post = nn.LayerNorm(w)
+        # Zero-init so the untrained network outputs exactly 0 (see layers.zero_init).
+        self.output_proj = zero_init(nn.Linear(w, cfg.out_channels))
+
+    # ------------------------------------------------------------------------------------------
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute transformer blocks in backward to save activation memory (training only)."""
+        self.backbone.grad_checkpointing = enabled
+
+    def check_points(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        """Validate ``x`` [B, N, in_channels]; return ``c_noise`` as [B] (a scalar is broadcast)."""
+        _check(
+            x.ndim == 3 and x.shape[-1] == self.cfg.in_channels,
+            f"x must be [B, N, {self.cfg.in_channels}], got {tuple(x.shape)}",
+        )
+        if c_noise.ndim == 0:
+            c_noise = c_noise.expand(x.shape[0])
+        _check(
+            c_noise.shape == (x.shape[0],),
+            f"c_noise must be [B={x.shape[0]}], got {tuple(c_noise.shape)}",
+        )
+        return c_noise
+
+    def cond_tokens(
+        self,
+        c_noise: torch.Tensor,
+        batch: int,
+        text_emb: torch.Tensor | None = None,
+        grid: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        """Condition tokens in point-e order ``[text, time, grid]`` (each [B, k, w]).
+
+        A missing text vector or grid is the null condition (zeros). In training mode each sample
+        drops its whole condition with probability ``cond_drop_prob`` (classifier-free guidance;
+        torch's global RNG, one Bernoulli per sample, the null condition is zeros as at sampling).
+        """
+        cfg = self.cfg
+        ref = self.input_proj.weight
+        if text_emb is not None:
+            _check(cfg.cond_dim > 0, "this model is unconditional (cond_dim=0); got text_emb")
+            _check(
+                text_emb.shape == (batch, cfg.cond_dim),
+                f"text_emb must be [B={batch}, {cfg.cond_dim}], got {tuple(text_emb.shape)}",
+            )
+        if grid is not None:
+            _check(cfg.grid_tokens > 0, "this model takes no image grid (grid_tokens=0); got grid")
+            _check(
+                grid.shape == (batch, cfg.grid_tokens, cfg.grid_dim),
+                f"grid must be [B={batch}, {cfg.grid_tokens}, {cfg.grid_dim}], "
+                f"got {tuple(grid.shape)}",
+            )
+        if self.training and cfg.cond_drop_prob > 0 and (text_emb is not None or grid is not None):
+            keep = torch.rand(batch, device=ref.device) >= cfg.cond_drop_prob
+            if text_emb is not None:
+                text_emb = text_emb * keep[:, None].to(text_emb.dtype)
+            if grid is not None:
+                grid = grid * keep[:, None, None].to(grid.dtype)
+
+        tokens = []
+        if cfg.cond_dim > 0:
+            if text_emb is None:
+                text_emb = torch.zeros(batch, cfg.cond_dim, device=ref.device, dtype=ref.dtype)
+            # F.normalize keeps the null (zero) vector at zero.
+            text = F.normalize(text_emb, dim=-1) * math.sqrt(cfg.cond_dim)
+            tokens.append(self.text_proj(text)[:, None])
+        time = timestep_embedding(c_noise, cfg.width).to(ref.dtype)
+        tokens.append(self.time_embed(time)[:, None])
+        if cfg.grid_tokens > 0:
+            if grid is None:
+                grid = torch.zeros(
+                    batch, cfg.grid_tokens, cfg.grid_dim, device=ref.device, dtype=ref.dtype
+                )
+            tokens.append(self.grid_embed(grid))
+        return tokens
+
+    def run(self, h: torch.Tensor, prefix: list[torch.Tensor]) -> torch.Tensor:
+        """Run the backbone over ``prefix + [h]`` and project the point tokens.
+
+        :param h: [B, N, w] point tokens (already projected).
+        :param prefix: condition tokens, each [B, k, w].
+        :return: [B, N, out_channels] for the N point tokens only.
+        """
+        n_prefix = sum(p.shape[1] for p in prefix)
+        h = torch.cat([*prefix, h], dim=1) if prefix else h
+        h = self.ln_post(self.backbone(self.ln_pre(h)))
+        return self.output_proj(h[:, n_prefix:])
+
+
+__all__ = ["PointTransformer", "ModelInputError"]
