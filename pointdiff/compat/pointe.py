@@ -36,7 +36,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pointdiff.config import DenoiserConfig, SDFConfig, UpsamplerConfig, from_dict, to_dict
+from pointdiff.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from pointdiff.checkpoint import VERSION as CHECKPOINT_VERSION
+from pointdiff.checkpoint import load_model
+from pointdiff.config import DenoiserConfig, SDFConfig, UpsamplerConfig, to_dict
 from pointdiff.models import build_model
 
 
@@ -277,8 +280,9 @@ def save_converted(
 ) -> Path:
     """Convert once: write ``out_dir/model.safetensors`` and ``out_dir/config.json``.
 
-    ``config.json`` is ``pointdiff.config.to_dict(cfg)`` plus ``{"pointe": {"name", "schedule"}}``
-    (schedule ``cosine``/``linear``, or null for the SDF model); ``load_converted`` reads it back.
+    The directory is a pointdiff release checkpoint (``pointdiff.checkpoint.load_model`` rebuilds
+    it); ``config.json`` also records ``{"pointe": {"name", "schedule"}}`` with point-e's discrete
+    schedule (``cosine``/``linear``; null for the SDF model), which ``load_converted`` returns.
     """
     from safetensors.torch import save_file
 
@@ -287,10 +291,17 @@ def save_converted(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     spec = POINTE_MODELS.get(name)
-    meta = {**to_dict(cfg), "pointe": {"name": name, "schedule": spec.schedule if spec else None}}
-    tmp = out / "model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt", "pointe_name": name})
-    os.replace(tmp, out / "model.safetensors")
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "kind": cfg.kind,
+        "step": 0,
+        "configs": {"model": to_dict(cfg)},
+        "pointe": {"name": name, "schedule": spec.schedule if spec else None},
+    }
+    # Write to temporary names and rename, so an interrupted run leaves no half-written file.
+    save_file(state, str(out / "model.tmp.safetensors"), metadata={"pointe_name": name})
+    os.replace(out / "model.tmp.safetensors", out / "model.safetensors")
     (out / "config.tmp.json").write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(out / "config.tmp.json", out / "config.json")
     return out
@@ -299,17 +310,11 @@ def save_converted(
 def load_converted(out_dir: str | os.PathLike) -> tuple[nn.Module, object, dict]:
     """Load a directory written by ``save_converted``.
 
-    :return: (module in eval mode, config, ``{"name", "schedule"}``).
+    :return: (module in eval mode, its config, ``{"name", "schedule"}`` of the point-e model).
     """
-    from safetensors.torch import load_file
-
-    out = Path(out_dir)
-    meta = json.loads((out / "config.json").read_text())
-    info = meta.pop("pointe", {})
-    cfg = from_dict(meta)
-    model = build_model(cfg)
-    model.load_state_dict(load_file(str(out / "model.safetensors")), strict=True)
-    return model.eval(), cfg, info
+    model, configs = load_model(out_dir)
+    info = json.loads((Path(out_dir) / "config.json").read_text()).get("pointe", {})
+    return model, configs["model"], info
 
 
 __all__ = [
