@@ -1,0 +1,167 @@
+"""Point cloud -> signed distance: Point-E's ``CrossAttentionPointCloudSDFModel``, made fast.
+
+Encoder: ``Linear(3, width)`` over the cloud's xyz (colours are ignored), then either
+
+* ``num_latents == 0``: ``encoder_depth`` self-attention blocks over all N points (Point-E), or
+* ``num_latents  > 0``: a perceiver: L learned latents cross-attend once to the embedded points,
+  then ``encoder_depth`` self-attention blocks run over the L latents only (cost O(N·L + L²)
+  instead of O(N²) per block).
+
+Decoder: each query xyz -> ``Linear(3, width)`` -> ``decoder_depth`` residual cross-attention
+blocks (``x += c_proj(attn(c_q(ln_1 x), c_kv(ln_2 latents)))``; ``x += mlp(ln_3 x)``) ->
+``ln_post`` -> ``Linear(width, 1)``. Queries never attend to each other, so each SDF value depends
+only on its own coordinate and the cloud; ``encode`` runs once per cloud and also precomputes
+every decoder block's K/V projection of the latents (``SDFLatents.kv``), which Point-E
+recomputes for every 4096-query batch.
+
+Coordinates are **object space** (xyz in [-0.5, 0.5], Point-E's SDF convention, not the ×2
+model space of the diffusion models); the SDF is negative inside.
+
+Parameter names equal Point-E's (``encoder_input_proj``, ``encoder.resblocks.i.attn.c_qkv``,
+``decoder.resblocks.i.attn.c_q/c_kv``, ``ln_1/ln_2/ln_3``, ``mlp.c_fc/c_proj``, ``ln_post``,
+``output_proj``); only the row order of the fused projections differs (``models.layers``), which
+``pointdiff.compat.pointe`` permutes. Sign: ours is negative inside. Point-E's released SDF appears to be
+positive inside (its mesher swaps scikit-image's winding, which is outward only for negative-inside
+volumes); if so, negating ``output_proj`` converts it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pointdiff.config import SDFConfig
+from pointdiff.models.layers import ResidualBlock, ResidualCrossAttentionBlock
+from pointdiff.models.trunk import ModelInputError
+
+
+class _Stack(nn.Module):
+    """A list of blocks under Point-E's ``<name>.resblocks.<i>`` parameter paths."""
+
+    def __init__(self, blocks: list[nn.Module]):
+        super().__init__()
+        self.resblocks = nn.ModuleList(blocks)
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+
+
+@dataclass
+class SDFLatents:
+    """One encoded batch of clouds, reusable for any number of query batches.
+
+    :param tokens: [B, L, W] encoder output (L = N points, or the perceiver's latents).
+    :param kv: per decoder block, the cached keys and values [2, B, H, L, W/H].
+    """
+
+    tokens: torch.Tensor
+    kv: list[torch.Tensor]
+
+    @property
+    def batch_size(self) -> int:
+        return self.tokens.shape[0]
+
+
+class SDFModel(nn.Module):
+    """Cloud xyz [B, N, 3] and queries [B, Q, 3] (object space) -> SDF [B, Q], negative inside."""
+
+    def __init__(self, cfg: SDFConfig):
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+        # Point-E scales its init std by 1/sqrt(width) inside Transformer and SimplePerceiver.
+        std = cfg.init_scale / math.sqrt(w)
+        self.encoder_input_proj = nn.Linear(3, w)
+        if cfg.num_latents > 0:
+            # Perceiver encoder: learned latents read the points once, then self-attend.
+            self.encoder_latents = nn.Parameter(torch.randn(cfg.num_latents, w) * 0.02)
+            self.encoder_cross = ResidualCrossAttentionBlock(w, cfg.encoder_heads, std)
+        self.encoder = _Stack(
+            [ResidualBlock(w, cfg.encoder_heads, std) for _ in range(cfg.encoder_depth)]
+        )
+        self.decoder_input_proj = nn.Linear(3, w)
+        self.decoder = _Stack(
+            [
+                ResidualCrossAttentionBlock(w, cfg.decoder_heads, std)
+                for _ in range(cfg.decoder_depth)
+            ]
+        )
+        self.ln_post = nn.LayerNorm(w)
+        self.output_proj = nn.Linear(w, 1)
+
+    def encode(self, points: torch.Tensor) -> SDFLatents:
+        """Encode clouds once; the result also caches every decoder block's K/V.
+
+        :param points: [B, N, 3] xyz in object space.
+        :return: ``SDFLatents`` with tokens [B, L, W].
+        """
+        if points.ndim != 3 or points.shape[-1] != 3:
+            raise ModelInputError(f"points must be [B, N, 3], got {tuple(points.shape)}")
+        if points.shape[1] == 0:
+            raise ModelInputError("cannot encode an empty point cloud (N = 0)")
+        if not torch.isfinite(points).all():
+            raise ModelInputError("point cloud contains NaN/inf coordinates")
+        h = self.encoder_input_proj(points)  # [B, N, W]
+        if self.cfg.num_latents > 0:
+            z = self.encoder_latents.expand(points.shape[0], -1, -1)  # [B, L, W]
+            h = self.encoder_cross(z, data=h)
+        for block in self.encoder.resblocks:
+            h = block(h)
+        kv = [block.project_kv(h) for block in self.decoder.resblocks]
+        return SDFLatents(tokens=h, kv=kv)
+
+    def predict_sdf(
+        self, latents: SDFLatents | torch.Tensor, queries: torch.Tensor
+    ) -> torch.Tensor:
+        """SDF at the query points.
+
+        :param latents: ``encode``'s result (cached K/V), or raw encoder tokens [B, L, W]
+            (K/V recomputed: the uncached reference path). Batch 1 broadcasts over B queries.
+        :param queries: [B, Q, 3] object-space xyz.
+        :return: [B, Q].
+        """
+        if queries.ndim != 3 or queries.shape[-1] != 3:
+            raise ModelInputError(f"queries must be [B, Q, 3], got {tuple(queries.shape)}")
+        x = self.decoder_input_proj(queries)  # [B, Q, W]
+        for i, block in enumerate(self.decoder.resblocks):
+            kv = latents.kv[i] if isinstance(latents, SDFLatents) else block.project_kv(latents)
+            x = block(x, kv=kv)
+        return self.output_proj(self.ln_post(x))[..., 0]
+
+    def forward(self, points: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """points [B, N, 3], queries [B, Q, 3] -> SDF [B, Q]."""
+        return self.predict_sdf(self.encode(points), queries)
+
+    @torch.no_grad()
+    def query_fn(
+        self, points: torch.Tensor, batch_size: int = 32768, bf16: bool = False
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Encode one cloud once and return ``sdf_fn(queries [Q, 3]) -> [Q]`` for the mesher.
+
+        The returned function moves queries to the model's device, runs them in batches of
+        ``batch_size`` against the cached K/V (optionally under bf16 autocast) and returns a CPU
+        float32 tensor.
+
+        :param points: [N, 3] object-space xyz of one cloud.
+        """
+        device = self.output_proj.weight.device
+        if points.ndim != 2 or points.shape[-1] != 3:
+            raise ModelInputError(f"query_fn takes one cloud [N, 3], got {tuple(points.shape)}")
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+        with autocast:
+            latents = self.encode(points.to(device=device, dtype=torch.float32)[None])
+
+        @torch.no_grad()
+        def sdf_fn(queries: torch.Tensor) -> torch.Tensor:
+            out = []
+            for q in queries.split(batch_size):
+                with autocast:
+                    out.append(self.predict_sdf(latents, q.to(device)[None])[0].float().cpu())
+            return torch.cat(out)
+
+        return sdf_fn
