@@ -119,10 +119,10 @@ class TextTo3D:
                 raise PipelineError("the upsampler stage needs a base stage before it")
             cond["low_res"] = low_res
         model = stage.denoiser
+        if cfg.clip_denoised:  # clamp each half before mixing, as point-e does (bit parity)
+            model = clamp_denoised(model)
         if stage.uses_text and cfg.guidance != 1.0:
             model = classifier_free_guidance(model, cfg.guidance, cond_keys=("text_emb",))
-        if cfg.clip_denoised:
-            model = clamp_denoised(model)
         sigmas = get_sigmas_karras(cfg.steps, stage.sigma_min, stage.sigma_max, stage.rho)
         sigmas = sigmas.to(self.device)
         x = torch.randn(batch, stage.num_points, 6, generator=g).to(self.device) * sigmas[0]
