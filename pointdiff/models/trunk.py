@@ -107,12 +107,15 @@ class PointTransformer(nn.Module):
                 f"grid must be [B={batch}, {cfg.grid_tokens}, {cfg.grid_dim}], "
                 f"got {tuple(grid.shape)}",
             )
+        # Conditions may come in another float dtype (e.g. fp16 CLIP features): match the weights.
+        text_emb = None if text_emb is None else text_emb.to(ref.dtype)
+        grid = None if grid is None else grid.to(ref.dtype)
         if self.training and cfg.cond_drop_prob > 0 and (text_emb is not None or grid is not None):
             keep = torch.rand(batch, device=ref.device) >= cfg.cond_drop_prob
             if text_emb is not None:
-                text_emb = text_emb * keep[:, None].to(text_emb.dtype)
+                text_emb = text_emb * keep[:, None].to(ref.dtype)
             if grid is not None:
-                grid = grid * keep[:, None, None].to(grid.dtype)
+                grid = grid * keep[:, None, None].to(ref.dtype)
 
         tokens = []
         if cfg.cond_dim > 0:
@@ -141,7 +144,9 @@ class PointTransformer(nn.Module):
         n_prefix = sum(p.shape[1] for p in prefix)
         h = torch.cat([*prefix, h], dim=1) if prefix else h
         h = self.ln_post(self.backbone(self.ln_pre(h)))
-        return self.output_proj(h[:, n_prefix:])
+        # Project every token, then drop the condition tokens: slicing first would force a copy
+        # of the [B, N, w] activations (a non-contiguous view cannot be fed to the matmul).
+        return self.output_proj(h)[:, n_prefix:]
 
 
 __all__ = ["PointTransformer", "ModelInputError"]
