@@ -1,0 +1,174 @@
+"""``python -m data_tools <command> ...``: convert mesh collections into pointdiff shards.
+
+Commands: shapenet, objaverse, sweethome3d, folder (convert), merge (pack after a job array),
+preview (PNG contact sheet). Every conversion writes OUT/{meta.json,index.jsonl,shard-*},
+OUT/errors.jsonl, OUT/summary.json and resumable per-object work files in OUT/work/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from data_tools import folder, objaverse, runner, shapenet, sweethome3d
+from data_tools.jobs import DEFAULT_SPLIT, Settings, SourceError
+from data_tools.preview import preview
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("run")
+    g.add_argument("--out", required=True, help="output directory (shards, work files, logs)")
+    g.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    g.add_argument("--limit", type=int, help="convert only N objects (a seeded random subset)")
+    g.add_argument("--seed", type=int, default=0, help="seed for sampling, splits and --limit")
+    g.add_argument("--shard-index", type=int, default=0, help="this task's part (job arrays)")
+    g.add_argument(
+        "--num-shards",
+        type=int,
+        default=1,
+        help="parts in the job array; >1 skips packing: run `merge` at the end",
+    )
+    g.add_argument("--retry-failed", action="store_true", help="retry objects that failed before")
+    g.add_argument("--objects-per-shard", type=int, default=256)
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c = p.add_argument_group("conversion (stored in OUT/work/settings.json)")
+    c.add_argument("--num-points", type=int, default=4096, help="points per cloud (after FPS)")
+    c.add_argument("--oversample", type=int, default=32768, help="surface points before FPS")
+    c.add_argument(
+        "--views",
+        type=int,
+        default=20,
+        help="viewpoints for visible-surface filtering (0: keep hidden surfaces)",
+    )
+    c.add_argument("--sdf-queries", type=int, default=8192, help="SDF samples per object (0: none)")
+    c.add_argument(
+        "--max-disagree",
+        type=float,
+        default=0.05,
+        help="sign-test disagreement above which sdf_reliable is false",
+    )
+    c.add_argument("--max-faces", type=int, default=4_000_000, help="fail larger meshes")
+    c.add_argument(
+        "--allow-missing-assets",
+        action="store_true",
+        help="convert objects whose MTL/texture files are missing (with a warning)",
+    )
+
+
+def _split_arg(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument(
+        "--split",
+        default=default,
+        help=f"split name for all, or fractions hashed by id (default {default})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m data_tools", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("shapenet", help="ShapeNetCore v2 folder (synset/id/models/*.obj)")
+    p.add_argument("root", help="ShapeNetCore.v2 directory")
+    p.add_argument("--table", help="all.csv-style split table (default: root/all.csv|models.csv)")
+    p.add_argument("--synsets", nargs="*", help="only these synset ids")
+    _split_arg(p, "official")
+    _common(p)
+
+    p = sub.add_parser("objaverse", help="folder of <uid>.glb + captions")
+    p.add_argument("root", help="directory searched recursively for *.glb")
+    p.add_argument("--captions", help="Cap3D-style CSV (uid,caption) or JSON {uid: caption}")
+    p.add_argument("--licences", nargs="*", help="keep only these licences, e.g. CC-BY-4.0 CC0-1.0")
+    p.add_argument(
+        "--require-caption",
+        action="store_true",
+        help="skip objects without a caption (default: use the GLB title)",
+    )
+    p.add_argument("--test-uids", help="text file of uids assigned to the test split")
+    _split_arg(p, DEFAULT_SPLIT)
+    _common(p)
+
+    p = sub.add_parser("sweethome3d", help="Sweet Home 3D .sh3f furniture catalogs")
+    p.add_argument("catalogs", nargs="*", help=f"*.sh3f files (default: {sweethome3d.DEFAULT_DIR})")
+    _split_arg(p, DEFAULT_SPLIT)
+    _common(p)
+
+    p = sub.add_parser("folder", help="any directory of OBJ/GLB/glTF/PLY/OFF/STL meshes")
+    p.add_argument("root")
+    p.add_argument("--name", default="folder", help="source name and id prefix")
+    p.add_argument("--captions", help="CSV with columns id (or path/file/name), caption[, licence]")
+    p.add_argument("--licence", default="unknown", help="licence for objects the CSV leaves open")
+    p.add_argument(
+        "--up",
+        choices=("auto", "y", "z"),
+        default="auto",
+        help="up axis of the files (auto: Z for STL, Y otherwise)",
+    )
+    _split_arg(p, DEFAULT_SPLIT)
+    _common(p)
+
+    p = sub.add_parser("merge", help="pack all work files of OUT (after --num-shards tasks)")
+    p.add_argument("out")
+    p.add_argument("--objects-per-shard", type=int, default=256)
+
+    p = sub.add_parser("preview", help="PNG grid of converted clouds with captions")
+    p.add_argument("shards", help="shard directory")
+    p.add_argument("--png", required=True, help="output PNG path")
+    p.add_argument("--count", type=int, default=24)
+    p.add_argument("--cols", type=int, default=4)
+    p.add_argument("--views", type=int, default=2, help="azimuths per tile")
+    p.add_argument("--size", type=int, default=192, help="pixels per view")
+    p.add_argument("--split", help="only objects of this split")
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _jobs(args) -> list:
+    if args.command == "shapenet":
+        return shapenet.open_source(args.root, args.table, args.split, args.seed, args.synsets)
+    if args.command == "objaverse":
+        return objaverse.open_source(args.root, args.captions, args.licences,
+                                     args.require_caption, args.split, args.test_uids, args.seed)  # fmt: skip
+    if args.command == "sweethome3d":
+        return sweethome3d.open_source(args.catalogs, args.split, args.seed)
+    return folder.open_source(args.root, args.name, args.captions, args.licence, args.up,
+                              args.split, args.seed)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "preview":
+            ids = preview(args.shards, args.png, args.count, args.cols, args.views, args.size,
+                          args.seed, args.split)  # fmt: skip
+            print(f"wrote {args.png} ({len(ids)} objects)")
+            return 0
+        if args.command == "merge":
+            summary = runner.merge(args.out, args.objects_per_shard)
+        else:
+            settings = Settings(
+                num_points=args.num_points, oversample=args.oversample, views=args.views,
+                sdf_queries=args.sdf_queries, max_disagree=args.max_disagree,
+                max_faces=args.max_faces, strict_assets=not args.allow_missing_assets,
+                seed=args.seed,
+            )  # fmt: skip
+            jobs = runner.limit_jobs(_jobs(args), args.limit, args.seed)
+            summary = runner.run(
+                jobs, args.out, settings, workers=args.workers, retry_failed=args.retry_failed,
+                shard_index=args.shard_index, num_shards=args.num_shards,
+                objects_per_shard=args.objects_per_shard, progress=not args.no_progress,
+            )  # fmt: skip
+    except (SourceError, runner.RunError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary.table())
+    if getattr(args, "num_shards", 1) > 1:
+        print(f"part {args.shard_index}/{args.num_shards} done; when all parts are: "
+              f"python -m data_tools merge {args.out}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
