@@ -65,9 +65,10 @@ def _split_arg(p: argparse.ArgumentParser, default: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m data_tools", description=__doc__,
+        prog="python -m data_tools",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("shapenet", help="ShapeNetCore v2 folder (synset/id/models/*.obj)")
@@ -129,44 +130,72 @@ def _jobs(args) -> list:
     if args.command == "shapenet":
         return shapenet.open_source(args.root, args.table, args.split, args.seed, args.synsets)
     if args.command == "objaverse":
-        return objaverse.open_source(args.root, args.captions, args.licences,
-                                     args.require_caption, args.split, args.test_uids, args.seed)  # fmt: skip
+        return objaverse.open_source(
+            args.root,
+            args.captions,
+            args.licences,
+            args.require_caption,
+            args.split,
+            args.test_uids,
+            args.seed,
+        )
     if args.command == "sweethome3d":
         return sweethome3d.open_source(args.catalogs, args.split, args.seed)
-    return folder.open_source(args.root, args.name, args.captions, args.licence, args.up,
-                              args.split, args.seed)  # fmt: skip
+    return folder.open_source(
+        args.root, args.name, args.captions, args.licence, args.up, args.split, args.seed
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "preview":
-            ids = preview(args.shards, args.png, args.count, args.cols, args.views, args.size,
-                          args.seed, args.split)  # fmt: skip
+            ids = preview(
+                args.shards,
+                args.png,
+                args.count,
+                args.cols,
+                args.views,
+                args.size,
+                args.seed,
+                args.split,
+            )
             print(f"wrote {args.png} ({len(ids)} objects)")
             return 0
         if args.command == "merge":
             summary = runner.merge(args.out, args.objects_per_shard)
         else:
             settings = Settings(
-                num_points=args.num_points, oversample=args.oversample, views=args.views,
-                sdf_queries=args.sdf_queries, max_disagree=args.max_disagree,
-                max_faces=args.max_faces, strict_assets=not args.allow_missing_assets,
+                num_points=args.num_points,
+                oversample=args.oversample,
+                views=args.views,
+                sdf_queries=args.sdf_queries,
+                max_disagree=args.max_disagree,
+                max_faces=args.max_faces,
+                strict_assets=not args.allow_missing_assets,
                 seed=args.seed,
-            )  # fmt: skip
+            )
             jobs = runner.limit_jobs(_jobs(args), args.limit, args.seed)
             summary = runner.run(
-                jobs, args.out, settings, workers=args.workers, retry_failed=args.retry_failed,
-                shard_index=args.shard_index, num_shards=args.num_shards,
-                objects_per_shard=args.objects_per_shard, progress=not args.no_progress,
-            )  # fmt: skip
+                jobs,
+                args.out,
+                settings,
+                workers=args.workers,
+                retry_failed=args.retry_failed,
+                shard_index=args.shard_index,
+                num_shards=args.num_shards,
+                objects_per_shard=args.objects_per_shard,
+                progress=not args.no_progress,
+            )
     except (SourceError, runner.RunError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summary.table())
     if getattr(args, "num_shards", 1) > 1:
-        print(f"part {args.shard_index}/{args.num_shards} done; when all parts are: "
-              f"python -m data_tools merge {args.out}")  # fmt: skip
+        print(
+            f"part {args.shard_index}/{args.num_shards} done; when all parts are: "
+            f"python -m data_tools merge {args.out}"
+        )
     return 0
 
 

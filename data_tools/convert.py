@@ -74,8 +74,9 @@ def convert_object(job: Job, settings: Settings, threads: int = 0) -> tuple[dict
     if job.archive:
         with tempfile.TemporaryDirectory(prefix="pointdiff-") as tmp:
             path, root = _extract(job, Path(tmp))
-            return _convert(dataclasses.replace(job, path=str(path), root=str(root)), settings,
-                            threads, job)  # fmt: skip
+            return _convert(
+                dataclasses.replace(job, path=str(path), root=str(root)), settings, threads, job
+            )
     return _convert(job, settings, threads, job)
 
 
@@ -103,10 +104,14 @@ def _convert(job: Job, settings: Settings, threads: int, original: Job) -> tuple
         job = HOOKS[job.hook](job)
     rng = np.random.default_rng([settings.seed, id_hash(job.id)])
     soup = load_mesh(
-        job.path, up=job.up, root=job.root, texture=job.texture, strict=settings.strict_assets,
+        job.path,
+        up=job.up,
+        root=job.root,
+        texture=job.texture,
+        strict=settings.strict_assets,
         rotation=None if job.rotation is None else np.reshape(job.rotation, (3, 3)),
         max_faces=settings.max_faces,
-    )  # fmt: skip
+    )
     # Normalise on the bbox of the triangles (the same map for points and SDF queries).
     _, center, scale = normalize_bbox(soup.triangles.reshape(-1, 3))
     extent = np.ptp(soup.triangles.reshape(-1, 3), axis=0)

@@ -21,7 +21,7 @@ from data_tools.jobs import (
     parse_split,
     with_article,
     words_from_name,
-)  # fmt: skip
+)
 from pointdiff.meshio import SUFFIXES
 
 _IMAGES = (".png", ".jpg", ".jpeg", ".bmp", ".tga", ".webp")
@@ -87,14 +87,19 @@ def open_source(
         texture = _obj_texture(mesh) if mesh.suffix.lower() == ".obj" else None
         jobs.append(
             Job(
-                id=object_id, path=str(mesh), source=name,
+                id=object_id,
+                path=str(mesh),
+                source=name,
                 caption=(row.get("caption") or "").strip() or with_article(words_from_name(label)),
                 licence=(row.get("licence") or "").strip() or licence,
                 split=assign_split(object_id, spec, seed),
-                category=(row.get("category") or "").strip(), up=axis, root=str(root),
-                texture=texture, extras={"file": rel.as_posix()},
+                category=(row.get("category") or "").strip(),
+                up=axis,
+                root=str(root),
+                texture=texture,
+                extras={"file": rel.as_posix()},
             )
-        )  # fmt: skip
+        )
     if not jobs:
         raise SourceError(f"{root}: no mesh files ({', '.join(SUFFIXES)})")
     return jobs

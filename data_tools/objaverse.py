@@ -70,11 +70,16 @@ def open_source(
             extras["require_caption"] = True
         jobs.append(
             Job(
-                id=object_id, path=str(glb), source="objaverse", caption=table.get(uid, ""),
+                id=object_id,
+                path=str(glb),
+                source="objaverse",
+                caption=table.get(uid, ""),
                 split="test" if uid in test else assign_split(object_id, spec, seed),
-                up="y", hook="gltf_extras", extras=extras,
+                up="y",
+                hook="gltf_extras",
+                extras=extras,
             )
-        )  # fmt: skip
+        )
     if not jobs:
         raise SourceError(f"{root}: no .glb files")
     return jobs

@@ -264,8 +264,14 @@ def run(
             todo.append(job)
     threads = default_threads(workers)
     t0 = time.time()
-    bar = tqdm(total=len(todo), disable=not progress, unit="obj", mininterval=1.0,
-               file=sys.stderr, dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        total=len(todo),
+        disable=not progress,
+        unit="obj",
+        mininterval=1.0,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     if workers <= 1:
         _init_worker(threads)
         results = (_run_one(job, settings, str(work), threads) for job in todo)

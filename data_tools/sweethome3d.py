@@ -137,10 +137,12 @@ def open_source(
             object_id = f"sweethome3d/{path.stem}/{key.split('#')[-1]}"
             name = piece.get("name") or key.split("#")[-1]
             extras = {
-                "catalog": path.name, "name": name, "tags": _tags(piece, head.get("name", "")),
+                "catalog": path.name,
+                "name": name,
+                "tags": _tags(piece, head.get("name", "")),
                 "creator": piece.get("creator", ""),
                 "size_cm": [_float(piece.get(k)) for k in ("width", "depth", "height")],
-            }  # fmt: skip
+            }
             if piece["_licence_file"]:
                 extras["licence_file"] = piece["_licence_file"]
                 extras.update(_licence_details(path, piece["_licence_file"]))
@@ -153,15 +155,20 @@ def open_source(
             multi = piece.get("multiPartModel", "false").lower() == "true"
             jobs.append(
                 Job(
-                    id=object_id, path=member, source="sweethome3d",
+                    id=object_id,
+                    path=member,
+                    source="sweethome3d",
                     caption=caption_for(name, extras["tags"], piece.get("category", "")),
                     licence=head.get("license", "unknown"),
                     split=assign_split(object_id, spec, seed),
-                    category=piece.get("category", ""), up="y",
+                    category=piece.get("category", ""),
+                    up="y",
                     root=str(PurePosixPath(member).parent) if multi else None,
-                    archive=str(path), rotation=rotation, extras=extras,
+                    archive=str(path),
+                    rotation=rotation,
+                    extras=extras,
                 )
-            )  # fmt: skip
+            )
     return jobs
 
 

@@ -96,9 +96,14 @@ class TriangleSoup:
     def transformed(self, triangles: np.ndarray) -> TriangleSoup:
         """The same soup with new corner positions [F, 3, 3] (e.g. normalised)."""
         return TriangleSoup(
-            triangles, self.uvs, self.colors, self.material_ids, self.has_vertex_colors,
-            self.materials, list(self.warnings),
-        )  # fmt: skip
+            triangles,
+            self.uvs,
+            self.colors,
+            self.material_ids,
+            self.has_vertex_colors,
+            self.materials,
+            list(self.warnings),
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,8 +161,11 @@ def load_mesh(
         materials=materials,
     )
     missing = sorted(set(resolver.missing))
-    missing += [f"base-colour image of material {m.name!r}" for m in materials
-                if m.linear and m.texture is None and m.name in textured]  # fmt: skip
+    missing += [
+        f"base-colour image of material {m.name!r}"
+        for m in materials
+        if m.linear and m.texture is None and m.name in textured
+    ]
     if missing:
         message = f"{path.name}: referenced files not found: {', '.join(missing)}"
         if strict:
@@ -357,13 +365,16 @@ def _gltf_info(path: Path) -> tuple[dict[str, tuple[str, str]], set[str]]:
             s = textures[ref["index"]].get("sampler")
             if s is not None and s < len(samplers):
                 sampler = samplers[s]
-                wrap = (_WRAP.get(sampler.get("wrapS", 10497), "repeat"),
-                        _WRAP.get(sampler.get("wrapT", 10497), "repeat"))  # fmt: skip
+                wrap = (
+                    _WRAP.get(sampler.get("wrapS", 10497), "repeat"),
+                    _WRAP.get(sampler.get("wrapT", 10497), "repeat"),
+                )
         out.setdefault(mat.get("name", ""), []).append(wrap)
     textured = {
-        m.get("name", "") for m in doc.get("materials", [])
+        m.get("name", "")
+        for m in doc.get("materials", [])
         if "baseColorTexture" in m.get("pbrMetallicRoughness", {})
-    }  # fmt: skip
+    }
     # Names shared by materials with different samplers are ambiguous: fall back to repeat.
     return {k: v[0] for k, v in out.items() if len(set(v)) == 1}, textured
 
