@@ -37,22 +37,30 @@ class Filtered(Exception):
 
 
 def _gltf_extras_hook(job: Job) -> Job:
-    """Objaverse: licence, title and author from the GLB's ``asset.extras``; licence filter."""
+    """glTF/GLB: licence, title and author from ``asset.extras`` (Objaverse/Sketchfab put them
+    there); the licence filter (``allowed_licences``); the title as caption when none is given
+    (else ``fallback_caption``; objects left without a caption are filtered)."""
     extras = gltf_asset_extras(job.path)
-    licence = str(extras.get("license", "")).split(" (")[0].strip() or "unknown"
+    raw = str(extras.get("license", ""))
+    licence = raw.split(" (")[0].strip() or job.licence
     meta = dict(job.extras)
     for key in ("title", "author", "source"):
         if extras.get(key):
             meta[key] = str(extras[key])
-    meta["licence_full"] = str(extras.get("license", ""))
+    if raw:
+        meta["licence_full"] = raw
     allowed = meta.pop("allowed_licences", None)
     if allowed and licence not in allowed:
         raise Filtered(f"licence {licence}")
-    caption = job.caption
+    caption, fallback = job.caption, meta.pop("fallback_caption", "")
     if not caption:
         if meta.pop("require_caption", False):
             raise Filtered("no caption")
         caption, meta["caption_source"] = meta.get("title", ""), "title"
+        if not caption:
+            caption, meta["caption_source"] = fallback, "file name"
+        if not caption:
+            raise Filtered("no caption")
     return dataclasses.replace(job, licence=licence, caption=caption, extras=meta)
 
 

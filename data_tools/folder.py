@@ -2,8 +2,9 @@
 
 Captions: a CSV with columns ``id`` (or ``path``/``file``/``name``: the path relative to the
 folder, with or without suffix, or the file stem) and ``caption`` (optional ``licence``,
-``category``); otherwise words from the file name (``WaterBottle`` → ``a water bottle``; generic
-stems such as ``model`` use the parent folder's name). An OBJ with UVs but no ``mtllib`` gets the
+``category``); otherwise, for GLB/glTF, the title in the file's ``asset.extras`` (licence too),
+else words from the file name (``WaterBottle`` → ``a water bottle``; generic stems such as
+``model`` use the parent folder's name). An OBJ with UVs but no ``mtllib`` gets the
 texture image found next to it (``<stem>.png|jpg``, ``<name>_texture.*``, or the folder's only
 image), as Spot needs. Up axis: ``auto`` = Z for STL (CAD/printing convention), Y otherwise.
 """
@@ -11,6 +12,7 @@ image), as Spot needs. Up axis: ``auto`` = Z for STL (CAD/printing convention), 
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 from data_tools.jobs import (
@@ -60,6 +62,19 @@ def _obj_texture(obj: Path) -> str | None:
     return str(images[0]) if len(images) == 1 else None
 
 
+def mesh_files(root: Path) -> list[Path]:
+    """Mesh files under ``root``, following symlinked folders (each real folder once)."""
+    seen, out = set(), []
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        out += [Path(folder) / n for n in names if Path(n).suffix.lower() in SUFFIXES]
+    return sorted(p for p in out if p.is_file())
+
+
 def open_source(
     root: str | Path,
     name: str = "folder",
@@ -76,8 +91,7 @@ def open_source(
     table = read_caption_table(captions) if captions else {}
     spec = parse_split(split)
     jobs = []
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file())
-    for mesh in files:
+    for mesh in mesh_files(root):
         rel = mesh.relative_to(root)
         stem_path = rel.with_suffix("").as_posix()
         row = table.get(rel.as_posix()) or table.get(stem_path) or table.get(mesh.stem) or {}
@@ -85,19 +99,26 @@ def open_source(
         object_id = f"{name}/{stem_path}"
         axis = ("z" if mesh.suffix.lower() == ".stl" else "y") if up == "auto" else up
         texture = _obj_texture(mesh) if mesh.suffix.lower() == ".obj" else None
+        caption = (row.get("caption") or "").strip()
+        fallback = with_article(words_from_name(label))
+        gltf = mesh.suffix.lower() in (".glb", ".gltf")
+        extras = {"file": rel.as_posix()}
+        if gltf and not caption:  # the worker prefers the file's own title (asset.extras)
+            extras["fallback_caption"] = fallback
         jobs.append(
             Job(
                 id=object_id,
                 path=str(mesh),
                 source=name,
-                caption=(row.get("caption") or "").strip() or with_article(words_from_name(label)),
+                caption=caption or ("" if gltf else fallback),
                 licence=(row.get("licence") or "").strip() or licence,
                 split=assign_split(object_id, spec, seed),
                 category=(row.get("category") or "").strip(),
                 up=axis,
                 root=str(root),
                 texture=texture,
-                extras={"file": rel.as_posix()},
+                hook="gltf_extras" if gltf else None,
+                extras=extras,
             )
         )
     if not jobs:
