@@ -128,6 +128,8 @@ class TrainConfig:
     ckpt_every: int = 500
     seed: int = 0
     num_workers: int = 0
+    keep_checkpoints: int = 3  # keep the last K ckpt-* directories of a run
+    compile: bool = False  # torch.compile the network
 
 
 # ----------------------------------------------------------------------------------------------

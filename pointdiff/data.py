@@ -266,3 +266,78 @@ class PointCloudDataset(torch.utils.data.Dataset):
         if self._text is not None:
             item["text_emb"] = self._text[item["caption"]]
         return item
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling order (distributed, resumable)
+
+
+class ResumableSampler(torch.utils.data.Sampler[int]):
+    """Seeded per-epoch order, split across ranks in blocks, that can start mid-epoch.
+
+    Each epoch is a permutation seeded by (seed, epoch) (several concatenated ones when the
+    dataset is smaller than one global batch), cut to a whole number of global batches of
+    ``block * num_replicas`` indices (the tail is dropped, differently every epoch). Global batch
+    ``s`` is ``order[s*G : (s+1)*G]``; rank r takes its r-th block of ``block`` indices. With
+    ``block = batch_size * grad_accum`` one rank reads, step after step, exactly the samples a
+    single process with ``grad_accum * num_replicas`` micro-steps would give to micro-steps
+    ``r*grad_accum …``: the ranks are disjoint, their union is the epoch, and the split does not
+    depend on the rank count beyond that.
+
+    ``set_position(epoch, start)`` resumes after ``start`` samples (global) of ``epoch``.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        block: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+    ):
+        if size <= 0 or block <= 0 or not 0 <= rank < num_replicas:
+            raise ValueError(
+                f"bad sampler args size={size} block={block} rank={rank}/{num_replicas}"
+            )
+        self.size, self.num_replicas, self.rank, self.block = size, num_replicas, rank, block
+        self.seed, self.shuffle = seed, shuffle
+        self.epoch, self.start = 0, 0
+
+    @property
+    def global_batch(self) -> int:
+        return self.block * self.num_replicas
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Global batches per epoch."""
+        return max(1, self.size // self.global_batch)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The global sample order of ``epoch``: [steps_per_epoch * global_batch] indices."""
+        reps = -(-self.global_batch // self.size)  # datasets smaller than one global batch
+        perms = [
+            np.random.default_rng([self.seed, epoch, j]).permutation(self.size)
+            if self.shuffle
+            else np.arange(self.size)
+            for j in range(reps)
+        ]
+        return np.concatenate(perms)[: self.steps_per_epoch * self.global_batch]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.set_position(epoch, 0)
+
+    def set_position(self, epoch: int, start: int) -> None:
+        """Resume at global sample ``start`` (a multiple of the global batch) of ``epoch``."""
+        if start % self.global_batch or not 0 <= start <= self.steps_per_epoch * self.global_batch:
+            raise ValueError(
+                f"start={start} is not a whole number of global batches ({self.global_batch})"
+            )
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        blocks = self.order(self.epoch)[self.start :].reshape(-1, self.num_replicas, self.block)
+        return iter(blocks[:, self.rank].reshape(-1).tolist())
+
+    def __len__(self) -> int:
+        return (self.steps_per_epoch * self.global_batch - self.start) // self.num_replicas

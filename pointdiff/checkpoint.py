@@ -1,0 +1,339 @@
+"""Checkpoints: atomic save, resolve, load, rebuild, and export of release weights.
+
+A training checkpoint is a directory ``run_dir/ckpt-{step:07d}/``::
+
+    model.safetensors      raw network weights
+    ema.safetensors        EMA network weights (what sampling uses)
+    config.json            {"format", "version", "kind", "step", "configs": {name: to_dict(cfg)}}
+    state.pt               optimizer, LR scheduler, per-rank RNG states, step, data position
+                           (tensors/numbers/strings only: loads with ``weights_only=True``)
+    text.safetensors, text_ema.safetensors, text_config.json
+                           only when the text tower was trained jointly
+
+``run_dir/latest.json`` names the newest one. Writes go to a hidden temporary directory that is
+renamed into place (``os.replace``), so a crash never leaves a half-written checkpoint behind a
+name; only the last ``keep_last`` are kept. A *release* directory (``checkpoints/<name>/``) holds
+``model.safetensors`` (EMA weights, fp16 by default) + ``config.json`` (+ the text files), as
+written by ``export_for_release``. Weights never go through pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pointdiff.config import from_dict, to_dict
+from pointdiff.models import build_model
+
+FORMAT = "pointdiff-checkpoint"
+VERSION = 1
+LATEST = "latest.json"
+_CKPT_RE = re.compile(r"^ckpt-(\d{7,})$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or of the wrong kind (the reason is named)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG state (as plain tensors and numbers, so state.pt loads with weights_only=True)
+
+
+def get_rng_state() -> dict:
+    """This process's torch / numpy / python (and CUDA) RNG states."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": random.getstate(),
+    }  # fmt: skip
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what ``get_rng_state`` returned."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving
+
+
+def _cpu_state(module: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in module.state_dict().items():
+        v = v.detach().to("cpu")
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        out[k] = v.contiguous()
+    return out
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _config_json(configs: dict, step: int) -> dict:
+    if "model" not in configs:
+        raise CheckpointError("configs must hold the model config under 'model'")
+    dicts = {k: (v if isinstance(v, dict) else to_dict(v)) for k, v in configs.items()}
+    return {"format": FORMAT, "version": VERSION, "kind": dicts["model"]["kind"], "step": step,
+            "configs": dicts}  # fmt: skip
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move a finished temporary directory into place (replacing an older one of that name)."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    step: int,
+    model: nn.Module,
+    ema: nn.Module | None,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler,
+    configs: dict,
+    extra: dict | None = None,
+    *,
+    text_encoder: nn.Module | None = None,
+    text_ema: nn.Module | None = None,
+    rng_states: list[dict] | None = None,
+    keep_last: int = 3,
+) -> Path:
+    """Write ``run_dir/ckpt-{step:07d}`` atomically, point ``latest.json`` at it, prune old ones.
+
+    Call on rank 0 only (others ``barrier()``). ``model``/``ema`` are plain modules (unwrap DDP
+    first). ``text_encoder`` needs a ``save(dir)`` method (``pointdiff.text.TextEncoder``).
+
+    :param configs: ``{"model": <model config>, ...}`` config objects (or ``to_dict`` dicts).
+    :param extra: JSON-like training state (data position, …) stored in ``state.pt``.
+    :param rng_states: one ``get_rng_state()`` per rank (default: this process's).
+    :return: the checkpoint directory.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = run_dir / f"ckpt-{step:07d}"
+    tmp = run_dir / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(_cpu_state(model), str(tmp / "model.safetensors"))
+    if ema is not None:
+        save_file(_cpu_state(ema), str(tmp / "ema.safetensors"))
+    if text_encoder is not None:
+        text_encoder.save(tmp)  # text.safetensors + text_config.json
+        if text_ema is not None:
+            save_file(_cpu_state(text_ema.tower), str(tmp / "text_ema.safetensors"))
+    _atomic_json(tmp / "config.json", _config_json(configs, step))
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "rng": rng_states if rng_states is not None else [get_rng_state()],
+        "extra": extra or {},
+    }
+    torch.save(state, tmp / "state.pt")
+    _replace_dir(tmp, final)
+    _atomic_json(run_dir / LATEST, {"checkpoint": final.name, "step": step})
+    for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """The ``ckpt-*`` directories of a run, oldest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [p for p in run_dir.iterdir() if p.is_dir() and _CKPT_RE.match(p.name)]
+    return sorted(found, key=lambda p: int(_CKPT_RE.match(p.name).group(1)))
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint ``latest.json`` names (or the newest ``ckpt-*``), None for a fresh run."""
+    run_dir = Path(run_dir)
+    pointer = run_dir / LATEST
+    if pointer.is_file():
+        try:
+            path = run_dir / json.loads(pointer.read_text())["checkpoint"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{pointer}: unreadable ({e})") from e
+        if path.is_dir():
+            return path
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A checkpoint directory from a checkpoint, release or run directory."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    if path.is_file():
+        raise CheckpointError(f"{path}: expected a checkpoint directory, got a file")
+    if not (path / "config.json").exists() and not (path / "model.safetensors").exists():
+        ckpt = latest_checkpoint(path)
+        if ckpt is None:
+            raise CheckpointError(
+                f"{path}: not a checkpoint (no config.json / model.safetensors) and no ckpt-* in it"
+            )
+        return ckpt
+    return path
+
+
+def load_configs(path: str | os.PathLike) -> dict:
+    """``{name: config object}`` from a checkpoint's ``config.json``."""
+    ckpt = resolve(path)
+    cfg_file = ckpt / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{ckpt}: config.json is missing; cannot rebuild the model")
+    try:
+        meta = json.loads(cfg_file.read_text())
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(f"{cfg_file}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        return {name: from_dict(d) for name, d in meta["configs"].items()}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{cfg_file}: unreadable config ({type(e).__name__}: {e})") from e
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path.parent}: {path.name} is missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e})") from e
+
+
+def load_weights(path: str | os.PathLike, use_ema: bool = True) -> tuple[dict, dict]:
+    """(state_dict, configs) of a checkpoint; EMA weights when present and ``use_ema``."""
+    ckpt = resolve(path)
+    configs = load_configs(ckpt)
+    name = "ema.safetensors" if use_ema and (ckpt / "ema.safetensors").is_file() else None
+    return _load_safetensors(ckpt / (name or "model.safetensors")), configs
+
+
+def load_model(
+    path: str | os.PathLike,
+    kind: str | None = None,
+    use_ema: bool = True,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, dict]:
+    """Rebuild the network of a checkpoint (eval mode, float32) and its configs.
+
+    :param kind: expected model kind (``"denoiser"``, ``"upsampler"``, ``"sdf"``); a checkpoint of
+        another kind is an error.
+    """
+    state, configs = load_weights(path, use_ema=use_ema)
+    if "model" not in configs:
+        raise CheckpointError(f"{path}: config.json has no 'model' config")
+    cfg = configs["model"]
+    if kind is not None and cfg.kind != kind:
+        raise CheckpointError(f"{path}: holds a {cfg.kind!r} model, expected {kind!r}")
+    model = build_model(cfg)
+    want = model.state_dict()
+    state = {k: v.to(want[k].dtype) if k in want else v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not match its {cfg.kind} config ({e})") from e
+    return model.to(device).eval(), configs
+
+
+def load_training_state(path: str | os.PathLike) -> dict:
+    """``state.pt`` of a training checkpoint (optimizer, scheduler, RNG, step, extra)."""
+    ckpt = resolve(path)
+    f = ckpt / "state.pt"
+    if not f.is_file():
+        raise CheckpointError(f"{ckpt}: state.pt is missing (a release checkpoint cannot resume)")
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing
+        raise CheckpointError(f"{f}: unreadable training state ({type(e).__name__}: {e})") from e
+
+
+def load_into(module: nn.Module, path: Path) -> None:
+    """Load a safetensors file into ``module`` (strict), casting to its dtypes."""
+    state = _load_safetensors(path)
+    want = module.state_dict()
+    try:
+        module.load_state_dict(
+            {k: v.to(want[k].dtype) if k in want else v for k, v in state.items()}
+        )
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: does not match the module ({e})") from e
+
+
+# ----------------------------------------------------------------------------------------------
+# Release
+
+
+def export_for_release(
+    ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: torch.dtype = torch.float16
+) -> Path:
+    """Write a shipped checkpoint: EMA weights (cast to ``dtype``) + config.json (+ text files).
+
+    :return: ``out_dir``, written atomically.
+    """
+    ckpt = resolve(ckpt_dir)
+    out = Path(out_dir)
+    state, _ = load_weights(ckpt, use_ema=True)
+    meta = json.loads((ckpt / "config.json").read_text())
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+
+    def cast(sd):
+        return {
+            k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in sd.items()
+        }
+
+    save_file(cast(state), str(tmp / "model.safetensors"))
+    _atomic_json(
+        tmp / "config.json", {**meta, "released_from": str(ckpt.name), "dtype": str(dtype)}
+    )
+    if (ckpt / "text_config.json").is_file():
+        text = ckpt / (
+            "text_ema.safetensors"
+            if (ckpt / "text_ema.safetensors").is_file()
+            else "text.safetensors"
+        )
+        save_file(cast(_load_safetensors(text)), str(tmp / "text.safetensors"))
+        shutil.copyfile(ckpt / "text_config.json", tmp / "text_config.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _replace_dir(tmp, out)
+    return out

@@ -1,0 +1,365 @@
+"""Text encoder: an open_clip text tower, pretrained (frozen CLIP) or built from scratch.
+
+The only module that imports open_clip. ``TextEncoder.embed(prompts) -> [B, D]`` returns pooled,
+L2-normalised embeddings (point-e's ``FrozenImageCLIP.embed_text`` convention; the denoiser
+multiplies by √D itself).
+
+Sources of weights (``TextEncoder.from_pretrained(arch, pretrained)``):
+
+* an open_clip tag (``"ViT-L-14", "openai"`` as Point-E uses): resolved from the LOCAL caches
+  only (open_clip's ``~/.cache/clip`` for URL downloads, the HF hub cache for hub-hosted tags);
+  never touches the network unless ``download=True``. A missing file fails at once with a
+  :class:`TextEncoderError` naming the local-file option.
+* a local weights file (``.safetensors``; ``.bin``/``.pt``/``.pth`` loaded with
+  ``weights_only=True``; OpenAI's TorchScript ``ViT-L-14.pt`` through ``torch.jit.load``).
+* ``hf-hub:org/repo``: ``open_clip_config.json`` + weights from the local HF cache only.
+
+Only the text tower is built (open_clip's ``_build_text_tower``, the same module
+``create_model(..., force_custom_text=True).text`` holds); the visual tower's weights are skipped
+when loading, so ViT-L-14 costs its 123M text parameters, not 428M. Extension point for the
+image-grid models (issue 7): an ``ImageEncoder`` would live next to this class and share
+``_resolve_weights``/``_clip_state_dict``.
+
+Small from-scratch towers (``TextEncoder.from_config("tiny" | "small")``) are random-init and
+trainable; they serve tests and offline-trained checkpoints (``save``/``load``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import asdict
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIPTextCfg, _build_text_tower
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pointdiff.config import TextConfig
+
+WEIGHTS_NAME = "text.safetensors"
+CONFIG_NAME = "text_config.json"
+
+# From-scratch towers: CLIP's text transformer shape, scaled down. ``embed_dim`` matches the
+# ``cond_dim`` of the denoiser preset of the same name (tiny: 32, small: 512).
+SCRATCH_CONFIGS = {
+    "tiny": {"embed_dim": 32, "text_cfg": {"width": 64, "layers": 2, "heads": 2}},
+    "small": {"embed_dim": 512, "text_cfg": {"width": 256, "layers": 4, "heads": 4}},
+}
+
+
+class TextEncoderError(ValueError):
+    """Bad prompts, or text-encoder weights that cannot be found or read (the reason is named)."""
+
+
+class TextEncoder(nn.Module):
+    """An open_clip text tower: ``embed(prompts) -> [B, D]`` pooled, L2-normalised.
+
+    Frozen encoders (no parameter requires grad) cache one embedding per prompt; a trainable
+    one never caches (its weights change), and ``embed`` builds a graph in training mode.
+
+    :param spec: JSON-able description that rebuilds the architecture: ``embed_dim``,
+        ``text_cfg`` (open_clip ``CLIPTextCfg`` fields), ``quick_gelu``, plus provenance.
+    """
+
+    def __init__(self, spec: dict):
+        super().__init__()
+        self.spec = dict(spec)
+        text_cfg = CLIPTextCfg(**spec["text_cfg"])
+        if text_cfg.hf_model_name or text_cfg.hf_tokenizer_name:
+            raise TextEncoderError(
+                f"{spec.get('arch')}: HuggingFace-transformers text towers are not supported "
+                "(they need the network for their tokenizer); use a CLIP-style tower"
+            )
+        self.tower = _build_text_tower(spec["embed_dim"], text_cfg, spec.get("quick_gelu", False))
+        self.tokenizer = open_clip.SimpleTokenizer(context_length=text_cfg.context_length)
+        self._cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def dim(self) -> int:
+        """Embedding size D."""
+        return int(self.spec["embed_dim"])
+
+    @property
+    def trainable(self) -> bool:
+        return any(p.requires_grad for p in self.parameters())
+
+    def freeze(self) -> TextEncoder:
+        """Stop gradients and switch to eval mode (embeddings are cached from now on)."""
+        self.requires_grad_(False)
+        return self.eval()
+
+    # ------------------------------------------------------------------------------------------
+    # Construction
+
+    @classmethod
+    def from_config(cls, arch: str = "tiny", seed: int | None = None) -> TextEncoder:
+        """A random-init, trainable tower (``"tiny"`` or ``"small"``)."""
+        if arch not in SCRATCH_CONFIGS:
+            raise TextEncoderError(
+                f"unknown from-scratch text tower {arch!r}; choose one of {sorted(SCRATCH_CONFIGS)}"
+            )
+        spec = {**SCRATCH_CONFIGS[arch], "arch": arch, "pretrained": "", "quick_gelu": False}
+        spec["text_cfg"] = asdict(CLIPTextCfg(**spec["text_cfg"]))
+        if seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return cls(spec)
+        return cls(spec)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        arch: str = "ViT-L-14",
+        pretrained: str = "openai",
+        cache_dir: str | os.PathLike | None = None,
+        download: bool = False,
+    ) -> TextEncoder:
+        """A frozen pretrained CLIP text tower (see the module docstring for ``pretrained``).
+
+        :param download: allow open_clip to fetch a missing tag over the network.
+        :raises TextEncoderError: weights not found locally (at once, naming the local-file
+            option), unreadable, or not matching ``arch``.
+        """
+        if arch.startswith("hf-hub:"):
+            model_cfg, path = _resolve_hf_hub(arch[len("hf-hub:") :], cache_dir, download)
+            quick_gelu = model_cfg.get("quick_gelu", False)
+        else:
+            model_cfg = open_clip.get_model_config(arch)
+            if model_cfg is None:
+                raise TextEncoderError(
+                    f"unknown open_clip architecture {arch!r}; e.g. ViT-L-14, ViT-B-32 "
+                    "(open_clip.list_models()), or 'tiny'/'small' via TextEncoder.from_config"
+                )
+            tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained) if pretrained else {}
+            # OpenAI's CLIP was trained with QuickGELU; open_clip records it on the tag.
+            quick_gelu = model_cfg.get("quick_gelu", False) or tag_cfg.get("quick_gelu", False)
+            path = _resolve_weights(arch, pretrained, tag_cfg, cache_dir, download)
+        spec = {
+            "arch": arch,
+            "pretrained": pretrained,
+            "embed_dim": model_cfg["embed_dim"],
+            "text_cfg": asdict(CLIPTextCfg(**model_cfg["text_cfg"])),
+            "quick_gelu": bool(quick_gelu),
+        }
+        enc = cls(spec)
+        enc.tower.load_state_dict(_clip_state_dict(path, enc.tower))
+        return enc.freeze()
+
+    @classmethod
+    def from_text_config(cls, cfg: TextConfig, seed: int | None = None) -> TextEncoder:
+        """Build from a ``TextConfig``.
+
+        ``pretrained`` may name a directory (or its ``text.safetensors``) written by ``save``;
+        for the from-scratch archs (``tiny``/``small``) anything that is not a path (e.g. the
+        default tag ``"openai"``) means random init.
+        """
+        p = cfg.pretrained
+        if p and (Path(p, CONFIG_NAME).is_file() or Path(p).with_name(CONFIG_NAME).is_file()):
+            enc = cls.load(p)
+        elif cfg.arch in SCRATCH_CONFIGS:
+            if p and (os.sep in p or p.endswith(".safetensors")):
+                raise TextEncoderError(f"{p}: no saved text encoder ({CONFIG_NAME}) there")
+            enc = cls.from_config(cfg.arch, seed=seed)
+        else:
+            enc = cls.from_pretrained(cfg.arch, p)
+        return enc.requires_grad_(True).train() if cfg.trainable else enc.freeze()
+
+    # ------------------------------------------------------------------------------------------
+    # Files
+
+    def save(self, out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """Write ``text.safetensors`` + ``text_config.json`` into ``out_dir``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        sd = {
+            k: v.detach().to("cpu", dtype or v.dtype).contiguous()
+            for k, v in self.tower.state_dict().items()
+        }
+        save_file(sd, str(out / WEIGHTS_NAME))
+        (out / CONFIG_NAME).write_text(json.dumps(self.spec, indent=1, sort_keys=True))
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, trainable: bool = False) -> TextEncoder:
+        """Rebuild from a directory (or its ``text.safetensors``) written by ``save``."""
+        path = Path(path)
+        root = path if path.is_dir() else path.parent
+        weights = path if path.is_file() else root / WEIGHTS_NAME
+        cfg_file = root / CONFIG_NAME
+        if not weights.is_file() or not cfg_file.is_file():
+            raise TextEncoderError(f"{path}: expected {WEIGHTS_NAME} and {CONFIG_NAME} there")
+        try:
+            spec = json.loads(cfg_file.read_text())
+            state = load_file(str(weights))
+        except Exception as e:  # noqa: BLE001 - report any parse failure the same way
+            raise TextEncoderError(f"{path}: cannot read text encoder ({e})") from e
+        enc = cls(spec)
+        try:
+            enc.tower.load_state_dict({k: v.float() for k, v in state.items()})
+        except RuntimeError as e:
+            raise TextEncoderError(f"{weights}: weights do not match {CONFIG_NAME} ({e})") from e
+        return enc.requires_grad_(True).train() if trainable else enc.freeze()
+
+    # ------------------------------------------------------------------------------------------
+    # Embedding
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def load_state_dict(self, *args, **kwargs):  # new weights invalidate cached embeddings
+        self._cache.clear()
+        return super().load_state_dict(*args, **kwargs)
+
+    def _encode(self, prompts: list[str]) -> torch.Tensor:
+        device = self.tower.positional_embedding.device
+        tokens = self.tokenizer(prompts).to(device)
+        return F.normalize(self.tower(tokens).float(), dim=-1)
+
+    def embed(self, prompts: list[str], batch_size: int = 64) -> torch.Tensor:
+        """Pooled, L2-normalised text embeddings.
+
+        :param prompts: a non-empty list of strings.
+        :return: [B, D] float32 on the encoder's device.
+        """
+        if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
+            raise TextEncoderError(
+                f"prompts must be a list of strings, got {type(prompts).__name__}"
+                + (" (wrap a single prompt in a list)" if isinstance(prompts, str) else "")
+            )
+        if len(prompts) == 0:
+            raise TextEncoderError("prompts is an empty list; give at least one prompt")
+        bad = [(i, type(p).__name__) for i, p in enumerate(prompts) if not isinstance(p, str)]
+        if bad:
+            raise TextEncoderError(f"prompts must be strings; not at (index, type): {bad[:5]}")
+        device = self.tower.positional_embedding.device
+        if self.trainable:
+            # Weights change under training: no cache; a graph only in training mode.
+            with torch.set_grad_enabled(self.training and torch.is_grad_enabled()):
+                chunks = [
+                    self._encode(list(prompts[i : i + batch_size]))
+                    for i in range(0, len(prompts), batch_size)
+                ]
+            return torch.cat(chunks)
+        todo = sorted({p for p in prompts if p not in self._cache})
+        with torch.no_grad():
+            for i in range(0, len(todo), batch_size):
+                chunk = todo[i : i + batch_size]
+                for p, e in zip(chunk, self._encode(chunk), strict=True):
+                    self._cache[p] = e
+        return torch.stack([self._cache[p].to(device) for p in prompts])
+
+
+# ----------------------------------------------------------------------------------------------
+# Weights: local resolution (never the network unless asked) and state-dict extraction
+
+
+def _missing(arch: str, pretrained: str, places: list[str], url: str = "") -> TextEncoderError:
+    fetch = f"download it on a machine with network ({url}) and " if url else "download it and "
+    return TextEncoderError(
+        f"CLIP text weights {arch}/{pretrained} are not in the local cache (looked in: "
+        f"{'; '.join(places)}), and this run does not download. Either {fetch}pass the local "
+        f"file with `--clip-weights PATH` (Python: TextConfig(arch={arch!r}, pretrained=PATH) or "
+        f"TextEncoder.from_pretrained({arch!r}, PATH)), or copy it to {places[0]}; or allow the "
+        "download with `--clip-download` (from_pretrained(..., download=True))."
+    )
+
+
+def _resolve_weights(arch, pretrained, tag_cfg, cache_dir, download) -> str:
+    """A local file for (arch, pretrained): the path itself or open_clip's cached download."""
+    if not pretrained:
+        raise TextEncoderError(f"{arch}: give a pretrained tag or a local weights file")
+    if not tag_cfg:
+        if Path(pretrained).is_file():
+            return str(pretrained)
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        raise TextEncoderError(
+            f"{pretrained!r} is neither a file nor a known open_clip tag for {arch} "
+            f"(tags: {', '.join(tags) or 'none'}); pass a local weights file with --clip-weights"
+        )
+    if download:
+        return open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)
+    places, found = [], None
+    hub = tag_cfg.get("hf_hub", "")
+    if hub:
+        repo, filename = os.path.split(hub)
+        names = [filename] if filename else ["open_clip_model.safetensors"]
+        names.append("open_clip_pytorch_model.bin")
+        for name in dict.fromkeys(names):
+            found = found or _hf_cached(repo, name, cache_dir)
+        places.append(f"HF cache ({cache_dir or '$HF_HOME/hub'}) repo {repo}")
+    url = tag_cfg.get("url", "")
+    if url:
+        target = Path(cache_dir or Path("~/.cache/clip").expanduser()) / os.path.basename(url)
+        found = found or (str(target) if target.is_file() else None)
+        places.insert(0, str(target))
+    if found is None:
+        raise _missing(arch, pretrained, places, url)
+    return found
+
+
+def _hf_cached(repo: str, filename: str, cache_dir) -> str | None:
+    """Path of ``filename`` of an HF repo in the local cache, or None (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    hit = try_to_load_from_cache(repo, filename, cache_dir=cache_dir)
+    return hit if isinstance(hit, str) else None
+
+
+def _resolve_hf_hub(repo: str, cache_dir, download) -> tuple[dict, str]:
+    """(model_cfg, weights path) of an open_clip ``hf-hub:`` repo from the local cache."""
+    if download:
+        from huggingface_hub import hf_hub_download
+
+        cfg_path = hf_hub_download(repo, "open_clip_config.json", cache_dir=cache_dir)
+        weights = open_clip.pretrained.download_pretrained_from_hf(repo, cache_dir=cache_dir)
+    else:
+        cfg_path = _hf_cached(repo, "open_clip_config.json", cache_dir)
+        weights = _hf_cached(repo, "open_clip_model.safetensors", cache_dir) or _hf_cached(
+            repo, "open_clip_pytorch_model.bin", cache_dir
+        )
+        if cfg_path is None or weights is None:
+            raise _missing(f"hf-hub:{repo}", "", [f"HF cache ({cache_dir or '$HF_HOME/hub'})"])
+    return json.loads(Path(cfg_path).read_text())["model_cfg"], weights
+
+
+def _clip_state_dict(path: str, tower: nn.Module) -> dict[str, torch.Tensor]:
+    """The text-tower state dict of a CLIP weights file (open_clip, OpenAI or text-only)."""
+    try:
+        if str(path).endswith(".safetensors"):
+            sd = load_file(path)
+        elif _is_torchscript(path):  # OpenAI's original ViT-L-14.pt (no pickle inside)
+            sd = torch.jit.load(path, map_location="cpu").state_dict()
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise TextEncoderError(f"{path}: cannot read CLIP weights ({type(e).__name__}: {e})") from e
+    if isinstance(sd, dict) and "state_dict" in sd:
+        sd = sd["state_dict"]
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    if "text.positional_embedding" in sd:  # CustomTextCLIP layout
+        sd = {k[5:]: v for k, v in sd.items() if k.startswith("text.")}
+    want = tower.state_dict()
+    sd = {k: v.float() for k, v in sd.items() if k in want}
+    missing = sorted(set(want) - set(sd))
+    if missing:
+        raise TextEncoderError(f"{path}: not CLIP text-tower weights; missing e.g. {missing[:4]}")
+    wrong = [k for k in want if sd[k].shape != want[k].shape]
+    if wrong:
+        raise TextEncoderError(
+            f"{path}: shapes differ from the architecture, e.g. {wrong[0]}: "
+            f"{tuple(sd[wrong[0]].shape)} vs {tuple(want[wrong[0]].shape)} (wrong --clip arch?)"
+        )
+    return sd
+
+
+def _is_torchscript(path: str) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("constants.pkl") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
