@@ -12,8 +12,8 @@ what pointdiff changed. point-e's always-on attention checkpointing is a no-op u
 ``torch.no_grad`` and is not reproduced. Random weights (speed does not depend on them).
 
 A base "guided step" is one forward at batch 2 (the conditional row and the zero-embedding row,
-as classifier-free guidance batches them). Times are the median of ``--reps`` calls after one
-warm-up call, in seconds.
+as classifier-free guidance batches them). Times are seconds, best of ``--reps`` calls per
+variant, the variants interleaved after one warm-up call each (see ``time_round_robin``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import copy
 import math
 import os
 import platform
-import statistics
 import time
 
 import torch
@@ -77,14 +76,19 @@ def pointe_copy(model: nn.Module) -> nn.Module:
     return ref
 
 
-def time_call(fn, reps: int) -> float:
-    fn()  # warm-up (allocator, oneDNN primitive cache)
-    times = []
+def time_round_robin(calls: list, reps: int) -> list[float]:
+    """Best-of-``reps`` seconds per call, the calls interleaved round-robin after one warm-up
+    each, so a load change on a shared machine hits every variant alike; the minimum is the
+    least disturbed measurement."""
+    for fn in calls:
+        fn()  # warm-up (allocator, oneDNN primitive cache)
+    times = [[] for _ in calls]
     for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, ts in zip(calls, times, strict=True):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [min(ts) for ts in times]
 
 
 def _ctx(bf16: bool):
@@ -112,30 +116,31 @@ def bench(label: str, models: dict, make_inputs, batches, reps: int, rows: list)
                 ac_out = models["pointdiff"](*args, **kwargs).float()
         diff = (ref_out - ours_out).abs().max().item()
         diff_bf16 = (ref_out - ac_out).abs().max().item()
-        base_t = None
         runs = (
             ("point-e", "fp32", models["point-e"], False, (args, kwargs)),
             ("pointdiff", "fp32", models["pointdiff"], False, (args, kwargs)),
             ("pointdiff", "bf16 autocast", models["pointdiff"], True, (args, kwargs)),
             ("pointdiff", "bf16 weights", ours_bf16, False, _bf16(args, kwargs)),
         )
-        for impl, prec, model, autocast, (a, kw) in runs:
+        calls = []
+        for _, _, model, autocast, (a, kw) in runs:
 
             def call(model=model, autocast=autocast, a=a, kw=kw):
                 with torch.no_grad(), _ctx(autocast):
                     model(*a, **kw)
 
-            t = time_call(call, reps)
-            base_t = base_t or t
-            rows.append((label, b, impl, prec, t, base_t / t))
-            print(f"{label:18s} B={b}  {impl:9s} {prec:13s} {t:7.3f} s  {base_t / t:5.2f}x")
+            calls.append(call)
+        times = time_round_robin(calls, reps)
+        for (impl, prec, *_), t in zip(runs, times, strict=True):
+            rows.append((label, b, impl, prec, t, times[0] / t))
+            print(f"{label:18s} B={b}  {impl:9s} {prec:13s} {t:7.3f} s  {times[0] / t:5.2f}x")
         print(f"{label:18s} B={b}  max |pointdiff - point-e|: fp32 {diff:.2e}, "
               f"bf16 autocast {diff_bf16:.2e} (output std {ref_out.std().item():.2e})")  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--reps", type=int, default=3, help="timed calls per row (median)")
+    ap.add_argument("--reps", type=int, default=3, help="timed calls per row (best of)")
     ap.add_argument("--up-reps", type=int, default=2, help="timed calls per upsampler row")
     ap.add_argument("--skip-upsampler", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
