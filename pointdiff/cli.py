@@ -17,7 +17,7 @@ def _add_sample(sub) -> None:
         "sample, OUT/<nn>_<prompt>/cloud.ply, cloud.npz, cloud.png and (with an SDF stage) "
         "mesh.glb, mesh.ply, mesh.png.",
     )
-    p.add_argument("prompts", nargs="+", help="one or more text prompts (batched together)")
+    p.add_argument("prompts", nargs="*", help="one or more text prompts (batched together)")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
                    help="pipeline or model directory (default: the shipped checkpoint)")  # fmt: skip
     p.add_argument("--out", default="runs/samples", help="output directory")
@@ -32,13 +32,42 @@ def _add_sample(sub) -> None:
                    help="stop after this stage (no mesh)")  # fmt: skip
     p.add_argument("--grid-size", type=int, default=64, help="marching-cubes grid for the mesh")
     p.add_argument("--no-mesh", action="store_true", help="skip meshing")
+    g = p.add_argument_group(
+        "point-e checkpoints",
+        "Sample with OpenAI's released Point-E weights: text -> base40M-textvec -> upsample -> "
+        "sdf, or --image -> base40M (base300M, base1B) -> upsample -> sdf. Point-e's sampler by "
+        "default (64 Heun steps per stage); faster: --sampler dpmpp_2m --steps 32 --bf16.",
+    )
+    g.add_argument("--pointe-dir", help="directory with point-e's .pt files (or converted dirs)")
+    g.add_argument("--image", action="append", default=[], metavar="FILE",
+                   help="an image prompt (repeatable; needs --pointe-dir)")  # fmt: skip
+    g.add_argument("--pointe-base", default=None, choices=["base40M-textvec", "base40M",
+                   "base300M", "base1B"], help="point-e base model (default: base40M-textvec, "
+                   "with --image base40M)")  # fmt: skip
+    g.add_argument("--clip-weights", default=None, metavar="FILE",
+                   help="local CLIP ViT-L/14 weights (default: open_clip's local cache)")  # fmt: skip
+    g.add_argument("--pointe-exact", action="store_true",
+                   help="point-e's floored sigma->t bridge (bit parity) instead of continuous t")  # fmt: skip
 
 
 def _run_sample(args) -> int:
+    from pointdiff.compat.pointe_pipeline import load_pointe_pipeline
     from pointdiff.pipeline import load_pipeline, write_sample
 
-    pipe = load_pipeline(args.checkpoint, device=args.device)
-    prompts = [p for p in args.prompts for _ in range(args.num_samples)]
+    if bool(args.prompts) == bool(args.image) or (args.image and not args.pointe_dir):
+        print("pointdiff sample: error: give text prompts or --image FILE (with --pointe-dir), "
+              "not both", file=sys.stderr)  # fmt: skip
+        return 2
+    if args.pointe_dir:
+        pipe = load_pointe_pipeline(
+            args.pointe_dir, image=bool(args.image), base=args.pointe_base,
+            upsample=args.stop_after != "base", sdf=not args.no_mesh and args.stop_after is None,
+            clip_weights=args.clip_weights, device=args.device, exact_pointe=args.pointe_exact,
+        )  # fmt: skip
+    else:
+        pipe = load_pipeline(args.checkpoint, device=args.device)
+    inputs = args.image or args.prompts
+    prompts = [p for p in inputs for _ in range(args.num_samples)]
     for warning in pipe.prompt_warnings(args.prompts):
         print(f"warning: {warning}", file=sys.stderr)
     overrides = {"steps": args.steps, "sampler": args.sampler, "guidance": args.guidance}
@@ -77,6 +106,28 @@ def _run_mesh(args) -> int:
     return 0
 
 
+def _add_convert_pointe(sub) -> None:
+    p = sub.add_parser(
+        "convert-pointe",
+        help="convert a released point-e .pt file to a pointdiff checkpoint directory",
+        description="Convert once: OUT_DIR gets model.safetensors + config.json (no pickle is "
+        "executed when reading the .pt). Place OUT_DIR as <pointe-dir>/<name> to use it with "
+        "`pointdiff sample --pointe-dir`.",
+    )
+    p.add_argument(
+        "file", help="point-e checkpoint, e.g. base40M-textvec.pt or base_40m_textvec.pt"
+    )
+    p.add_argument("out_dir", help="output directory")
+    p.add_argument("--name", default=None, help="released model name (default: from the file name)")
+
+
+def _run_convert_pointe(args) -> int:
+    from pointdiff.compat.pointe_pipeline import convert_pointe_file
+
+    print(convert_pointe_file(args.file, args.out_dir, name=args.name))
+    return 0
+
+
 def _add_prompts(sub) -> None:
     sub.add_parser(
         "prompts",
@@ -97,6 +148,7 @@ COMMANDS = {
     "sample": (_add_sample, _run_sample),
     "mesh": (_add_mesh, _run_mesh),
     "prompts": (_add_prompts, _run_prompts),
+    "convert-pointe": (_add_convert_pointe, _run_convert_pointe),
 }
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -47,7 +48,11 @@ class Stage:
     :param num_points: points this stage generates.
     :param sample: sampler defaults (sampler, steps, guidance, churn, clamp).
     :param sigma_min, sigma_max, rho: the Karras σ grid.
-    :param uses_text: the stage takes ``text_emb`` (and is guided on it).
+    :param uses_text: the stage takes the prompt's condition (and is guided on it).
+    :param cond_key: the extra-arg name of that condition: ``text_emb`` (a text vector) or
+        ``grid`` (a CLIP image patch grid, point-e's image models).
+    :param guide: ``guide(model, scale) -> model``; default: classifier-free guidance zeroing
+        ``cond_key`` (point-e's image upsampler also zeroes its low-res cloud).
     """
 
     name: str
@@ -58,6 +63,8 @@ class Stage:
     sigma_max: float = 80.0
     rho: float = 7.0
     uses_text: bool = True
+    cond_key: str = "text_emb"
+    guide: Callable | None = None
 
 
 @dataclass
@@ -69,6 +76,7 @@ class TextTo3D:
     sdf_model: torch.nn.Module | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     known_captions: list[str] = field(default_factory=list)
+    image_encoder: torch.nn.Module | None = None  # image prompts: ``embed(images) -> grid``
 
     def prompt_warnings(self, prompts: list[str]) -> list[str]:
         """Warnings for prompts far from everything the base model was trained on."""
@@ -85,17 +93,20 @@ class TextTo3D:
     ) -> list[PointCloud]:
         """Sample one cloud per prompt (batched), deterministically for a given seed.
 
+        :param prompts: text prompts; image files / PIL images when ``image_encoder`` is set.
         :param stop_after: a stage name to stop at (e.g. ``"base"`` for 1024 points).
         :param overrides: SampleConfig fields applied to every stage (e.g. ``{"steps": 32}``);
             ``guidance`` applies to text stages only.
         """
-        _check_prompts(prompts)
+        encoder = self.text_encoder if self.image_encoder is None else self.image_encoder
+        if self.image_encoder is None:
+            _check_prompts(prompts)
         g = torch.Generator("cpu").manual_seed(seed)
         text_emb = None
         if any(s.uses_text for s in self.stages):
-            if self.text_encoder is None:
+            if encoder is None:
                 raise PipelineError("a stage needs text but the pipeline has no text encoder")
-            text_emb = self.text_encoder.embed(prompts).to(self.device)
+            text_emb = encoder.embed(prompts).to(self.device)
         x_prev = None
         for stage in self.stages:
             x_new = self._run_stage(stage, len(prompts), text_emb, x_prev, g, overrides or {}, bf16)
@@ -113,7 +124,7 @@ class TextTo3D:
             raise PipelineError(f"steps must be >= 1, got {cfg.steps}")
         cond = {}
         if stage.uses_text:
-            cond["text_emb"] = text_emb
+            cond[stage.cond_key] = text_emb
         if stage.name == "upsampler":
             if low_res is None:
                 raise PipelineError("the upsampler stage needs a base stage before it")
@@ -122,7 +133,8 @@ class TextTo3D:
         if cfg.clip_denoised:  # clamp each half before mixing, as point-e does (bit parity)
             model = clamp_denoised(model)
         if stage.uses_text and cfg.guidance != 1.0:
-            model = classifier_free_guidance(model, cfg.guidance, cond_keys=("text_emb",))
+            guide = stage.guide or partial(classifier_free_guidance, cond_keys=(stage.cond_key,))
+            model = guide(model, cfg.guidance)
         sigmas = get_sigmas_karras(cfg.steps, stage.sigma_min, stage.sigma_max, stage.rho)
         sigmas = sigmas.to(self.device)
         x = torch.randn(batch, stage.num_points, 6, generator=g).to(self.device) * sigmas[0]

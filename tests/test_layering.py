@@ -13,6 +13,7 @@ FORBIDDEN = {
     "diffusion": ["models", "data", "text", "mesh", "pipeline", "training", "checkpoint"],
     "models": ["diffusion", "data", "text", "checkpoint", "mesh", "pipeline", "training"],
     "text": ["models", "diffusion", "data", "mesh", "pipeline", "training"],
+    "image": ["models", "diffusion", "data", "mesh", "pipeline", "training"],
     "mesh": ["models", "diffusion", "data", "text", "pipeline", "training"],
     "data": ["models", "diffusion", "text", "mesh", "pipeline", "training"],
     "render": ["models", "diffusion", "data", "text", "pipeline", "training"],
