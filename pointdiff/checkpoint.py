@@ -203,7 +203,8 @@ def resolve(path: str | os.PathLike) -> Path:
         raise CheckpointError(f"{path}: no such checkpoint directory")
     if path.is_file():
         raise CheckpointError(f"{path}: expected a checkpoint directory, got a file")
-    if not (path / "config.json").exists() and not (path / "model.safetensors").exists():
+    markers = ("config.json", "model.safetensors", "ema.safetensors", "state.pt")
+    if not any((path / m).exists() for m in markers):
         ckpt = latest_checkpoint(path)
         if ckpt is None:
             raise CheckpointError(

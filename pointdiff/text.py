@@ -118,9 +118,15 @@ class TextEncoder(nn.Module):
         pretrained: str = "openai",
         cache_dir: str | os.PathLike | None = None,
         download: bool = False,
+        weights: str | os.PathLike | None = None,
     ) -> TextEncoder:
         """A frozen pretrained CLIP text tower (see the module docstring for ``pretrained``).
 
+        :param pretrained: an open_clip tag of ``arch`` or a local weights file. With a file the
+            activation follows ``arch`` (open_clip's convention: OpenAI weights need the
+            ``-quickgelu`` arch, e.g. ``ViT-L-14-quickgelu``), except OpenAI's TorchScript file.
+        :param weights: a local file holding the weights of the tag ``pretrained`` (keeps the
+            tag's settings, e.g. OpenAI's QuickGELU): the ``--clip-weights PATH`` option.
         :param download: allow open_clip to fetch a missing tag over the network.
         :raises TextEncoderError: weights not found locally (at once, naming the local-file
             option), unreadable, or not matching ``arch``.
@@ -136,9 +142,18 @@ class TextEncoder(nn.Module):
                     "(open_clip.list_models()), or 'tiny'/'small' via TextEncoder.from_config"
                 )
             tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained) if pretrained else {}
+            if weights is not None:
+                if not Path(weights).is_file():
+                    raise TextEncoderError(f"--clip-weights {weights}: no such file")
+                path = str(weights)
+            else:
+                path = _resolve_weights(arch, pretrained, tag_cfg, cache_dir, download)
             # OpenAI's CLIP was trained with QuickGELU; open_clip records it on the tag.
-            quick_gelu = model_cfg.get("quick_gelu", False) or tag_cfg.get("quick_gelu", False)
-            path = _resolve_weights(arch, pretrained, tag_cfg, cache_dir, download)
+            quick_gelu = (
+                model_cfg.get("quick_gelu", False)
+                or tag_cfg.get("quick_gelu", False)
+                or _is_torchscript(path)
+            )
         spec = {
             "arch": arch,
             "pretrained": pretrained,
@@ -258,14 +273,19 @@ class TextEncoder(nn.Module):
 # Weights: local resolution (never the network unless asked) and state-dict extraction
 
 
-def _missing(arch: str, pretrained: str, places: list[str], url: str = "") -> TextEncoderError:
-    fetch = f"download it on a machine with network ({url}) and " if url else "download it and "
+def _missing(
+    arch: str, tag: str, places: list[str], url: str = "", file_arch: str = ""
+) -> TextEncoderError:
+    """The offline error: where we looked, and how to hand over a local file instead."""
+    fetch = f"Download {url} on a machine with network" if url else "Download the weights"
+    file_arch = file_arch or arch
     return TextEncoderError(
-        f"CLIP text weights {arch}/{pretrained} are not in the local cache (looked in: "
-        f"{'; '.join(places)}), and this run does not download. Either {fetch}pass the local "
-        f"file with `--clip-weights PATH` (Python: TextConfig(arch={arch!r}, pretrained=PATH) or "
-        f"TextEncoder.from_pretrained({arch!r}, PATH)), or copy it to {places[0]}; or allow the "
-        "download with `--clip-download` (from_pretrained(..., download=True))."
+        f"CLIP text weights {arch}/{tag} are not in the local cache (looked in: "
+        f"{'; '.join(places)}) and this run does not download. {fetch}, then pass the file with "
+        f"`--clip-weights PATH` (Python: TextEncoder.from_pretrained({arch!r}, {tag!r}, "
+        f"weights=PATH) or TextConfig(arch={file_arch!r}, pretrained=PATH)), or copy it to "
+        f"{places[0]}. Or allow the download: `--clip-download` (from_pretrained(..., "
+        "download=True))."
     )
 
 
@@ -292,13 +312,14 @@ def _resolve_weights(arch, pretrained, tag_cfg, cache_dir, download) -> str:
         for name in dict.fromkeys(names):
             found = found or _hf_cached(repo, name, cache_dir)
         places.append(f"HF cache ({cache_dir or '$HF_HOME/hub'}) repo {repo}")
-    url = tag_cfg.get("url", "")
-    if url:
+    url = tag_cfg.get("url", "") or (f"https://huggingface.co/{hub.rstrip('/')}" if hub else "")
+    if tag_cfg.get("url"):
         target = Path(cache_dir or Path("~/.cache/clip").expanduser()) / os.path.basename(url)
         found = found or (str(target) if target.is_file() else None)
         places.insert(0, str(target))
     if found is None:
-        raise _missing(arch, pretrained, places, url)
+        qg = tag_cfg.get("quick_gelu", False) and "quickgelu" not in arch
+        raise _missing(arch, pretrained, places, url, f"{arch}-quickgelu" if qg else arch)
     return found
 
 
@@ -323,7 +344,13 @@ def _resolve_hf_hub(repo: str, cache_dir, download) -> tuple[dict, str]:
             repo, "open_clip_pytorch_model.bin", cache_dir
         )
         if cfg_path is None or weights is None:
-            raise _missing(f"hf-hub:{repo}", "", [f"HF cache ({cache_dir or '$HF_HOME/hub'})"])
+            raise TextEncoderError(
+                f"hf-hub:{repo} is not in the local HF cache ({cache_dir or '$HF_HOME/hub'}) and "
+                f"this run does not download. Download https://huggingface.co/{repo} on a machine "
+                "with network and copy its cache there, or pass its weights file with "
+                "`--clip-weights PATH` and the open_clip architecture name "
+                "(TextConfig(arch=ARCH, pretrained=PATH)); or allow the download: `--clip-download`."
+            )
     return json.loads(Path(cfg_path).read_text())["model_cfg"], weights
 
 
