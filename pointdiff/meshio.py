@@ -299,16 +299,20 @@ def _apply_texture(soup: TriangleSoup, texture: Path) -> None:
 
 
 class _RecordingResolver(Resolver):
-    """trimesh resolver: files under ``root`` only; remembers every name it could not find."""
+    """trimesh resolver: files under ``root`` only; remembers every name it could not find.
+
+    Paths are normalised lexically (``..`` collapsed, symlinks not followed), so a reference
+    cannot climb out of ``root``, while folders linked into ``root`` keep working.
+    """
 
     def __init__(self, parent: Path, root: Path):
-        self.parent, self.root = parent.resolve(), root.resolve()
+        self.parent, self.root = _lexical(parent), _lexical(root)
         self.missing: list[str] = []
 
     def get(self, name: str) -> bytes:
         name = name.strip().replace("\\", "/")
         for cand in (name, name.lstrip("/"), os.path.basename(name)):
-            p = (self.parent / cand).resolve()
+            p = _lexical(self.parent / cand)
             if p.is_relative_to(self.root) and p.is_file():
                 return p.read_bytes()
         self.missing.append(name)
@@ -325,6 +329,10 @@ class _RecordingResolver(Resolver):
 
     def write(self, name, data):
         raise PermissionError("read-only resolver")
+
+
+def _lexical(path: Path) -> Path:
+    return Path(os.path.normpath(os.path.abspath(path)))
 
 
 def read_gltf_json(path: str | os.PathLike) -> dict:

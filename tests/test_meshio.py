@@ -49,6 +49,13 @@ def test_multi_file_gltf_and_missing_buffer(shared_data, tmp_path):
         load_mesh(tmp_path / "WaterBottle.gltf")
 
 
+def test_symlinked_folder_inside_root(shared_data, tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/bottle").symlink_to(shared_data / "gltf_samples/WaterBottle")
+    soup = load_mesh(tmp_path / "data/bottle/WaterBottle.gltf", root=tmp_path / "data")
+    assert soup.materials[0].texture is not None
+
+
 def test_scene_graph_multiple_primitives(tmp_path):
     scene = trimesh.Scene()
     a = trimesh.creation.box((1, 1, 1))
