@@ -20,7 +20,7 @@ class SourceError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    """Conversion settings; everything here changes the output bytes (stored in the work dir).
+    """Conversion settings (``fingerprint()`` is stored in the work dir and checked on reruns).
 
     :param num_points: points per cloud after farthest point sampling.
     :param oversample: surface points drawn before visibility filtering and FPS.
@@ -29,7 +29,9 @@ class Settings:
     :param max_disagree: share of queries whose two sign tests may disagree before the object
         is flagged ``sdf_reliable: false``.
     :param max_faces: larger meshes fail with reason ``too_many_faces``.
-    :param strict_assets: missing MTL/texture files fail the object (else a warning).
+    :param strict_assets: missing MTL/texture files fail the object (else a warning). Not part
+        of the work-directory check: objects with all assets convert identically either way, so
+        a rerun with ``--allow-missing-assets --retry-failed`` converts just the failed ones.
     :param seed: mixed with each object id into that object's random stream.
     """
 
@@ -44,6 +46,10 @@ class Settings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def fingerprint(self) -> dict:
+        """The settings a work directory must keep (all that change a converted object)."""
+        return {k: v for k, v in asdict(self).items() if k != "strict_assets"}
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,7 @@ def _save_work(work: Path, job: Job, arrays: dict) -> None:
         work / (work_key(job.id) + ".safetensors"),
         lambda p: save_file(tensors, str(p), metadata={"record": json.dumps(meta, sort_keys=True)}),
     )
+    (work / (work_key(job.id) + ".fail.json")).unlink(missing_ok=True)  # a retry that worked
 
 
 def _save_fail(work: Path, job: Job, outcome: str, reason: str, message: str) -> None:
@@ -92,9 +93,9 @@ def load_work(path: Path) -> dict:
 
 def _check_settings(work: Path, settings: Settings) -> None:
     path = work / "settings.json"
-    want = settings.to_dict()
+    want = settings.fingerprint()
     if path.is_file():
-        have = json.loads(path.read_text())
+        have = {k: v for k, v in json.loads(path.read_text()).items() if k in want}
         if have != want:
             diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
             raise RunError(

@@ -193,6 +193,12 @@ def test_corrupted_inputs_are_reported(shared_data, tmp_path):
     assert errors["folder/truncated"]["reason"] in ("unreadable", "truncated")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["failed"] == 5 and summary["converted"] == 1
+    # Missing assets may be accepted afterwards: only the failed objects are redone.
+    _convert("folder", str(root), "--out", str(out), "--allow-missing-assets", "--retry-failed")
+    recs = _records(out)
+    assert set(recs) == {"folder/good", "folder/no_mtl", "folder/no_tex"}
+    assert "missing.png" in recs["folder/no_tex"]["warnings"][0]
+    assert len((out / "errors.jsonl").read_text().splitlines()) == 3
 
 
 def test_determinism_across_runs_and_workers(clean_run, mixed_folder, tmp_path):
