@@ -154,7 +154,7 @@ def test_text_pipeline_matches_components(pointe_dir, text_encoder):
     assert base.abs().max() <= 1 + 1e-3 and base.std() > 0.05  # clamped, not collapsed
 
 
-def test_text_pipeline_fast_bf16_and_mesh(pointe_dir, text_encoder):
+def test_text_pipeline_fast_bf16_and_sdf_sign(pointe_dir, text_encoder):
     pipe = load_pointe_pipeline(pointe_dir, text_encoder=text_encoder, overrides=OVERRIDES)
     clouds = pipe.sample_clouds(["a corgi", "a chair"], seed=0, overrides=FAST, bf16=True)
     assert [len(c) for c in clouds] == [N_BASE + N_UP] * 2
