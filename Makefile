@@ -31,7 +31,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_core.py
+	$(BIN)/python benchmarks/bench_models.py
+	$(BIN)/python benchmarks/bench_sampling.py
 
 clean:
 	rm -rf runs .pytest_cache
