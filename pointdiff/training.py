@@ -301,6 +301,7 @@ def train(
     end = min(cfg.max_steps, stop_at if stop_at is not None else cfg.max_steps)
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not main, dynamic_ncols=True)
     timer, steps_timed, last_loss, saved = time.perf_counter(), 0, None, ckpt
+    running = torch.zeros((), device=device)  # summed step losses since the last log
 
     while step < end:
         # --- batch -> loss -> backward (grad_accum micro-steps; DDP syncs on the last one)
@@ -317,6 +318,7 @@ def train(
                     loss = ddp(batch, generator).float().mean() / cfg.grad_accum
                 loss.backward()
             loss_sum += loss.detach()
+        running += loss_sum
 
         # --- clip -> step -> EMA
         grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -334,9 +336,10 @@ def train(
         if callback is not None:
             callback(step, {"indices": indices, "loss": loss_sum.item()})
 
-        # --- log (every rank joins the loss all-reduce; rank 0 writes)
+        # --- log the mean loss since the last log (every rank joins the all-reduce; rank 0 writes)
         if step % cfg.log_every == 0 or step == end:
-            last_loss = dist.all_reduce_mean(loss_sum).item()
+            last_loss = dist.all_reduce_mean(running / steps_timed).item()
+            running.zero_()
             if not math.isfinite(last_loss):
                 raise FloatingPointError(
                     f"loss is {last_loss} at step {step}; lower lr or check data"
