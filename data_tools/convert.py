@@ -129,12 +129,12 @@ def _convert(job: Job, settings: Settings, threads: int, original: Job) -> tuple
     dense = sample_surface(soup, settings.oversample, rng)
     surface, visible_fraction = dense, 1.0
     if settings.views > 0:
-        mask = raycaster.visible(dense.points, settings.views)
+        mask = raycaster.visible(dense.points, settings.views, dense.faces)
         visible_fraction = float(mask.mean())
         surface = dense.select(mask)
         if len(surface.points) < settings.num_points:  # mostly hidden surface: sample harder
             more = sample_surface(soup, 8 * settings.oversample, rng)
-            surface = more.select(raycaster.visible(more.points, settings.views))
+            surface = more.select(raycaster.visible(more.points, settings.views, more.faces))
         if len(surface.points) < settings.num_points:
             raise MeshError(
                 "too_few_visible_points",

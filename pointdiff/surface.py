@@ -177,18 +177,34 @@ class MeshRaycaster:
         idx = np.arange(len(verts), dtype=np.uint32).reshape(-1, 3)
         self.scene = o3d.t.geometry.RaycastingScene()
         self.scene.add_triangles(o3d.core.Tensor(verts), o3d.core.Tensor(idx))
+        tri = triangles.astype(np.float64)
+        self.normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # [F, 3]
         lo, hi = verts.min(0).astype(np.float64), verts.max(0).astype(np.float64)
         self.center, self.diag = (lo + hi) / 2, float(np.linalg.norm(hi - lo))
+        self.has_twin = _opposite_twins(tri, self.normals, 1e-6 * self.diag)
 
     def _tensor(self, a: np.ndarray):
         return self._o3d.core.Tensor(np.ascontiguousarray(a, dtype=np.float32))
 
-    def visible(self, points: np.ndarray, views: int = 20, chunk: int = 1 << 19) -> np.ndarray:
+    def visible(
+        self,
+        points: np.ndarray,
+        views: int = 20,
+        faces: np.ndarray | None = None,
+        chunk: int = 1 << 19,
+    ) -> np.ndarray:
         """[N] bool: points with an unobstructed line of sight to at least one of ``views``
-        cameras on a sphere of radius 1.5 × bbox diagonal around the bbox centre."""
+        cameras on a sphere of radius 1.5 × bbox diagonal around the bbox centre.
+
+        :param faces: [N] triangle of each point. When given, a point on a triangle that has an
+            exact, oppositely oriented twin (the duplicated inner/outer shells common in
+            ShapeNet, often with different materials) is seen only from the side its own
+            triangle faces, as in a render, rather than as a speckle of both materials.
+        """
         cams = self.center + 1.5 * self.diag * fibonacci_sphere(views)
         eps = 1e-3 * self.diag  # the ray hits the point's own face at t ≈ distance
         seen = np.zeros(len(points), dtype=bool)
+        sided = None if faces is None else self.has_twin[faces]
         for cam in cams:
             todo = np.nonzero(~seen)[0]
             for s in range(0, len(todo), chunk):
@@ -197,7 +213,11 @@ class MeshRaycaster:
                 dist = np.linalg.norm(d, axis=1)
                 rays = np.concatenate([np.broadcast_to(cam, d.shape), d / dist[:, None]], axis=1)
                 t = self.scene.cast_rays(self._tensor(rays), nthreads=self.threads)["t_hit"]
-                seen[i] = t.numpy() >= dist - eps
+                ok = t.numpy() >= dist - eps
+                if sided is not None:  # twin faces: only the side facing the camera shows
+                    tw = np.nonzero(sided[i])[0]
+                    ok[tw] &= np.einsum("nk,nk->n", self.normals[faces[i[tw]]], d[tw]) < 0
+                seen[i] = ok
         return seen
 
     def unsigned_distance(self, queries: np.ndarray) -> np.ndarray:
@@ -255,6 +275,22 @@ class MeshRaycaster:
         consistent = (votes * 2 > parity_rays) != outside
         dist = self.unsigned_distance(queries)
         return np.where(outside, dist, -dist).astype(np.float32), consistent
+
+
+def _opposite_twins(tri: np.ndarray, normals: np.ndarray, tol: float) -> np.ndarray:
+    """[F] bool: triangles whose three corners (rounded to ``tol``) are also the corners of
+    another triangle of opposite orientation."""
+    q = np.round(tri / max(tol, 1e-12)).astype(np.int64)  # [F, 3, 3]
+    order = np.lexsort((q[..., 2], q[..., 1], q[..., 0]), axis=-1)  # corners in a fixed order
+    key = np.take_along_axis(q, order[..., None], axis=1).reshape(len(q), 9)
+    _, group = np.unique(key, axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    first = np.full(group.max() + 1, -1, dtype=np.int64)
+    first[group[::-1]] = np.arange(len(group))[::-1]  # lowest face index of each group
+    same = np.einsum("fk,fk->f", normals, normals[first[group]]) > 0
+    has_same = np.bincount(group, weights=same, minlength=len(first)) > 0
+    has_opposite = np.bincount(group, weights=~same, minlength=len(first)) > 0
+    return (has_same & has_opposite)[group]
 
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:

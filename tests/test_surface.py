@@ -86,6 +86,21 @@ def test_visibility_removes_inner_box():
     assert seen[~on_inner].mean() > 0.999
 
 
+def test_visibility_prefers_front_side_of_coincident_twins():
+    box = trimesh.creation.box((1, 1, 1))
+    inner = trimesh.Trimesh(box.vertices, box.faces[:, ::-1])  # same place, facing inwards
+    soup = _soup(trimesh.util.concatenate(box, inner))
+    s = sample_surface(soup, 8000, np.random.default_rng(0))
+    rc = MeshRaycaster(soup.triangles)
+    assert rc.has_twin.all()
+    on_inner = s.faces >= len(box.faces)
+    plain = rc.visible(s.points, views=20)
+    assert plain[on_inner].mean() > 0.9  # without face ids both shells show: a speckle
+    sided = rc.visible(s.points, views=20, faces=s.faces)
+    # Only points within the 1e-3 × diagonal tolerance of an edge can slip through.
+    assert sided[on_inner].mean() < 0.01 and sided[~on_inner].all()
+
+
 @pytest.mark.parametrize("shape", ["sphere", "box"])
 def test_sdf_sign_and_value_on_analytic_shapes(shape):
     if shape == "sphere":
