@@ -50,29 +50,37 @@ def as_clouds(x, name: str = "clouds") -> torch.Tensor:
 # Per-pair distances (batched over aligned pairs)
 
 
-def squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def squared_distances(
+    x: torch.Tensor, y: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """All squared distances between the points of aligned cloud pairs.
 
     One GEMM on augmented vectors ([x, |x|², 1] · [-2y, 1, |y|²]) so the [N, M] block is written
     once; clamped at 0 against cancellation.
 
     :param x: [B, N, 3]; :param y: [B, M, 3] (or [1, M, 3] / [B, 1..]: broadcast over B).
+    :param out: optional [B, N, M] buffer to write into (reusing one avoids page-faulting a
+        fresh 16 MB block per 2048-point pair, which dominates the CPU time otherwise).
     :return: [B, N, M].
     """
     xx = x.square().sum(-1, keepdim=True)
     yy = y.square().sum(-1, keepdim=True)
     xa = torch.cat([x, xx, torch.ones_like(xx)], dim=-1)
     ya = torch.cat([-2 * y, torch.ones_like(yy), yy], dim=-1)
+    if out is not None and xa.shape[0] == ya.shape[0]:
+        return torch.bmm(xa, ya.transpose(-1, -2), out=out).clamp_min_(0.0)
     return torch.matmul(xa, ya.transpose(-1, -2)).clamp_min_(0.0)
 
 
-def nearest_squared(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_squared(
+    x: torch.Tensor, y: torch.Tensor, out: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Squared distance from every point to the nearest point of the other cloud.
 
     :return: (d_xy [B, N], d_yx [B, M]).
     """
-    d = squared_distances(x, y)
-    return d.min(dim=2).values, d.min(dim=1).values
+    d = squared_distances(x, y, out)
+    return d.amin(dim=2), d.amin(dim=1)
 
 
 def chamfer_distance(x, y) -> torch.Tensor:
@@ -144,19 +152,27 @@ def emd_approx(x, y, cost: str = "squared") -> torch.Tensor:
     return _approxmatch_cost(x, y, cost)
 
 
-def _approxmatch_cost(x: torch.Tensor, y: torch.Tensor, cost: str) -> torch.Tensor:
+def _approxmatch_cost(
+    x: torch.Tensor, y: torch.Tensor, cost: str, work: list[torch.Tensor] | None = None
+) -> torch.Tensor:
     b, n, _ = x.shape
-    d2 = squared_distances(x, y)  # [B, N, N]
-    dc = d2.sqrt() if cost == "euclidean" else d2
+    if work is None:
+        work = [torch.empty(b, n, n, device=x.device) for _ in range(3)]
+    d2 = squared_distances(x, y, out=work[0][:b])  # [B, N, N]
+    dc = torch.sqrt(d2, out=work[2][:b]) if cost == "euclidean" else d2
     remain_l = x.new_ones(b, n)  # capacity left on each side (multiL = multiR = 1 when N == M)
     remain_r = x.new_ones(b, n)
     total = x.new_zeros(b)
-    k = torch.empty_like(d2)
-    for j in range(7, -3, -1):  # the last level (j = -2) is 0: what is left is spread uniformly
-        level = -(4.0**j) if j > -2 else 0.0
-        # exp() of very negative arguments takes a slow underflow path on CPUs (~10x); clamping
-        # at -80 changes K only from ~0 to 2e-35, far below the kernel's own 1e-9 epsilon.
-        torch.mul(d2, level, out=k).clamp_(min=-80.0).exp_()
+    k = work[1][:b]
+    d2_max = float(d2.amax())
+    for j in range(7, -2, -1):
+        level = -(4.0**j)
+        torch.mul(d2, level, out=k)
+        if level * d2_max < -80.0:
+            # exp() of very negative arguments takes a slow underflow path on CPUs (~10x);
+            # clamping at -80 changes K only from ~0 to 2e-35, far below the kernel's 1e-9 eps.
+            k.clamp_(min=-80.0)
+        k.exp_()
         # Left points spread their remaining mass proportionally to K · remaining right capacity.
         ratio_l = remain_l / (_matvec(k, remain_r) + 1e-9)
         # Right points accept at most their remaining capacity (consumption <= 1).
@@ -166,6 +182,11 @@ def _approxmatch_cost(x: torch.Tensor, y: torch.Tensor, cost: str) -> torch.Tens
         # match_kl += K_kl * ratio_l_k * ratio_r_l: accumulate its cost and the mass it used.
         remain_l = torch.clamp(remain_l - _matvec(k, ratio_r) * ratio_l, min=0.0)
         total += (_matvec(k.mul_(dc), ratio_r) * ratio_l).sum(-1)
+    # The kernel's last level (j = -2) is 0, K = 1: what is left is spread uniformly.
+    ratio_l = remain_l / (remain_r.sum(-1, keepdim=True) + 1e-9)
+    sumr = ratio_l.sum(-1, keepdim=True) * remain_r
+    ratio_r = torch.clamp(remain_r / (sumr + 1e-9), max=1.0) * remain_r
+    total += (_matvec(dc, ratio_r) * ratio_l).sum(-1)
     return total / n
 
 
@@ -202,30 +223,30 @@ def _check_emd(x: torch.Tensor, y: torch.Tensor, cost: str) -> None:
 # Pairwise matrices between two sets (chunked)
 
 
-def _pair_cd(x, y, cost):
-    d_xy, d_yx = nearest_squared(x, y)
+def _pair_cd(x, y, cost, work):
+    d_xy, d_yx = nearest_squared(x, y, out=work[0][: len(x)])
     return d_xy.mean(1) + d_yx.mean(1)
 
 
-def _pair_cd_l1(x, y, cost):
-    d_xy, d_yx = nearest_squared(x, y)
+def _pair_cd_l1(x, y, cost, work):
+    d_xy, d_yx = nearest_squared(x, y, out=work[0][: len(x)])
     return 0.5 * (d_xy.sqrt().mean(1) + d_yx.sqrt().mean(1))
 
 
-def _pair_emd(x, y, cost):
-    return _approxmatch_cost(x, y, cost)
+def _pair_emd(x, y, cost, work):
+    return _approxmatch_cost(x, y, cost, work)
 
 
-def _pair_emd_exact(x, y, cost):
+def _pair_emd_exact(x, y, cost, work):
     return emd_exact(x, y, cost).to(x)
 
 
-#: metric name -> (pair function, [N, M] float32 buffers it keeps alive per pair)
+#: metric name -> (pair function, [N, M] float32 work buffers per pair)
 PAIR_METRICS = {
-    "cd": (_pair_cd, 2),
-    "cd_l1": (_pair_cd_l1, 2),
+    "cd": (_pair_cd, 1),
+    "cd_l1": (_pair_cd_l1, 1),
     "emd": (_pair_emd, 3),
-    "emd_exact": (_pair_emd_exact, 4),
+    "emd_exact": (_pair_emd_exact, 0),
 }
 
 
@@ -266,8 +287,10 @@ def pairwise_matrix(
     else:
         ii = torch.arange(n_a).repeat_interleave(n_b)
         jj = torch.arange(n_b).repeat(n_a)
-    per_pair = a.shape[1] * b.shape[1] * 4 * buffers
-    step = max(1, int(memory_mb * 2**20 // per_pair))
+    per_pair = a.shape[1] * b.shape[1] * 4 * max(buffers, 1)
+    step = max(1, min(int(memory_mb * 2**20 // per_pair), len(ii)))
+    # Work buffers are allocated once and reused by every chunk.
+    work = [torch.empty(step, a.shape[1], b.shape[1], device=device) for _ in range(buffers)]
     out = torch.zeros(n_a, n_b)
     chunks = range(0, len(ii), step)
     if progress:
@@ -277,7 +300,7 @@ def pairwise_matrix(
     with torch.no_grad():
         for s in chunks:
             i, j = ii[s : s + step], jj[s : s + step]
-            out[i, j] = fn(a[i.to(device)], b[j.to(device)], emd_cost).float().cpu()
+            out[i, j] = fn(a[i.to(device)], b[j.to(device)], emd_cost, work).float().cpu()
     if sym:
         out = out + out.T
     return out
