@@ -197,20 +197,19 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 
 def resolve(path: str | os.PathLike) -> Path:
-    """A checkpoint directory from a checkpoint, release or run directory."""
+    """A checkpoint directory from a checkpoint, release or run directory (→ its latest)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint directory")
     if path.is_file():
         raise CheckpointError(f"{path}: expected a checkpoint directory, got a file")
+    if (path / LATEST).is_file() or list_checkpoints(path):  # a run directory
+        return latest_checkpoint(path)
     markers = ("config.json", "model.safetensors", "ema.safetensors", "state.pt")
     if not any((path / m).exists() for m in markers):
-        ckpt = latest_checkpoint(path)
-        if ckpt is None:
-            raise CheckpointError(
-                f"{path}: not a checkpoint (no config.json / model.safetensors) and no ckpt-* in it"
-            )
-        return ckpt
+        raise CheckpointError(
+            f"{path}: not a checkpoint (no config.json / model.safetensors) and no ckpt-* in it"
+        )
     return path
 
 

@@ -215,3 +215,25 @@ def test_frozen_text_encoder_embeds_each_caption_once(two_clouds, tmp_path):
     assert calls == [ds.captions]  # one batched call, before training
     assert torch.equal(ds[0]["text_emb"], text.embed([ds[0]["caption"]])[0])
     assert not (tmp_path / "run" / "ckpt-0000002" / "text.safetensors").exists()
+
+
+def test_train_cli_builds_trains_resumes_and_rejects_bad_overrides(two_clouds, tmp_path):
+    from pointdiff.launch import main
+
+    run = str(tmp_path / "cli")
+    argv = ["tiny", "--data", str(two_clouds), "--run-dir", run, "--batch_size=2", "--max_steps=2",
+            "--ckpt_every=1", "--warmup_steps=1", "--p_mean=-1.0"]  # fmt: skip
+    assert main("base", argv)["step"] == 2
+    _, configs = load_model(run, kind="denoiser")
+    assert configs["text"] == TextConfig(arch="tiny", pretrained="", trainable=True)
+    assert configs["diffusion"].p_mean == -1.0 and configs["train"].max_steps == 2
+    assert main("base", [*argv[:-4], "--max_steps=3", "--ckpt_every=1", "--warmup_steps=1",
+                         "--p_mean=-1.0", "--resume"])["step"] == 3  # fmt: skip
+    with pytest.raises(TrainError, match="differs from the run's"):
+        main("base", [*argv, "--width=64", "--resume"])
+    with pytest.raises(ValueError, match="no config has a field 'nope'"):
+        main("base", [*argv, "--nope=1"])
+    with pytest.raises(ValueError, match="64-d conditions but --text gives 32-d"):
+        main("base", [*argv, "--cond_dim=64", "--text", "tiny"])
+    with pytest.raises(ValueError, match="is a denoiser, not a upsampler"):
+        main("upsampler", argv)

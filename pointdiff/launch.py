@@ -1,0 +1,182 @@
+"""Command lines of the diffusion training stages (``train/train_base.py``,
+``train/train_upsampler.py``): preset + ``--key=value`` overrides → configs → dataset, model,
+text encoder → ``training.train``. The scripts in ``train/`` only call ``main(stage, argv)``.
+
+Overrides are routed by field name to the model config (``DenoiserConfig``/``UpsamplerConfig``),
+``TrainConfig`` or ``DiffusionConfig`` (their field names do not overlap); an unknown key is an
+error listing the valid ones. ``--text`` chooses the condition:
+
+* ``clip:ARCH[:TAG]`` a frozen pretrained open_clip tower (default tag ``openai``); offline,
+  ``--clip-weights PATH`` hands over the weights file of that tag (``--clip-download`` allows
+  open_clip to fetch it instead);
+* ``tiny`` / ``small`` a from-scratch tower trained jointly (``--freeze-text`` keeps it fixed);
+* ``none`` unconditional (the model's ``cond_dim`` must be 0).
+
+The default follows the preset's ``cond_dim``: 768 → ``clip:ViT-L-14:openai`` (Point-E),
+512 → ``small``, 32 → ``tiny``, 0 → ``none``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from pointdiff import dist
+from pointdiff.config import (
+    DiffusionConfig,
+    TextConfig,
+    TrainConfig,
+    apply_overrides,
+    get_preset,
+    to_dict,
+)
+from pointdiff.data import PointCloudDataset
+from pointdiff.diffusion.precond import EDMLoss
+from pointdiff.models import build_model, count_params
+from pointdiff.text import SCRATCH_CONFIGS, TextEncoder
+from pointdiff.training import TrainError, train
+
+STAGES = {"base": ("denoiser", "small"), "upsampler": ("upsampler", "upsample_small")}
+DEFAULT_TEXT = {768: "clip:ViT-L-14:openai", 512: "small", 32: "tiny", 0: "none"}
+
+
+def route_overrides(configs: dict, argv: list[str]) -> dict:
+    """Apply ``--key=value`` overrides to whichever config of ``configs`` has the field."""
+    owners = {
+        f.name: name
+        for name, cfg in configs.items()
+        for f in dataclasses.fields(cfg)
+        if f.name != "kind"
+    }
+    routed: dict[str, list[str]] = {name: [] for name in configs}
+    for arg in argv:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ValueError(f"unrecognised argument {arg!r}; overrides look like --key=value")
+        key = arg[2:].split("=", 1)[0].replace("-", "_")
+        if key not in owners:
+            raise ValueError(f"no config has a field {key!r}; valid: {', '.join(sorted(owners))}")
+        routed[owners[key]].append(arg)
+    return {name: apply_overrides(cfg, routed[name]) for name, cfg in configs.items()}
+
+
+def build_text(spec: str, clip_weights: str | None, download: bool, freeze: bool):
+    """(TextEncoder or None, TextConfig or None) for a ``--text`` value."""
+    if spec == "none":
+        return None, None
+    if spec in SCRATCH_CONFIGS:
+        cfg = TextConfig(arch=spec, pretrained="", trainable=not freeze)
+        return TextEncoder.from_text_config(cfg, seed=0), cfg
+    if not spec.startswith("clip:"):
+        raise ValueError(f"--text {spec!r}: use clip:ARCH[:TAG], tiny, small or none")
+    arch, _, tag = spec[len("clip:") :].partition(":")
+    enc = TextEncoder.from_pretrained(
+        arch, tag or "openai", download=download, weights=clip_weights
+    )
+    pretrained = tag or "openai"
+    if clip_weights:  # record a rebuildable (arch, file) pair, keeping the tag's activation
+        pretrained = str(Path(clip_weights).resolve())
+        if enc.spec["quick_gelu"] and "quickgelu" not in arch:
+            arch = f"{arch}-quickgelu"
+    return enc, TextConfig(arch=arch, pretrained=pretrained, trainable=False)
+
+
+def parse(stage: str, argv: list[str] | None):
+    kind, preset = STAGES[stage]
+    p = argparse.ArgumentParser(
+        prog=f"train_{stage}.py",
+        description=f"Train the {stage} diffusion model ({kind}). Launch with torchrun for "
+        "several GPUs/nodes. Extra --key=value arguments override model/train/diffusion fields.",
+    )
+    p.add_argument("preset", nargs="?", default=preset, help=f"model preset (default {preset})")
+    p.add_argument("--data", required=True, help="shard directory (data_tools output)")
+    p.add_argument("--run-dir", required=True, help="checkpoints, log.jsonl, config.json go here")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the run's latest checkpoint"
+    )
+    p.add_argument(
+        "--stop-at", type=int, default=None, help="stop (with a checkpoint) at this step"
+    )
+    p.add_argument("--text", default=None, help="clip:ARCH[:TAG] | tiny | small | none")
+    p.add_argument("--clip-weights", default=None, help="local weights file of the CLIP tag")
+    p.add_argument("--clip-download", action="store_true", help="let open_clip download weights")
+    p.add_argument("--freeze-text", action="store_true", help="do not train a tiny/small tower")
+    p.add_argument("--split", default="train", help="shard split to train on ('all' = every one)")
+    p.add_argument("--subsample", default="fps", choices=["fps", "random", "first"])
+    p.add_argument("--no-augment", action="store_true", help="no rotation / scale jitter")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    return p.parse_known_args(argv)
+
+
+def main(stage: str, argv: list[str] | None = None) -> dict:
+    """Run one training command line of ``stage`` (``base`` or ``upsampler``)."""
+    args, overrides = parse(stage, argv)
+    kind = STAGES[stage][0]
+    model_cfg = get_preset(args.preset)
+    if model_cfg.kind != kind:
+        raise ValueError(f"preset {args.preset!r} is a {model_cfg.kind}, not a {kind}")
+    configs = {"model": model_cfg, "train": TrainConfig(), "diffusion": DiffusionConfig()}
+    configs = route_overrides(configs, overrides)
+    model_cfg, train_cfg, diff_cfg = configs["model"], configs["train"], configs["diffusion"]
+
+    text, text_cfg = build_text(
+        args.text or DEFAULT_TEXT.get(model_cfg.cond_dim, "none"),
+        args.clip_weights, args.clip_download, args.freeze_text,
+    )  # fmt: skip
+    dim = text.dim if text is not None else 0
+    if dim != model_cfg.cond_dim:
+        raise ValueError(
+            f"the model takes {model_cfg.cond_dim}-d conditions but --text gives {dim}-d ones; "
+            f"pass --cond_dim={dim} or another --text"
+        )
+    if text_cfg is not None:
+        configs["text"] = text_cfg
+    _check_resume(Path(args.run_dir), configs, args.resume)
+
+    num_points = model_cfg.num_points + getattr(model_cfg, "num_cond_points", 0)
+    dataset = PointCloudDataset(
+        args.data, split=None if args.split == "all" else args.split, num_points=num_points,
+        subsample=args.subsample, augment=not args.no_augment, seed=train_cfg.seed,
+    )  # fmt: skip
+    torch.manual_seed(train_cfg.seed)  # same init on every rank (DDP broadcasts anyway)
+    model = build_model(model_cfg)
+    dist.print0(
+        f"{stage} {args.preset}: {count_params(model) / 1e6:.2f} M params, {len(dataset)} objects, "
+        f"text {text_cfg.arch if text_cfg else 'none'}{' (trained)' if text_cfg and text_cfg.trainable else ''}"
+    )
+    loss_fn = EDMLoss(diff_cfg.p_mean, diff_cfg.p_std, diff_cfg.sigma_data)
+    return train(
+        args.run_dir, model, loss_fn, dataset, train_cfg, configs, text_encoder=text,
+        resume=args.resume, device=args.device, stop_at=args.stop_at,
+    )  # fmt: skip
+
+
+def _check_resume(run_dir: Path, configs: dict, resume: bool) -> None:
+    """On --resume the model, diffusion and text configs must be those the run started with."""
+    saved_path = run_dir / "config.json"
+    if not resume or not saved_path.is_file():
+        return
+    saved = json.loads(saved_path.read_text())
+    for name in ("model", "diffusion", "text"):
+        now = to_dict(configs[name]) if name in configs else None
+        if saved.get(name) != now:
+            diff = sorted(k for k in set(now or {}) | set(saved.get(name) or {})
+                          if (now or {}).get(k) != (saved.get(name) or {}).get(k))  # fmt: skip
+            raise TrainError(
+                f"--resume: the {name} config differs from the run's ({run_dir / 'config.json'}) "
+                f"in {diff}; resume with the original command line"
+            )
+
+
+def cli(stage: str, argv: list[str] | None = None) -> None:
+    """``main`` for the scripts: a bad argument, config or checkpoint ends with one error line."""
+    try:
+        main(stage, argv)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise SystemExit(f"train_{stage}.py: error: {msg}") from None
+    finally:
+        dist.shutdown()

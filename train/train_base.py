@@ -1,0 +1,19 @@
+"""Train the base text -> point-cloud denoiser (Point-E's base model, EDM formulation).
+
+    .venv/bin/python train/train_base.py small --data runs/data/shapenet --run-dir runs/base_small \
+        [--text clip:ViT-L-14:openai | small | tiny | none] [--clip-weights PATH] \
+        [--resume] [--stop-at STEP] [--key=value ...]
+
+    torchrun --nproc_per_node=8 train/train_base.py base40M --data ... --run-dir ... --batch_size=64
+
+``--key=value`` overrides go to DenoiserConfig, TrainConfig or DiffusionConfig by field name
+(e.g. ``--width=384 --lr=3e-4 --max_steps=200000 --bf16=True``). All logic lives in
+``pointdiff.launch`` and ``pointdiff.training``.
+"""
+
+import sys
+
+from pointdiff.launch import cli
+
+if __name__ == "__main__":
+    cli("base", sys.argv[1:])
