@@ -160,12 +160,18 @@ def load_mesh(
         has_vertex_colors=np.concatenate([p[4] for p in parts]),
         materials=materials,
     )
-    missing = sorted(set(resolver.missing))
+    # Only files that carry colour count (material libraries, diffuse/base-colour images);
+    # missing bump or normal maps are noted as warnings and do not fail the object.
+    colour = _colour_refs(resolver) if suffix == ".obj" else set()
+    missing = sorted(n for n in set(resolver.missing) if n in colour)
     missing += [
         f"base-colour image of material {m.name!r}"
         for m in materials
         if m.linear and m.texture is None and m.name in textured
     ]
+    other = sorted(set(resolver.missing) - set(missing))
+    if other:
+        soup.warnings.append(f"{path.name}: non-colour files not found: {', '.join(other)}")
     if missing:
         message = f"{path.name}: referenced files not found: {', '.join(missing)}"
         if strict:
@@ -308,13 +314,17 @@ class _RecordingResolver(Resolver):
     def __init__(self, parent: Path, root: Path):
         self.parent, self.root = _lexical(parent), _lexical(root)
         self.missing: list[str] = []
+        self.mtl: list[bytes] = []  # material libraries read, to tell colour maps from others
 
     def get(self, name: str) -> bytes:
         name = name.strip().replace("\\", "/")
         for cand in (name, name.lstrip("/"), os.path.basename(name)):
             p = _lexical(self.parent / cand)
             if p.is_relative_to(self.root) and p.is_file():
-                return p.read_bytes()
+                data = p.read_bytes()
+                if p.suffix.lower() == ".mtl":
+                    self.mtl.append(data)
+                return data
         self.missing.append(name)
         raise FileNotFoundError(name)
 
@@ -329,6 +339,19 @@ class _RecordingResolver(Resolver):
 
     def write(self, name, data):
         raise PermissionError("read-only resolver")
+
+
+def _colour_refs(resolver: _RecordingResolver) -> set[str]:
+    """Names whose absence loses colour: every missing ``.mtl`` and each ``map_Kd`` file."""
+    refs = {n for n in resolver.missing if n.lower().endswith(".mtl")}
+    kd_lines = [
+        line.strip().replace("\\", "/")
+        for data in resolver.mtl
+        for line in data.decode("utf-8", "replace").splitlines()
+        if line.strip().lower().startswith("map_kd")
+    ]
+    refs |= {n for n in resolver.missing if any(line.endswith(n) for line in kd_lines)}
+    return refs
 
 
 def _lexical(path: Path) -> Path:

@@ -114,6 +114,17 @@ def test_missing_mtl_and_texture(tmp_path):
         load_mesh(obj)
 
 
+def test_missing_non_colour_maps_are_only_warnings(shared_data, tmp_path):
+    shutil.copytree(shared_data / "gltf_samples/WaterBottle", tmp_path / "wb")
+    (tmp_path / "wb/WaterBottle_normal.png").unlink()
+    soup = load_mesh(tmp_path / "wb/WaterBottle.gltf")
+    assert soup.materials[0].texture is not None
+    assert "WaterBottle_normal.png" in soup.warnings[0]
+    (tmp_path / "wb/WaterBottle_baseColor.png").unlink()
+    with pytest.raises(MissingAssetError, match="base-colour"):
+        load_mesh(tmp_path / "wb/WaterBottle.gltf")
+
+
 def test_textures_outside_root_are_refused(tmp_path):
     (tmp_path / "models").mkdir()
     (tmp_path / "images").mkdir()
