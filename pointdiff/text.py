@@ -42,6 +42,7 @@ from torch import nn
 from pointdiff.config import TextConfig
 
 WEIGHTS_NAME = "text.safetensors"
+EMA_WEIGHTS_NAME = "text_ema.safetensors"  # training checkpoints of a jointly trained tower
 CONFIG_NAME = "text_config.json"
 
 # From-scratch towers: CLIP's text transformer shape, scaled down. ``embed_dim`` matches the
@@ -200,11 +201,20 @@ class TextEncoder(nn.Module):
         return out
 
     @classmethod
-    def load(cls, path: str | os.PathLike, trainable: bool = False) -> TextEncoder:
-        """Rebuild from a directory (or its ``text.safetensors``) written by ``save``."""
+    def load(
+        cls, path: str | os.PathLike, trainable: bool = False, use_ema: bool = True
+    ) -> TextEncoder:
+        """Rebuild from a directory (or a weights file in it) written by ``save``.
+
+        In a training checkpoint a jointly trained tower has raw (``text.safetensors``) and EMA
+        (``text_ema.safetensors``) weights; a directory gives the EMA ones unless ``use_ema``
+        is False, matching ``checkpoint.load_model``.
+        """
         path = Path(path)
         root = path if path.is_dir() else path.parent
         weights = path if path.is_file() else root / WEIGHTS_NAME
+        if path.is_dir() and use_ema and (root / EMA_WEIGHTS_NAME).is_file():
+            weights = root / EMA_WEIGHTS_NAME
         cfg_file = root / CONFIG_NAME
         if not weights.is_file() or not cfg_file.is_file():
             raise TextEncoderError(f"{path}: expected {WEIGHTS_NAME} and {CONFIG_NAME} there")

@@ -113,7 +113,8 @@ def test_tiny_model_overfits_two_real_clouds(two_clouds, tmp_path):
         _chamfer(clouds, torch.stack([resampled[i]["points"] for i in range(2)]))
         for _ in range(4) if resampled.set_epoch(_) is None
     ]).mean(0).repeat(2)  # fmt: skip
-    print(f"low-σ loss {before:.3f} -> {after:.3f}; Chamfer own {own} other {other} "
+    print(f"train loss {losses[0]:.3f} -> {np.mean(losses[-10:]):.3f}; "
+          f"low-σ loss {before:.3f} -> {after:.3f}; Chamfer own {own} other {other} "
           f"re-sampled {limit}")  # fmt: skip
     assert (own < other).all() and (own < 1.25 * limit).all(), (own, other, limit)
 
@@ -159,6 +160,16 @@ def test_resume_matches_an_uninterrupted_run_step_for_step(two_clouds, tmp_path)
         wa = load_file(str(full["checkpoint"] / f"{name}.safetensors"))
         wb = load_file(str(resumed["checkpoint"] / f"{name}.safetensors"))
         assert all(torch.equal(wa[k], wb[k]) for k in wa), name
+    # sampling takes the EMA text tower from a checkpoint directory, like the EMA network
+    prompts = ds.captions
+    torch.testing.assert_close(
+        TextEncoder.load(full["checkpoint"]).embed(prompts),
+        TextEncoder.load(full["checkpoint"] / "text_ema.safetensors").embed(prompts),
+    )
+    assert not torch.allclose(
+        TextEncoder.load(full["checkpoint"], use_ema=False).embed(prompts),
+        TextEncoder.load(full["checkpoint"]).embed(prompts),
+    )
 
     # a different global batch cannot continue exactly: refused with the reason
     net, ds, text, tc, cfgs = _resume_setup(two_clouds)
