@@ -152,8 +152,9 @@ def _batches(dataset, sampler: ResumableSampler, cfg: TrainConfig, step: int, de
             drop_last=True,
         )
         for batch in loader:
+            # sample indices stay on the CPU (bookkeeping; reading them must not sync the GPU)
             yield {
-                k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                k: v.to(device, non_blocking=True) if torch.is_tensor(v) and k != "index" else v
                 for k, v in batch.items()
             }
         epoch, start = epoch + 1, 0
@@ -308,7 +309,7 @@ def train(
         loss_sum, indices = torch.zeros((), device=device), []
         for micro in range(cfg.grad_accum):
             batch = next(data)
-            indices += batch["index"].tolist()
+            indices += batch["index"].tolist() if "index" in batch else []
             seed = _step_seed(cfg.seed, step, rank * cfg.grad_accum + micro)
             torch.manual_seed(seed)  # model-internal randomness (condition dropout)
             generator = torch.Generator(device).manual_seed(seed)  # σ and noise
