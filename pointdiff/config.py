@@ -67,6 +67,7 @@ class SDFConfig:
     num_points: int = 4096  # input cloud size
     num_latents: int = 0  # 0 = self-attention over all points; >0 = perceiver with latents
     init_scale: float = 0.25
+    fourier_freqs: int = 0  # F>0: xyz -> [xyz, sin/cos(2^k·π·xyz), k<F] before the input Linears
 
 
 @dataclass(frozen=True)
@@ -150,9 +151,17 @@ PRESETS: dict[str, Any] = {
     "upsample_small": UpsamplerConfig(width=256, depth=6, heads=4),
     "upsample40M": UpsamplerConfig(width=512, depth=12, heads=8),
     "sdf_tiny": SDFConfig(
-        width=32, encoder_depth=2, encoder_heads=2, decoder_depth=2, decoder_heads=2, num_points=256
+        width=32,
+        encoder_depth=2,
+        encoder_heads=2,
+        decoder_depth=2,
+        decoder_heads=2,
+        num_points=256,
+        fourier_freqs=6,
     ),
-    "sdf_small": SDFConfig(width=128, encoder_depth=4, decoder_depth=2, num_latents=256),
+    "sdf_small": SDFConfig(
+        width=128, encoder_depth=4, decoder_depth=2, num_latents=256, fourier_freqs=6
+    ),
     "sdf_pointe": SDFConfig(),
 }
 

@@ -1,6 +1,8 @@
 """Point cloud -> signed distance: Point-E's ``CrossAttentionPointCloudSDFModel``, made fast.
 
-Encoder: ``Linear(3, width)`` over the cloud's xyz (colours are ignored), then either
+Encoder: ``Linear(3, width)`` over the cloud's xyz (colours are ignored; with
+``cfg.fourier_freqs > 0`` xyz is first expanded to Fourier features, see ``FourierEmbedding``),
+then either
 
 * ``num_latents == 0``: ``encoder_depth`` self-attention blocks over all N points (Point-E), or
 * ``num_latents  > 0``: a perceiver: L learned latents cross-attend once to the embedded points,
@@ -35,8 +37,29 @@ import torch
 from torch import nn
 
 from pointdiff.config import SDFConfig
-from pointdiff.models.layers import ResidualBlock, ResidualCrossAttentionBlock
+from pointdiff.models.layers import ResidualBlock, ResidualCrossAttentionBlock, zero_init
 from pointdiff.models.trunk import ModelInputError
+
+
+class FourierEmbedding(nn.Module):
+    """xyz [..., 3] -> [xyz, sin(2^k·π·xyz), cos(2^k·π·xyz) for k < F] [..., 3 + 6F].
+
+    Dot products of such features are (sums of) cosines of coordinate *differences*, so
+    attention between a query and the points can express locality ("attend to nearby points"),
+    which a plain ``Linear(3, w)`` (a bilinear form in the two positions) cannot; the SDF head
+    then fits sharp shapes several times faster (3DShape2VecSet, Shap-E embed positions this way).
+    """
+
+    def __init__(self, freqs: int):
+        super().__init__()
+        self.register_buffer("freqs", (2.0 ** torch.arange(freqs)) * math.pi, persistent=False)
+        self.out_dim = 3 + 6 * freqs
+
+    def forward(self, xyz: torch.Tensor) -> torch.Tensor:
+        if len(self.freqs) == 0:
+            return xyz
+        angles = (xyz[..., None] * self.freqs).flatten(-2)  # [..., 3F]
+        return torch.cat([xyz, angles.sin(), angles.cos()], dim=-1)
 
 
 class _Stack(nn.Module):
@@ -76,7 +99,8 @@ class SDFModel(nn.Module):
         w = cfg.width
         # Point-E scales its init std by 1/sqrt(width) inside Transformer and SimplePerceiver.
         std = cfg.init_scale / math.sqrt(w)
-        self.encoder_input_proj = nn.Linear(3, w)
+        self.embed = FourierEmbedding(cfg.fourier_freqs)  # identity for F = 0 (point-e)
+        self.encoder_input_proj = nn.Linear(self.embed.out_dim, w)
         if cfg.num_latents > 0:
             # Perceiver encoder: learned latents read the points once, then self-attend.
             self.encoder_latents = nn.Parameter(torch.randn(cfg.num_latents, w) * 0.02)
@@ -84,7 +108,7 @@ class SDFModel(nn.Module):
         self.encoder = _Stack(
             [ResidualBlock(w, cfg.encoder_heads, std) for _ in range(cfg.encoder_depth)]
         )
-        self.decoder_input_proj = nn.Linear(3, w)
+        self.decoder_input_proj = nn.Linear(self.embed.out_dim, w)
         self.decoder = _Stack(
             [
                 ResidualCrossAttentionBlock(w, cfg.decoder_heads, std)
@@ -92,7 +116,9 @@ class SDFModel(nn.Module):
             ]
         )
         self.ln_post = nn.LayerNorm(w)
-        self.output_proj = nn.Linear(w, 1)
+        # Zero output: a fresh head predicts SDF 0 everywhere (loss = mean |target|) instead of
+        # random ±0.5 values whose wrong signs the clamped loss must first undo.
+        self.output_proj = zero_init(nn.Linear(w, 1))
 
     def encode(self, points: torch.Tensor) -> SDFLatents:
         """Encode clouds once; the result also caches every decoder block's K/V.
@@ -106,7 +132,7 @@ class SDFModel(nn.Module):
             raise ModelInputError("cannot encode an empty point cloud (N = 0)")
         if not torch.isfinite(points).all():
             raise ModelInputError("point cloud contains NaN/inf coordinates")
-        h = self.encoder_input_proj(points)  # [B, N, W]
+        h = self.encoder_input_proj(self.embed(points))  # [B, N, W]
         if self.cfg.num_latents > 0:
             z = self.encoder_latents.expand(points.shape[0], -1, -1)  # [B, L, W]
             h = self.encoder_cross(z, data=h)
@@ -127,7 +153,7 @@ class SDFModel(nn.Module):
         """
         if queries.ndim != 3 or queries.shape[-1] != 3:
             raise ModelInputError(f"queries must be [B, Q, 3], got {tuple(queries.shape)}")
-        x = self.decoder_input_proj(queries)  # [B, Q, W]
+        x = self.decoder_input_proj(self.embed(queries))  # [B, Q, W]
         for i, block in enumerate(self.decoder.resblocks):
             kv = latents.kv[i] if isinstance(latents, SDFLatents) else block.project_kv(latents)
             x = block(x, kv=kv)

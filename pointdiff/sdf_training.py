@@ -1,0 +1,180 @@
+"""Training the SDF head with ``pointdiff.training.train``: dataset, inputs hook, loss, IoU.
+
+**Data.** ``SDFDataset`` reads shard directories (``pointdiff.data``: ``coords`` [P, 3] and the
+SDF samples ``sdf_points`` [Q, 3], ``sdf_values`` [Q], negative inside, object space). Objects
+whose sign the converter flagged unreliable (``sdf_reliable: false``, e.g. open meshes where the
+ray votes disagree) are skipped by default: a wrong sign teaches a wrong surface.
+
+**Input augmentation** (so the head works on *generated* clouds, not only clean samples): the
+generator's clouds are 4096 points with some positional noise, uneven density and a bbox
+normalisation. Per item, as a function of (seed, epoch, index) only (exact resume):
+
+1. a random rotation about the up axis (Z) of cloud *and* queries, then the bbox normalisation
+   (xyz in [-0.5, 0.5]) of the rotated clean cloud applied to both, with SDF values scaled by the
+   same factor (an SDF scales with its shape);
+2. ``num_points`` points drawn at random (without replacement when possible);
+3. "dropout": a fraction ~ U(0, dropout) of them replaced by copies of other points (clumps
+   and holes, as diffusion samples have);
+4. Gaussian noise with a per-cloud σ ~ U(0, noise) added to the cloud (never to the queries).
+
+**Loss** (``SDFLoss``): clamped L1, ``|f(x) - clamp(sdf(x), ±clamp)|`` averaged over queries
+(DeepSDF's clamped L1 with δ = 0.1 object units, 10 % of the object). Marching cubes needs
+precise values only near the surface; far away only the sign matters, so the target is clamped
+and capacity goes to the band that becomes the mesh. Unlike DeepSDF the prediction is not
+clamped: a far prediction with the wrong sign would otherwise get no gradient. A clamped target
+also makes the learned field under-estimate far distances, which keeps coarse-to-fine meshing
+(``mesh.evaluate_grid``) conservative.
+
+The training loop wraps every network in ``KarrasDenoiser`` (it was written for diffusion);
+``SDFLoss`` unwraps it: there is no noise level here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from pointdiff.data import ShardError, ShardReader, rotate_z
+from pointdiff.diffusion.precond import KarrasDenoiser
+
+# ----------------------------------------------------------------------------------------------
+# Dataset
+
+
+class SDFDataset(torch.utils.data.Dataset):
+    """Augmented clouds with SDF query samples from one or more shard directories.
+
+    Items: ``{"points": [num_points, 3], "queries": [num_queries, 3], "sdf": [num_queries],
+    "index": int}``, all float32, object space.
+
+    :param split: keep objects of this split (None = all).
+    :param reliable_only: skip objects with ``sdf_reliable == False`` in the index.
+    :param noise: max per-cloud Gaussian σ (object units) added to the cloud.
+    :param dropout: max fraction of cloud points replaced by duplicates of others.
+    :param rotate: random rotation about Z (+ re-normalisation) of cloud and queries.
+    """
+
+    def __init__(
+        self,
+        roots: str | os.PathLike | Sequence[str | os.PathLike],
+        split: str | None = "train",
+        num_points: int = 4096,
+        num_queries: int = 2048,
+        noise: float = 0.01,
+        dropout: float = 0.1,
+        rotate: bool = True,
+        reliable_only: bool = True,
+        seed: int = 0,
+    ):
+        roots = [roots] if isinstance(roots, str | os.PathLike) else list(roots)
+        self.readers = [ShardReader(r) for r in roots]
+        self.rows: list[tuple[int, int]] = []  # (reader, row)
+        for k, reader in enumerate(self.readers):
+            for i, e in enumerate(reader.entries):
+                if split is not None and e["split"] != split:
+                    continue
+                if reliable_only and e.get("sdf_reliable") is False:
+                    continue
+                self.rows.append((k, i))
+        if not self.rows:
+            raise ShardError(f"{roots}: no objects with SDF samples in split {split!r}")
+        self.num_points, self.num_queries = num_points, num_queries
+        self.noise, self.dropout, self.rotate = noise, dropout, rotate
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def entry(self, i: int) -> dict:
+        k, row = self.rows[i]
+        return self.readers[k].entries[row]
+
+    def __getitem__(self, i: int) -> dict:
+        k, row = self.rows[i]
+        reader = self.readers[k]
+        try:
+            coords = reader.get(row, "coords").astype(np.float32)
+            queries = reader.get(row, "sdf_points").astype(np.float32)
+            sdf = reader.get(row, "sdf_values").astype(np.float32)
+        except KeyError:
+            raise ShardError(f"{reader.root}: objects have no SDF samples (sdf_points)") from None
+        g = np.random.default_rng([self.seed, self.epoch, i])
+
+        # 1. rotation about Z, then the bbox normalisation of the rotated clean cloud
+        if self.rotate:
+            angle = g.uniform(0, 2 * math.pi)
+            coords, queries = rotate_z(coords, angle), rotate_z(queries, angle)
+            lo, hi = coords.min(0), coords.max(0)
+            center, scale = (lo + hi) / 2, float((hi - lo).max())
+            coords, queries = (coords - center) / scale, (queries - center) / scale
+            sdf = sdf / scale
+        # 2. the input cloud: num_points at random
+        n = len(coords)
+        coords = coords[g.choice(n, self.num_points, replace=self.num_points > n)]
+        # 3. dropout: some points become copies of others (clumps and holes)
+        n_drop = int(g.uniform(0, self.dropout) * self.num_points)
+        if n_drop:
+            dropped = g.choice(self.num_points, n_drop, replace=False)
+            coords[dropped] = coords[g.integers(0, self.num_points, n_drop)]
+        # 4. per-cloud positional noise
+        coords = coords + g.normal(0, g.uniform(0, self.noise), coords.shape).astype(np.float32)
+
+        q = g.choice(len(queries), self.num_queries, replace=self.num_queries > len(queries))
+        return {
+            "points": torch.from_numpy(coords.astype(np.float32)),
+            "queries": torch.from_numpy(queries[q]),
+            "sdf": torch.from_numpy(sdf[q]),
+            "index": i,
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# Hook and loss for pointdiff.training.train
+
+
+def sdf_inputs(batch: dict) -> tuple[torch.Tensor, dict]:
+    """Training-loop hook: x0 = the cloud [B, N, 3]; queries [B, Q, 3] and targets [B, Q]."""
+    return batch["points"], {"queries": batch["queries"], "sdf": batch["sdf"]}
+
+
+class SDFLoss:
+    """Clamped L1 per cloud: mean over queries of ``|f(x) - clamp(sdf, ±clamp)|`` -> [B]."""
+
+    def __init__(self, clamp: float = 0.1):
+        self.clamp = clamp
+
+    def __call__(
+        self,
+        net: nn.Module,
+        points: torch.Tensor,
+        queries: torch.Tensor,
+        sdf: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        if isinstance(net, KarrasDenoiser):  # the loop's diffusion wrapper: no σ here
+            net = net.net
+        pred = net(points, queries).float()  # [B, Q]
+        return (pred - sdf.clamp(-self.clamp, self.clamp)).abs().mean(dim=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def volumetric_iou(pred_sdf: torch.Tensor, true_sdf: torch.Tensor) -> torch.Tensor:
+    """IoU of the inside regions (SDF < 0) over the same query points (uniform in the volume).
+
+    :param pred_sdf: [..., Q]; true_sdf: [..., Q]. :return: [...].
+    """
+    pred_in, true_in = pred_sdf < 0, true_sdf < 0
+    inter = (pred_in & true_in).sum(-1).float()
+    union = (pred_in | true_in).sum(-1).float()
+    return inter / union.clamp(min=1)
