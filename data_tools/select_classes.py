@@ -1,0 +1,90 @@
+"""Select objects of named shape classes from shard directories into a new shard directory.
+
+    .venv/bin/python -m data_tools.select_classes runs/data/sweethome3d --out runs/data/ship \
+        [--holdout-groups stool desk]
+
+A class is matched by keywords on the object's name (Sweet Home 3D) or caption words; the first
+class whose keyword matches wins, so order matters (``armchair`` is matched before ``chair``).
+The record's ``category`` becomes the class; ``split`` is kept (by object), except that objects
+whose name contains a ``--holdout-groups`` word go to split ``test_group`` (whole name groups held
+out for generalisation checks). Output bytes are a function of the input shards only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pointdiff.data import ShardReader, write_shards
+
+#: shape class -> keywords (word match on the lower-cased name, else on the caption).
+CLASSES: dict[str, list[str]] = {
+    "sofa": ["sofa", "couch", "armchair", "settee"],
+    "chair": ["chair", "stool"],
+    "table": ["table", "desk"],
+    "bed": ["bed", "crib"],
+    "lamp": ["lamp", "lantern", "chandelier", "light"],
+    "cabinet": ["cabinet", "wardrobe", "bookcase", "shelves", "dresser", "cupboard", "drawers"],
+    "door": ["door"],
+    "window": ["window", "panes"],
+    "plant": ["plant", "tree", "hedge", "bush", "flowers", "palm"],
+    "bottle": ["bottle", "vase", "flacon"],
+    "person": ["male", "female", "man", "woman", "girl", "boy", "person"],
+}
+
+
+def _words(text: str) -> set[str]:
+    return set("".join(c if c.isalnum() else " " for c in text.lower()).split())
+
+
+def classify(entry: dict) -> str | None:
+    """The shape class of an index entry, or None."""
+    name = _words(entry.get("name", ""))
+    caption = _words(entry.get("caption", ""))
+    for words in (name, caption):
+        for cls, keys in CLASSES.items():
+            if words & set(keys):
+                return cls
+    return None
+
+
+def select(roots: list[Path], out: Path, holdout_groups: list[str]) -> dict:
+    records = []
+    for root in roots:
+        reader = ShardReader(root)
+        for i, e in enumerate(reader.entries):
+            cls = classify(e)
+            if cls is None:
+                continue
+            rec = {k: v for k, v in e.items() if k not in ("shard", "row")}
+            rec["category"] = cls
+            if _words(e.get("name", e["caption"])) & set(holdout_groups):
+                rec["split"] = "test_group"
+            for key in ("coords", "colors", "sdf_points", "sdf_values"):
+                rec[key] = reader.get(i, key)
+            records.append(rec)
+    records.sort(key=lambda r: r["id"])
+    return write_shards(records, out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("roots", nargs="+", type=Path, help="shard directories (data_tools output)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--holdout-groups", nargs="*", default=[], help="name words held out whole")
+    args = ap.parse_args(argv)
+    meta = select(args.roots, args.out, args.holdout_groups)
+    counts: dict[str, dict[str, int]] = {}
+    with open(args.out / "index.jsonl") as f:
+        for line in f:
+            e = json.loads(line)
+            counts.setdefault(e["category"], {}).setdefault(e["split"], 0)
+            counts[e["category"]][e["split"]] += 1
+    print(f"{meta['num_objects']} objects -> {args.out}")
+    for cls in CLASSES:
+        print(f"  {cls:8s} {counts.get(cls, {})}")
+
+
+if __name__ == "__main__":
+    main()
