@@ -296,6 +296,8 @@ def load_pointe_evaluator(path: str | os.PathLike, device: str = "cpu") -> Point
     model = PointNet2Classifier(cfg)
     converted = {}
     for ours, theirs in pointe_key_map(cfg).items():
+        if theirs not in state and theirs.endswith("num_batches_tracked"):
+            state[theirs] = torch.tensor(0)  # absent in checkpoints from torch < 0.4.1; unused
         if theirs not in state:
             raise ClassifierError(f"{path}: point-e key {theirs!r} is missing")
         v = state[theirs]

@@ -153,8 +153,9 @@ def run_eval(
     :param protocol: ``global`` (PointFlow/LION) | ``bbox`` (DPM) | ``lion_box``.
     :param seeds: one evaluation per seed (subset + point draw); the report has mean ± std.
     :param metrics: distances for MMD/COV/1-NNA (``cd``, ``emd`` = approxmatch, ``emd_exact``).
-    :param classifier: a classifier directory (``train/train_classifier.py``) or model: adds
-        P-FID, P-IS and, when the samples carry categories, category R-precision.
+    :param classifier: a classifier directory (``train/train_classifier.py``) or a model (e.g.
+        ``load_pointe_evaluator(path)`` for point-e's numbers): adds P-FID, P-IS and, when the
+        samples carry categories the classifier knows, category R-precision.
     :param clip: a ``ClipScorer``: adds CLIP R-precision when the samples carry prompts.
     :return: the report dict (also written to ``out_dir/report.json``).
     """

@@ -223,13 +223,36 @@ def _check_emd(x: torch.Tensor, y: torch.Tensor, cost: str) -> None:
 # Pairwise matrices between two sets (chunked)
 
 
+#: CPU tiles for the Chamfer blocks: [P pairs, 128 rows, M] of about 4 MB stay in cache (2x
+#: faster than writing and re-reading whole 16 MB [N, M] blocks); on GPUs a block is one tile.
+_CPU_TILE_BYTES, _CPU_TILE_ROWS = 4 * 2**20, 128
+
+
+def _nearest_tiled(x, y, work):
+    """Row and column minima of the squared-distance blocks of aligned pairs, tile by tile.
+
+    :param work: [[P, T, M]] buffer; T rows of x at a time. :return: (d_xy [P, N], d_yx [P, M]).
+    """
+    buf = work[0]
+    p, n, m, tile = len(x), x.shape[1], y.shape[1], work[0].shape[1]
+    if tile >= n:
+        return nearest_squared(x, y, out=buf[:p, :n])
+    d_xy = x.new_empty(p, n)
+    d_yx = x.new_full((p, m), float("inf"))
+    for r in range(0, n, tile):
+        blk = squared_distances(x[:, r : r + tile], y, out=buf[:p, : min(tile, n - r)])
+        torch.amin(blk, dim=2, out=d_xy[:, r : r + tile])
+        torch.minimum(d_yx, blk.amin(dim=1), out=d_yx)
+    return d_xy, d_yx
+
+
 def _pair_cd(x, y, cost, work):
-    d_xy, d_yx = nearest_squared(x, y, out=work[0][: len(x)])
+    d_xy, d_yx = _nearest_tiled(x, y, work)
     return d_xy.mean(1) + d_yx.mean(1)
 
 
 def _pair_cd_l1(x, y, cost, work):
-    d_xy, d_yx = nearest_squared(x, y, out=work[0][: len(x)])
+    d_xy, d_yx = _nearest_tiled(x, y, work)
     return 0.5 * (d_xy.sqrt().mean(1) + d_yx.sqrt().mean(1))
 
 
@@ -289,8 +312,12 @@ def pairwise_matrix(
         jj = torch.arange(n_b).repeat(n_a)
     per_pair = a.shape[1] * b.shape[1] * 4 * max(buffers, 1)
     step = max(1, min(int(memory_mb * 2**20 // per_pair), len(ii)))
+    rows = a.shape[1]
+    if metric.startswith("cd") and device.type == "cpu":
+        rows = min(rows, _CPU_TILE_ROWS)
+        step = max(1, min(step, _CPU_TILE_BYTES // (rows * b.shape[1] * 4)))
     # Work buffers are allocated once and reused by every chunk.
-    work = [torch.empty(step, a.shape[1], b.shape[1], device=device) for _ in range(buffers)]
+    work = [torch.empty(step, rows, b.shape[1], device=device) for _ in range(buffers)]
     out = torch.zeros(n_a, n_b)
     chunks = range(0, len(ii), step)
     if progress:
