@@ -8,7 +8,10 @@
    plain baseline (trimesh load + ``trimesh.sample.sample_surface`` 32K + open3d FPS: no colours,
    no visibility, no SDF).
 
-Usage: ``.venv/bin/python benchmarks/bench_data.py [--repeats 3] [--threads 1]``
+3. ``--binvox``: SDF sign vs ShapeNet's ``solid.binvox`` on every model of the shared subset
+   (queries farther than 1.5 voxels from the surface), split by the ``sdf_reliable`` verdict.
+
+Usage: ``.venv/bin/python benchmarks/bench_data.py [--repeats 3] [--threads 1] [--binvox]``
 """
 
 from __future__ import annotations
@@ -124,14 +127,43 @@ def _stage_times(job, threads: int, surface) -> dict[str, float]:
     return out
 
 
+def bench_binvox() -> None:
+    from pointdiff.binvox import read_binvox
+    from pointdiff.meshio import load_mesh
+    from pointdiff.surface import MeshRaycaster, sample_sdf, sample_surface
+
+    rows = []
+    for obj in sorted((SHARED / "shapenet_core_v2_subset").glob("*/*/models/model_normalized.obj")):
+        soup = load_mesh(obj, up="z", root=obj.parent.parent, strict=False)  # binvox frame
+        rng = np.random.default_rng(0)
+        surf = sample_surface(soup, 20000, rng)
+        sdf = sample_sdf(MeshRaycaster(soup.triangles), surf.points, 8192, rng)
+        solid = read_binvox(obj.with_name("model_normalized.solid.binvox"))
+        far = np.abs(sdf.values) > 1.5 * solid.voxel_size
+        agree = np.mean((sdf.values[far] < 0) == solid.lookup(sdf.points[far]))
+        rows.append((agree, sdf.reliable))
+    acc = np.array([r[0] for r in rows])
+    rel = np.array([r[1] for r in rows])
+    print(f"\n## SDF sign vs solid.binvox ({len(rows)} ShapeNet models, far queries)\n")
+    print("| models | n | mean agreement | median | min |")
+    print("|---|---:|---:|---:|---:|")
+    for name, m in (("all", np.ones_like(rel)), ("sdf_reliable", rel), ("flagged", ~rel)):
+        if m.any():
+            a = acc[m]
+            print(f"| {name} | {m.sum()} | {a.mean():.4f} | {np.median(a):.4f} | {a.min():.3f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="open3d ray-casting threads")
+    p.add_argument("--binvox", action="store_true", help="also check SDF signs vs binvox (~1 min)")
     args = p.parse_args()
     torch.set_num_threads(1)
     bench_fps(args.repeats)
     bench_convert(args.repeats, args.threads)
+    if args.binvox:
+        bench_binvox()
 
 
 if __name__ == "__main__":
