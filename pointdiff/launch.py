@@ -143,9 +143,10 @@ def main(stage: str, argv: list[str] | None = None) -> dict:
     )  # fmt: skip
     torch.manual_seed(train_cfg.seed)  # same init on every rank (DDP broadcasts anyway)
     model = build_model(model_cfg)
+    text_note = "none" if text_cfg is None else text_cfg.arch + (" (trained)" * text_cfg.trainable)
     dist.print0(
         f"{stage} {args.preset}: {count_params(model) / 1e6:.2f} M params, {len(dataset)} objects, "
-        f"text {text_cfg.arch if text_cfg else 'none'}{' (trained)' if text_cfg and text_cfg.trainable else ''}"
+        f"text {text_note}"
     )
     loss_fn = EDMLoss(diff_cfg.p_mean, diff_cfg.p_std, diff_cfg.sigma_data)
     return train(

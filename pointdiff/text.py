@@ -359,7 +359,8 @@ def _resolve_hf_hub(repo: str, cache_dir, download) -> tuple[dict, str]:
                 f"this run does not download. Download https://huggingface.co/{repo} on a machine "
                 "with network and copy its cache there, or pass its weights file with "
                 "`--clip-weights PATH` and the open_clip architecture name "
-                "(TextConfig(arch=ARCH, pretrained=PATH)); or allow the download: `--clip-download`."
+                "(TextConfig(arch=ARCH, pretrained=PATH)); or allow the download: "
+                "`--clip-download`."
             )
     return json.loads(Path(cfg_path).read_text())["model_cfg"], weights
 

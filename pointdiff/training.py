@@ -304,80 +304,81 @@ def train(
     timer, steps_timed, last_loss, saved = time.perf_counter(), 0, None, ckpt
     running = torch.zeros((), device=device)  # summed step losses since the last log
 
-    while step < end:
-        # --- batch -> loss -> backward (grad_accum micro-steps; DDP syncs on the last one)
-        loss_sum, indices = torch.zeros((), device=device), []
-        for micro in range(cfg.grad_accum):
-            batch = next(data)
-            indices += batch["index"].tolist() if "index" in batch else []
-            seed = _step_seed(cfg.seed, step, rank * cfg.grad_accum + micro)
-            torch.manual_seed(seed)  # model-internal randomness (condition dropout)
-            generator = torch.Generator(device).manual_seed(seed)  # σ and noise
-            sync = world == 1 or micro == cfg.grad_accum - 1
-            with nullcontext() if sync else ddp.no_sync():
-                with autocast:
-                    loss = ddp(batch, generator).float().mean() / cfg.grad_accum
-                loss.backward()
-            loss_sum += loss.detach()
-        running += loss_sum
+    try:
+        while step < end:
+            # --- batch -> loss -> backward (grad_accum micro-steps; DDP syncs on the last one)
+            loss_sum, indices = torch.zeros((), device=device), []
+            for micro in range(cfg.grad_accum):
+                batch = next(data)
+                indices += batch["index"].tolist() if "index" in batch else []
+                seed = _step_seed(cfg.seed, step, rank * cfg.grad_accum + micro)
+                torch.manual_seed(seed)  # model-internal randomness (condition dropout)
+                generator = torch.Generator(device).manual_seed(seed)  # σ and noise
+                sync = world == 1 or micro == cfg.grad_accum - 1
+                with nullcontext() if sync else ddp.no_sync():
+                    with autocast:
+                        loss = ddp(batch, generator).float().mean() / cfg.grad_accum
+                    loss.backward()
+                loss_sum += loss.detach()
+            running += loss_sum
 
-        # --- clip -> step -> EMA
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-        )
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # EMA warmup for short runs
-        for ema, m in zip(emas, modules, strict=True):
-            update_ema(ema, m, decay)
-        steps_timed += 1
-        if callback is not None:
-            callback(step, {"indices": indices, "loss": loss_sum.item()})
+            # --- clip -> step -> EMA
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+            )
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # EMA warmup for short runs
+            for ema, m in zip(emas, modules, strict=True):
+                update_ema(ema, m, decay)
+            steps_timed += 1
+            if callback is not None:
+                callback(step, {"indices": indices, "loss": loss_sum.item()})
 
-        # --- log the mean loss since the last log (every rank joins the all-reduce; rank 0 writes)
-        if step % cfg.log_every == 0 or step == end:
-            last_loss = dist.all_reduce_mean(running / steps_timed).item()
-            running.zero_()
-            if not math.isfinite(last_loss):
-                raise FloatingPointError(
-                    f"loss is {last_loss} at step {step}; lower lr or check data"
-                )
-            now = time.perf_counter()
-            rec = {
-                "step": step,
-                "epoch": (step - 1) // sampler.steps_per_epoch,
-                "loss": last_loss,
-                "lr": lr,
-                "grad_norm": float(grad_norm),
-                "samples_per_s": sampler.global_batch * steps_timed / (now - timer),
-            }
-            timer, steps_timed = now, 0
-            if main:
-                log_file.write(json.dumps(rec) + "\n")
-                log_file.flush()
-                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}")
-        bar.update(1)
+            # --- log the mean loss since the last log (all ranks all-reduce; rank 0 writes)
+            if step % cfg.log_every == 0 or step == end:
+                last_loss = dist.all_reduce_mean(running / steps_timed).item()
+                running.zero_()
+                if not math.isfinite(last_loss):
+                    raise FloatingPointError(
+                        f"loss is {last_loss} at step {step}; lower lr or check data"
+                    )
+                now = time.perf_counter()
+                rec = {
+                    "step": step,
+                    "epoch": (step - 1) // sampler.steps_per_epoch,
+                    "loss": last_loss,
+                    "lr": lr,
+                    "grad_norm": float(grad_norm),
+                    "samples_per_s": sampler.global_batch * steps_timed / (now - timer),
+                }
+                timer, steps_timed = now, 0
+                if main:
+                    log_file.write(json.dumps(rec) + "\n")
+                    log_file.flush()
+                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}")
+            bar.update(1)
 
-        # --- checkpoint (RNG states of every rank; rank 0 writes, the others wait)
-        if step % cfg.ckpt_every == 0 or step == end:
-            rng = dist.all_gather_object(get_rng_state())
-            if main:
-                saved = save_checkpoint(
-                    run_dir, step, model, emas[0], optimizer, scheduler, configs,
-                    extra={"epoch": step // sampler.steps_per_epoch,
-                           "samples_in_epoch": step % sampler.steps_per_epoch * sampler.global_batch,
-                           "global_batch": sampler.global_batch, "dataset_size": len(dataset),
-                           "world_size": world},
-                    text_encoder=text_encoder if text_trainable else None,
-                    text_ema=emas[1] if text_trainable else None,
-                    rng_states=rng, keep_last=cfg.keep_checkpoints,
-                )  # fmt: skip
-            dist.barrier()
-
-    bar.close()
-    if log_file is not None:
-        log_file.close()
+            # --- checkpoint (RNG states of every rank; rank 0 writes, the others wait)
+            if step % cfg.ckpt_every == 0 or step == end:
+                rng = dist.all_gather_object(get_rng_state())
+                epoch, in_epoch = divmod(step, sampler.steps_per_epoch)
+                position = {"epoch": epoch, "samples_in_epoch": in_epoch * sampler.global_batch,
+                            "global_batch": sampler.global_batch, "dataset_size": len(dataset),
+                            "world_size": world}  # fmt: skip
+                if main:
+                    saved = save_checkpoint(
+                        run_dir, step, model, emas[0], optimizer, scheduler, configs, position,
+                        text_encoder=text_encoder if text_trainable else None,
+                        text_ema=emas[1] if text_trainable else None,
+                        rng_states=rng, keep_last=cfg.keep_checkpoints,
+                    )  # fmt: skip
+                dist.barrier()
+    finally:
+        bar.close()
+        if log_file is not None:
+            log_file.close()
     return {"step": step, "loss": last_loss, "checkpoint": latest_checkpoint(run_dir) or saved}
