@@ -146,7 +146,7 @@ def main():
     p.add_argument("--points", type=int, default=2048)
     p.add_argument("--budget-s", type=float, default=60.0, help="max seconds per timing run")
     p.add_argument("--emd-pairs", type=int, default=8)
-    p.add_argument("--emd-points", type=int, nargs="+", default=[1024, 2048])
+    p.add_argument("--emd-points", type=int, nargs="*", default=[1024, 2048])
     p.add_argument("--nna-check", action="store_true")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = p.parse_args()

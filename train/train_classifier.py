@@ -2,7 +2,8 @@
 
     .venv/bin/python train/train_classifier.py --out runs/classifier \
         --shapenet ../shared/data/shapenet_core_v2_subset_pc4096 [--shards runs/data/sh3d ...] \
-        [--preset small] [--epochs 150] [--num-points 1024] [--colour] [--key=value ...]
+        [--categories Lights Vehicles ...] [--preset small] [--epochs 150] [--num-points 1024]
+        [--colour] [--key=value ...]
 
 Labels: ShapeNet synset names and the ``category`` of shard entries. Held out = every object
 whose split is not ``train``. Writes OUT/model.safetensors, OUT/config.json (config, classes,
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", required=True)
     p.add_argument("--shapenet", default=None, help="directory of ShapeNet subset .npz files")
     p.add_argument("--shards", nargs="*", default=[], help="shard directories with 'category'")
+    p.add_argument("--categories", nargs="*", default=None,
+                   help="keep only these shard categories (e.g. Sweet Home 3D's object kinds)")  # fmt: skip
     p.add_argument("--preset", default="small", choices=sorted(CLASSIFIER_PRESETS))
     p.add_argument("--epochs", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=16)
@@ -53,7 +56,11 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
 
     parts = [load_shapenet_subset(args.shapenet)] if args.shapenet else []
-    parts += [load_shard_categories(s) for s in args.shards]
+    for s in args.shards:
+        part = load_shard_categories(s)
+        if args.categories is not None:
+            part = part.subset(np.isin(part.labels, args.categories))
+        parts.append(part)
     if not parts:
         p.error("give --shapenet and/or --shards")
     data = concat_clouds(parts)

@@ -12,7 +12,13 @@ Conventions (see ``shared/reference/metrics-and-anchors.md`` §1.2 and §2):
   EMD numbers in PointFlow, PVD and LION): 10 annealing levels ``-4^j`` for j = 7 … -1 and a final
   level 0 (the kernel's ``j == -2`` branch), then the match
   cost divided by N. ``cost="squared"`` is the LION/PVD kernel, ``cost="euclidean"`` PointFlow's.
-  Its error against the exact solver is measured in ``benchmarks/bench_metrics.py``.
+  Its error against the exact solver (``benchmarks/bench_metrics.py``, 8 random pairs of ShapeNet
+  clouds at 1024 and 2048 points): approx / exact = 1.37-2.48 (median 1.72) for the squared
+  cost and 1.13-1.27 (median 1.17) for the Euclidean cost; it never undercuts the optimum (its
+  plan is a feasible doubly-stochastic matching) and it ranked the 8 pairs exactly as the exact
+  EMD (Spearman 1.0). So approxmatch numbers are comparable with the published tables (same
+  algorithm), not with true EMD; the tests allow ratios in [1, 3.5] (squared) / [1, 1.5].
+  On a 2-core CPU it costs ~0.5-1 s per 2048-point pair: EMD over full test sets needs a GPU.
 """
 
 from __future__ import annotations
