@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 
 from pointdiff.checkpoint import CheckpointError, load_model
-from pointdiff.config import DiffusionConfig, SampleConfig, TextConfig, from_dict
+from pointdiff.config import DiffusionConfig, SampleConfig, TextConfig
 from pointdiff.diffusion.guidance import clamp_denoised, classifier_free_guidance
 from pointdiff.diffusion.precond import KarrasDenoiser
 from pointdiff.diffusion.samplers import SAMPLERS
 from pointdiff.diffusion.schedules import get_sigmas_karras
-from pointdiff.mesh import TriMesh, marching_cubes, vertex_colors_from_cloud
+from pointdiff.mesh import TriMesh, mesh_from_cloud
 from pointdiff.pointcloud import PointCloud
 from pointdiff.text import TextEncoder
 
@@ -148,24 +148,14 @@ class TextTo3D:
     # ------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def to_mesh(self, cloud: PointCloud, grid_size: int = 64, batch_size: int = 32768) -> TriMesh:
-        """Mesh a cloud with the SDF head (encode once, query coarse-to-fine), colours from k-NN."""
+    def to_mesh(self, cloud: PointCloud, grid_size: int = 64, bf16: bool = False) -> TriMesh:
+        """Mesh a cloud with the SDF head (encoded once, queried coarse-to-fine), k-NN colours."""
         if self.sdf_model is None:
             raise PipelineError("this pipeline has no SDF head; use method='poisson' instead")
         n = self.sdf_model.cfg.num_points
-        if len(cloud) != n:
-            cloud = cloud.subsample(n) if len(cloud) > n else cloud
-        pts = torch.from_numpy(cloud.coords).to(self.device)[None]
-        latents = self.sdf_model.encode(pts)
-
-        def sdf_fn(q: torch.Tensor) -> torch.Tensor:
-            out = [self.sdf_model.predict_sdf(latents, c[None].to(self.device))[0]
-                   for c in q.split(batch_size)]  # fmt: skip
-            return torch.cat(out).cpu()
-
-        mesh = marching_cubes(sdf_fn, grid_size=grid_size)
-        mesh.colors = vertex_colors_from_cloud(mesh.verts, cloud)
-        return mesh
+        inputs = cloud.subsample(n) if len(cloud) > n else cloud
+        sdf_fn = self.sdf_model.query_fn(torch.from_numpy(inputs.coords), bf16=bf16)
+        return mesh_from_cloud(cloud, sdf_fn, method="sdf", grid_size=grid_size)
 
 
 def _check_prompts(prompts) -> None:
@@ -185,8 +175,8 @@ def _check_prompts(prompts) -> None:
 def _stage_from_dir(path: Path, name: str, device: torch.device) -> tuple[Stage, dict]:
     net, configs = load_model(path, kind="upsampler" if name == "upsampler" else "denoiser")
     net.to(device).eval()
-    dcfg = from_dict(configs["diffusion"]) if "diffusion" in configs else DiffusionConfig()
-    scfg = from_dict(configs["sample"]) if "sample" in configs else SampleConfig()
+    dcfg = configs.get("diffusion", DiffusionConfig())
+    scfg = configs.get("sample", SampleConfig())
     stage = Stage(
         name=name,
         denoiser=KarrasDenoiser(net, sigma_data=dcfg.sigma_data),
@@ -203,7 +193,7 @@ def _stage_from_dir(path: Path, name: str, device: torch.device) -> tuple[Stage,
 def _text_encoder_for(path: Path, configs: dict, device: torch.device) -> TextEncoder | None:
     if (path / "text.safetensors").is_file():
         return TextEncoder.load(path).to(device).eval()
-    tcfg = from_dict(configs["text"]) if "text" in configs else TextConfig()
+    tcfg = configs.get("text", TextConfig())
     return TextEncoder.from_pretrained(tcfg.arch, tcfg.pretrained).to(device).eval()
 
 

@@ -1,0 +1,131 @@
+"""The text -> cloud -> mesh pipeline and the ``pointdiff`` CLI, end to end on tiny checkpoints."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pointdiff.checkpoint import CheckpointError, export_for_release, save_checkpoint
+from pointdiff.cli import main
+from pointdiff.config import DiffusionConfig, SampleConfig, get_preset
+from pointdiff.mesh import TriMesh
+from pointdiff.models import build_model
+from pointdiff.pipeline import PipelineError, load_pipeline
+from pointdiff.pointcloud import PointCloud
+from pointdiff.text import TextEncoder
+
+SAMPLE = SampleConfig(sampler="heun", steps=3, guidance=3.0, s_churn=1.0)
+
+
+def _release(tmp, name, model, cfg, text=None):
+    configs = {"model": cfg, "diffusion": DiffusionConfig(), "sample": SAMPLE}
+    ckpt = save_checkpoint(tmp / f"run_{name}", 1, model, None, None, None, configs,
+                           text_encoder=text)  # fmt: skip
+    return export_for_release(ckpt, tmp / "pipe" / name, dtype=torch.float32)
+
+
+def _fit_sphere_sdf(model, steps=80):
+    """A few Adam steps towards |q| - 0.3 so the tiny SDF head crosses zero (meshable)."""
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    pts = torch.nn.functional.normalize(torch.randn(1, model.cfg.num_points, 3, generator=g), dim=-1)
+    pts = pts * 0.3
+    for _ in range(steps):
+        q = torch.rand(1, 256, 3, generator=g) - 0.5
+        loss = (model(pts, q) - (q.norm(dim=-1) - 0.3)).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipe")
+    torch.manual_seed(0)
+    base_cfg = get_preset("tiny")
+    text = TextEncoder.from_config("tiny", seed=0)
+    assert text.dim == base_cfg.cond_dim
+    _release(tmp, "base", build_model(base_cfg), base_cfg, text)
+    up_cfg = get_preset("upsample_tiny")
+    _release(tmp, "upsampler", build_model(up_cfg), up_cfg)
+    sdf_cfg = get_preset("sdf_tiny")
+    _release(tmp, "sdf", _fit_sphere_sdf(build_model(sdf_cfg)), sdf_cfg)
+    spec = {"stages": {"base": "base", "upsampler": "upsampler", "sdf": "sdf"}}
+    (tmp / "pipe" / "pipeline.json").write_text(json.dumps(spec))
+    (tmp / "pipe" / "base" / "captions.json").write_text(json.dumps(["a chair", "a table"]))
+    return tmp / "pipe"
+
+
+def test_pipeline_stages_keep_low_res_and_are_deterministic(tiny_pipeline):
+    pipe = load_pipeline(tiny_pipeline)
+    assert [s.name for s in pipe.stages] == ["base", "upsampler"]
+    base = pipe.sample_clouds(["a chair", "a table"], seed=3, stop_after="base")
+    full = pipe.sample_clouds(["a chair", "a table"], seed=3)
+    assert len(base[0]) == 64 and len(full[0]) == 64 + 192
+    # the upsampler keeps the base points verbatim (same seed -> same base stage)
+    np.testing.assert_array_equal(full[0].coords[:64], base[0].coords)
+    again = pipe.sample_clouds(["a chair", "a table"], seed=3)
+    np.testing.assert_array_equal(again[1].coords, full[1].coords)
+    other = pipe.sample_clouds(["a chair", "a table"], seed=4)
+    assert not np.array_equal(other[1].coords, full[1].coords)
+    # each sampler runs through the pipeline
+    for sampler in ("euler", "dpmpp_2m"):
+        c = pipe.sample_clouds(["a chair"], seed=0, overrides={"sampler": sampler, "steps": 2})
+        assert np.isfinite(c[0].coords).all()
+    mesh = pipe.to_mesh(full[0], grid_size=24)
+    assert isinstance(mesh, TriMesh) and mesh.num_faces > 0 and mesh.colors is not None
+
+
+def test_pipeline_bad_inputs(tiny_pipeline, tmp_path):
+    pipe = load_pipeline(tiny_pipeline)
+    with pytest.raises(PipelineError, match="empty"):
+        pipe.sample_clouds([])
+    with pytest.raises(PipelineError, match="list of strings"):
+        pipe.sample_clouds("a chair")
+    with pytest.raises(PipelineError, match="non-empty string"):
+        pipe.sample_clouds(["a chair", 3])
+    with pytest.raises(PipelineError, match="unknown sampler"):
+        pipe.sample_clouds(["a chair"], overrides={"sampler": "ddim"})
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_pipeline(tmp_path / "nope")
+    # the upsampler's directory given where a base model is expected: wrong kind
+    with pytest.raises(CheckpointError, match="expected 'denoiser'"):
+        load_pipeline(tiny_pipeline / "upsampler")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "model.safetensors").write_bytes(b"not a safetensors file")
+    (tmp_path / "bad" / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError):
+        load_pipeline(tmp_path / "bad")
+    assert pipe.prompt_warnings(["a chair", "a spaceship"]) == [
+        pipe.prompt_warnings(["a spaceship"])[0]
+    ]
+
+
+def test_cli_sample_writes_cloud_mesh_and_previews(tiny_pipeline, tmp_path, capsys):
+    args = ["sample", "a chair", "--checkpoint", str(tiny_pipeline), "--out", str(tmp_path),
+            "--steps", "2", "--grid-size", "20", "--seed", "1"]  # fmt: skip
+    assert main(args) == 0
+    folder = tmp_path / "00_a_chair"
+    for name in ("cloud.ply", "cloud.npz", "cloud.png", "mesh.glb", "mesh.ply", "mesh.png"):
+        assert (folder / name).stat().st_size > 0, name
+    cloud = PointCloud.load(folder / "cloud.ply")
+    assert len(cloud) == 256
+    first = (folder / "cloud.npz").read_bytes()
+    assert main(args) == 0  # same seed -> same bytes
+    assert (folder / "cloud.npz").read_bytes() == first
+    # bad input gives one clear line and exit code 2, no traceback
+    assert main(["sample", " ", "--checkpoint", str(tiny_pipeline), "--out", str(tmp_path)]) == 2
+    assert "non-empty string" in capsys.readouterr().err
+    assert main(["sample", "x", "--checkpoint", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_mesh_any_cloud(tiny_pipeline, tmp_path, shared_data):
+    out = tmp_path / "corgi.glb"
+    corgi = shared_data / "point_e_examples" / "pc_corgi.npz"
+    assert main(["mesh", str(corgi), "-o", str(out), "--checkpoint", str(tiny_pipeline),
+                 "--grid-size", "20"]) == 0  # fmt: skip
+    assert out.stat().st_size > 0
+    assert main(["mesh", str(corgi), "-o", str(tmp_path / "m.stl")]) == 2
