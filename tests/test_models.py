@@ -274,3 +274,14 @@ def test_bad_inputs_raise_clear_errors():
         up(x, c_noise, low_res=kw["low_res"][:1])
     with pytest.raises(ValueError, match="heads"):
         PointDenoiser(dataclasses.replace(TINY, heads=3))
+
+
+@pytest.mark.parametrize("kind", ["denoiser", "upsampler"])
+def test_bf16_weights_take_fp32_inputs(kind):
+    model = (_denoiser if kind == "denoiser" else _upsampler)(grid_tokens=3)
+    x, c_noise, kw = _inputs(model.cfg)
+    with torch.no_grad():
+        ref = model(x, c_noise, **kw)
+        out = model.to(torch.bfloat16)(x, c_noise, **kw)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max() < 0.05 * ref.abs().max()

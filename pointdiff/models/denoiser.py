@@ -44,7 +44,7 @@ class PointDenoiser(PointTransformer):
         """
         c_noise = self.check_points(x, c_noise)
         prefix = self.cond_tokens(c_noise, x.shape[0], text_emb=text_emb, grid=grid)
-        return self.run(self.input_proj(x), prefix)  # [B, N, out_channels]
+        return self.run(self.embed(self.input_proj, x), prefix)  # [B, N, out_channels]
 
 
 __all__ = ["PointDenoiser"]

@@ -134,6 +134,11 @@ class PointTransformer(nn.Module):
             tokens.append(self.grid_embed(grid))
         return tokens
 
+    def embed(self, proj: nn.Linear, points: torch.Tensor) -> torch.Tensor:
+        """``proj(points)`` with the points cast to the weights' dtype, so a model converted to
+        bf16 (``.to(torch.bfloat16)``) takes fp32 inputs as they come from the sampler."""
+        return proj(points.to(proj.weight.dtype))
+
     def run(self, h: torch.Tensor, prefix: list[torch.Tensor]) -> torch.Tensor:
         """Run the backbone over ``prefix + [h]`` and project the point tokens.
 

@@ -66,8 +66,8 @@ class PointUpsampler(PointTransformer):
             std = torch.rand(b, 1, 1, device=low_res.device, dtype=low_res.dtype)
             low_res = low_res + std * self.cfg.low_res_noise * torch.randn_like(low_res)
         prefix = self.cond_tokens(c_noise, b, text_emb=text_emb, grid=grid)
-        prefix.append(self.cond_point_proj(low_res))  # [B, M, w]
-        return self.run(self.input_proj(x), prefix)  # [B, N, out_channels]
+        prefix.append(self.embed(self.cond_point_proj, low_res))  # [B, M, w]
+        return self.run(self.embed(self.input_proj, x), prefix)  # [B, N, out_channels]
 
 
 __all__ = ["PointUpsampler"]
