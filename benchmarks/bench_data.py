@@ -17,13 +17,16 @@ Usage: ``.venv/bin/python benchmarks/bench_data.py [--repeats 3] [--threads 1] [
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # data_tools is a top-level package of the repository
+SHARED = ROOT.parent / "shared" / "data"
 OBJECTS = {
     "Duck (glb, 4K faces)": "gltf_samples/Duck/Duck.glb",
     "WaterBottle (gltf, 4.5K)": "gltf_samples/WaterBottle/WaterBottle.gltf",
