@@ -145,7 +145,10 @@ def _run_pool(todo: list[Job], settings, work, workers, threads) -> Iterator[tup
     recorded as ``worker_crashed``."""
     queue, crashes = list(reversed(todo)), Counter()
     while queue:
-        ctx = get_context("spawn")  # no fork: open3d/TBB and torch threads do not survive it
+        # forkserver: a clean single-threaded server imports the heavy modules once and forks
+        # the workers from it (a plain fork of this process could inherit running threads).
+        ctx = get_context("forkserver")
+        ctx.set_forkserver_preload(["data_tools.convert"])
         with ProcessPoolExecutor(workers, ctx, _init_worker, (threads,)) as pool:
             running = {}
             try:
