@@ -316,3 +316,44 @@ def mesh_cloud_file(
         raise PipelineError(f"unknown meshing method {method!r} (sdf | poisson)")
     mesh.save(out_path)
     return out_path
+
+
+# ----------------------------------------------------------------------------------------------
+# Release
+
+
+def export_pipeline(
+    out_dir: str | Path,
+    base: str | Path,
+    upsampler: str | Path | None = None,
+    sdf: str | Path | None = None,
+    sample: SampleConfig | None = None,
+    upsampler_sample: SampleConfig | None = None,
+    captions: list[str] | None = None,
+    dtype: torch.dtype = torch.float16,
+) -> Path:
+    """Write a shipped pipeline directory from training checkpoints (EMA weights, ``dtype``).
+
+    Layout: ``pipeline.json`` + ``base/`` (+ ``upsampler/``, ``sdf/``), each a release directory;
+    ``sample`` (the measured default sampler settings) is stored in the stage's config, and
+    ``captions`` (what the base model was trained on) in ``base/captions.json``.
+    """
+    from pointdiff.checkpoint import export_for_release
+    from pointdiff.config import to_dict
+
+    out = Path(out_dir)
+    stages = {"base": base, "upsampler": upsampler, "sdf": sdf}
+    settings = {"base": sample, "upsampler": upsampler_sample}
+    for name, src in stages.items():
+        if src is None:
+            continue
+        export_for_release(src, out / name, dtype=dtype)
+        if settings.get(name) is not None:
+            meta = json.loads((out / name / "config.json").read_text())
+            meta["configs"]["sample"] = to_dict(settings[name])
+            (out / name / "config.json").write_text(json.dumps(meta, indent=1))
+    spec = {"stages": {k: k for k, v in stages.items() if v is not None}}
+    (out / "pipeline.json").write_text(json.dumps(spec, indent=1) + "\n")
+    if captions is not None:
+        (out / "base" / "captions.json").write_text(json.dumps(sorted(set(captions)), indent=0))
+    return out
