@@ -1,6 +1,7 @@
 """Mesh extraction speed: dense vs coarse-to-fine grids, our SDF head vs a point-e-style one.
 
-    .venv/bin/python benchmarks/bench_mesh.py [--grids 64 128] [--pointe-grids 32] [--threads 2]
+    .venv/bin/python benchmarks/bench_mesh.py [--grids 64 128] [--dense-grids 64 128] \
+        [--pointe-grids 32 64] [--bf16] [--latents 256 512] [--threads 2]
 
 All rows use an SDF head of point-e's shape (``sdf_pointe``: width 256, 8 encoder + 4 decoder
 layers, 4096 input points, 9.48 M params) with random weights, one cloud of 4096 points. A random
@@ -95,43 +96,58 @@ def _time(f):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--grids", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--grids", type=int, nargs="+", default=[64, 128], help="coarse-to-fine")
+    p.add_argument("--dense-grids", type=int, nargs="*", default=None, help="default: --grids")
     p.add_argument("--pointe-grids", type=int, nargs="*", default=[32])
     p.add_argument("--bf16", action="store_true", help="also time ours under bf16 autocast")
     p.add_argument("--latents", type=int, nargs="*", default=[256, 512])
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
+    dense = set(args.grids if args.dense_grids is None else args.dense_grids)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = get_preset("sdf_pointe")
     model = SDFModel(cfg).eval()
+    torch.nn.init.normal_(model.output_proj.weight, std=0.02)  # ours starts at zero: make it vary
     cloud = _cloud(cfg.num_points)
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; sdf_pointe, random weights"
     )
-    print(f"{'implementation':<32}{'grid':>6}{'queries':>12}{'seconds':>10}{'faces':>9}")
-    rows = []
+    print("(total = encode + queries + marching cubes; both rows use our encoder, timed once)")
+    head = (
+        f"{'implementation':<32}{'grid':>6}{'queries':>12}{'mesh s':>9}{'total s':>9}{'faces':>9}"
+    )
+    print(head)
     for bf16 in [False, True] if args.bf16 else [False]:
         fn, t_enc = _time(lambda bf16=bf16: model.query_fn(cloud, batch_size=32768, bf16=bf16))
         name = "ours" + (" bf16" if bf16 else "")
         print(f"  (encode once: {t_enc:.2f} s)")
-        for grid in args.grids:
+        for grid in sorted(dense | set(args.grids)):
             for stride, label in ((1, "dense"), (8, "coarse-to-fine")):
+                if (stride == 1 and grid not in dense) or (stride > 1 and grid not in args.grids):
+                    continue
                 sdf_fn, count = _counting(_with_sphere(fn))
                 mesh, t = _time(
                     lambda f=sdf_fn, g=grid, s=stride: marching_cubes(f, g, coarse_stride=s)
                 )
                 n = count[0]
-                rows.append((f"{name}, {label}", grid, n, t + t_enc, mesh.num_faces))
-                print(f"{rows[-1][0]:<32}{grid:>6}{n:>12,}{t + t_enc:>10.2f}{mesh.num_faces:>9,}")
+                row = f"{name}, {label}"
+                print(f"{row:<32}{grid:>6}{n:>12,}{t:>9.2f}{t + t_enc:>9.2f}{mesh.num_faces:>9,}")
     with torch.no_grad():
+        t_enc = time.perf_counter()
         tokens = model.encode(cloud[None]).tokens
+        t_enc = time.perf_counter() - t_enc
+    check = torch.rand(512, 3) - 0.5  # the two implementations compute the same function
+    ours = model.query_fn(cloud)(check)
+    diff = (ours - _pointe_style_fn(model, tokens)(check)).abs().max().item()
+    print(f"  (max |ours - point-e style| on 512 queries: {diff:.1e}; output std {ours.std():.2f})")
     for grid in args.pointe_grids:
         fn = _with_sphere(_pointe_style_fn(model, tokens))
         mesh, t = _time(lambda f=fn, g=grid: marching_cubes(f, g, coarse_stride=1, batch_size=4096))
-        print(f"{'point-e style, dense':<32}{grid:>6}{grid**3:>12,}{t:>10.2f}{mesh.num_faces:>9,}")
+        row = "point-e style, dense"
+        print(f"{row:<32}{grid:>6}{grid**3:>12,}{t:>9.2f}{t + t_enc:>9.2f}{mesh.num_faces:>9,}")
 
     # Encoder: full self-attention over the points vs a perceiver, and the decoder cost after it.
     print(f"\n{'encoder':<32}{'K/V len':>8}{'encode s':>10}{'decode s / 32k queries':>24}")

@@ -8,17 +8,18 @@ Coarse-to-fine evaluation (``evaluate_grid``). The fine grid has ``grid_size`` s
 at ``-bound + i·voxel`` (voxel = 2·bound / (grid_size − 1), Point-E's grid). We first evaluate
 the lattice of every ``coarse_stride``-th sample, then halve the stride level by level. A block
 (a cube between neighbouring lattice samples) is *active* when its 8 corner values straddle the
-level or any corner lies within ``safety × block diagonal`` of it; only the next lattice's samples
-inside active blocks are queried. For a true SDF (1-Lipschitz) a block whose corners are all
-farther from the level than its diagonal cannot contain the surface, so every cell that holds a
-crossing on the dense grid lies in an active finest block whose corners were all evaluated
-exactly: the mesh is identical to the dense one (tests check this on sphere, box and torus).
-Samples that were never queried (far from the surface) are **filled by trilinear interpolation
-of the coarsest block that was judged inactive**: all its corners have the same sign and lie
-more than the margin from the level, so the fill has that sign, never crosses the level, and
-produces no triangles. A learned SDF is only approximately Lipschitz; ``safety`` (default 1.5)
-widens the band, and a model trained on clamped targets under-estimates far distances, which only
-makes the band wider (safe, slightly slower).
+level or one corner lies within ``safety × half the block diagonal`` of it; only the next
+lattice's samples inside active blocks are queried. For a true SDF (1-Lipschitz) a surface point
+inside a block is within half a diagonal of the nearest corner, whose |value| is then at most
+that; so every cell holding a crossing on the dense grid lies in an active finest block whose
+corners were all evaluated exactly, and the mesh is identical to the dense one (tests check this
+on sphere, box and torus, with an sdf_fn whose value at a point does not depend on the batch).
+Samples never queried (far from the surface) are **filled by trilinear interpolation of the
+coarsest block judged inactive**: its corners share one sign and lie more than the margin from
+the level, so the fill keeps that sign and that distance, never crosses the level and produces
+no triangles (its children are never active, so the fill is final). A learned SDF is only
+approximately Lipschitz; ``safety`` (default 1.5) widens the band, and a head trained on clamped
+targets under-estimates far distances, which only widens the band (safe, slightly slower).
 """
 
 from __future__ import annotations
