@@ -102,23 +102,27 @@ def _sphere_grid(resolution: int) -> np.ndarray:
 def occupancy_counts(clouds, resolution: int = 28) -> np.ndarray:
     """How many points of all clouds fall nearest to each in-sphere grid point: [G] float64.
 
-    Nearest grid point of the full cube by rounding; when that one is outside the sphere (points
-    near or beyond its surface) the nearest in-sphere point is found by brute force.
+    Points outside the sphere count for the nearest in-sphere grid point, as in Achlioptas et
+    al.'s ``entropy_of_occupancy_grid`` (there with sklearn ``NearestNeighbors``; here a k-d tree).
     """
-    x = as_clouds(clouds).reshape(-1, 3).double()
-    grid = torch.from_numpy(_sphere_grid(resolution))
-    lookup = torch.full((resolution**3,), -1, dtype=torch.long)
-    cell = torch.round((grid + 0.5) * (resolution - 1)).long()
-    lookup[(cell[:, 0] * resolution + cell[:, 1]) * resolution + cell[:, 2]] = torch.arange(
-        len(grid)
-    )
-    c = torch.round((x + 0.5) * (resolution - 1)).long().clamp_(0, resolution - 1)
-    idx = lookup[(c[:, 0] * resolution + c[:, 1]) * resolution + c[:, 2]]
-    far = (idx < 0).nonzero().flatten()
-    for s in range(0, len(far), 8192):
-        f = far[s : s + 8192]
-        idx[f] = torch.cdist(x[f], grid).argmin(dim=1)
-    return np.bincount(idx.numpy(), minlength=len(grid)).astype(np.float64)
+    from scipy.spatial import cKDTree
+
+    x = as_clouds(clouds).reshape(-1, 3).double().numpy()
+    grid = _sphere_grid(resolution)
+
+    # Fast path: the nearest point of the full cube grid (by rounding) when it is in the sphere.
+    def cell(p):
+        return np.clip(np.round((p + 0.5) * (resolution - 1)), 0, resolution - 1).astype(
+            np.int64
+        ) @ [resolution**2, resolution, 1]
+
+    lookup = np.full(resolution**3, -1)
+    lookup[cell(grid)] = np.arange(len(grid))
+    idx = lookup[cell(x)]
+    far = idx < 0
+    if far.any():  # near or beyond the sphere: k-d tree over the in-sphere grid
+        idx[far] = cKDTree(grid).query(x[far], k=1)[1]
+    return np.bincount(idx, minlength=len(grid)).astype(np.float64)
 
 
 def _entropy2(p: np.ndarray) -> float:
