@@ -73,7 +73,7 @@ def _run_sample(args) -> int:
     overrides = {"steps": args.steps, "sampler": args.sampler, "guidance": args.guidance}
     clouds = pipe.sample_clouds(prompts, seed=args.seed, stop_after=args.stop_after,
                                 overrides=overrides, bf16=args.bf16)  # fmt: skip
-    make_mesh = pipe.sdf_model is not None and not args.no_mesh and args.stop_after is None
+    make_mesh = not args.no_mesh and args.stop_after is None
     for i, (prompt, cloud) in enumerate(zip(prompts, clouds, strict=True)):
         mesh = pipe.to_mesh(cloud, grid_size=args.grid_size) if make_mesh else None
         out = write_sample(Path(args.out), i, prompt, cloud, mesh)
@@ -144,7 +144,40 @@ def _run_prompts(args) -> int:
     return 0
 
 
+def _add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="metrics of generated clouds against references (JSON + Markdown + PNG)",
+        description="MMD/COV/1-NNA (CD, EMD), JSD, and with --classifier P-FID/P-IS/category "
+        "R-precision. SAMPLES: a folder of .ply/.npz clouds (optional metadata.jsonl with "
+        "prompt/category), a point-e arr_0 npz or a coords/colors npz. REFERENCE: a shard "
+        "directory (with --split) or an npz.",
+    )
+    p.add_argument("--samples", required=True)
+    p.add_argument("--reference", required=True)
+    p.add_argument("--out", default="runs/eval")
+    p.add_argument("--protocol", choices=["global", "bbox", "lion_box"], default="global")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--split", default="test")
+    p.add_argument("--num-points", type=int, default=2048)
+    p.add_argument("--metrics", nargs="+", default=["cd", "emd"])
+    p.add_argument("--classifier", default=None, help="classifier directory (train_classifier)")
+    p.add_argument("--device", default=None)
+
+
+def _run_eval(args) -> int:
+    from pointdiff.evaluation.report import run_eval
+
+    report = run_eval(args.samples, args.reference, args.out, protocol=args.protocol,
+                      seeds=tuple(args.seeds), split=args.split, num_points=args.num_points,
+                      metrics=tuple(args.metrics), classifier=args.classifier,
+                      device=args.device, progress=True)  # fmt: skip
+    print(f"wrote {args.out}/report.json, report.md, grid.png ({len(report)} entries)")
+    return 0
+
+
 COMMANDS = {
+    "eval": (_add_eval, _run_eval),
     "sample": (_add_sample, _run_sample),
     "mesh": (_add_mesh, _run_mesh),
     "prompts": (_add_prompts, _run_prompts),

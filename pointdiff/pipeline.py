@@ -17,6 +17,7 @@ otherwise ``TextConfig`` in the base config names a frozen open_clip model.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -30,7 +31,7 @@ from pointdiff.diffusion.guidance import clamp_denoised, classifier_free_guidanc
 from pointdiff.diffusion.precond import KarrasDenoiser
 from pointdiff.diffusion.samplers import SAMPLERS
 from pointdiff.diffusion.schedules import get_sigmas_karras
-from pointdiff.mesh import TriMesh, mesh_from_cloud
+from pointdiff.mesh import MeshError, TriMesh, mesh_from_cloud
 from pointdiff.pointcloud import PointCloud
 from pointdiff.text import TextEncoder
 
@@ -148,14 +149,29 @@ class TextTo3D:
     # ------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def to_mesh(self, cloud: PointCloud, grid_size: int = 64, bf16: bool = False) -> TriMesh:
-        """Mesh a cloud with the SDF head (encoded once, queried coarse-to-fine), k-NN colours."""
+    def to_mesh(
+        self, cloud: PointCloud, grid_size: int = 64, bf16: bool = False, method: str = "auto"
+    ) -> TriMesh:
+        """Coloured mesh of a cloud (k-NN vertex colours).
+
+        :param method: ``sdf`` (the SDF head, encoded once, queried coarse-to-fine),
+            ``poisson`` (open3d screened Poisson) or ``auto``: the SDF head when the pipeline has
+            one, falling back to Poisson (with a warning) when its field has no surface.
+        """
+        if method == "poisson" or (method == "auto" and self.sdf_model is None):
+            return mesh_from_cloud(cloud, method="poisson")
         if self.sdf_model is None:
             raise PipelineError("this pipeline has no SDF head; use method='poisson' instead")
         n = self.sdf_model.cfg.num_points
         inputs = cloud.subsample(n) if len(cloud) > n else cloud
         sdf_fn = self.sdf_model.query_fn(torch.from_numpy(inputs.coords), bf16=bf16)
-        return mesh_from_cloud(cloud, sdf_fn, method="sdf", grid_size=grid_size)
+        try:
+            return mesh_from_cloud(cloud, sdf_fn, method="sdf", grid_size=grid_size)
+        except MeshError as e:
+            if method != "auto":
+                raise
+            warnings.warn(f"SDF head found no surface ({e}); meshing with Poisson instead", stacklevel=2)
+            return mesh_from_cloud(cloud, method="poisson")
 
 
 def _check_prompts(prompts) -> None:

@@ -30,4 +30,13 @@ if __name__ == "__main__":
         captions = [e["caption"] for e in read_index(a.captions_from) if e["split"] == "train"]
     sample = SampleConfig(sampler=a.sampler, steps=a.steps, guidance=a.guidance, s_churn=a.s_churn)
     up = SampleConfig(sampler=a.up_sampler, steps=a.up_steps, guidance=1.0, s_churn=0.0)
-    print(export_pipeline(a.out, a.base, a.upsampler, a.sdf, sample, up, captions))
+    out = export_pipeline(a.out, a.base, a.upsampler, a.sdf, sample, up, captions)
+    if a.captions_from:  # CC-BY asks for attribution of every model the weights were trained on
+        rows = [e for e in read_index(a.captions_from) if e["split"] == "train"]
+        lines = ["# Attribution: training objects", "",
+                 "| object | creator | catalog | licence |", "|---|---|---|---|"]  # fmt: skip
+        for e in sorted(rows, key=lambda e: e["id"]):
+            lines.append(f"| {e.get('name', e['id'])} | {e.get('creator', '?')} | "
+                         f"{e.get('catalog', e['source'])} | {e['licence']} |")  # fmt: skip
+        (out / "ATTRIBUTION.md").write_text("\n".join(lines) + "\n")
+    print(out)
