@@ -185,7 +185,7 @@ def main() -> None:
                                    for c in cats_all}  # fmt: skip
         results.append({"sampler": sampler, "steps": steps, "seeds": per_seed, "summary": summary})
         print(f"== {sampler}:{steps}: " + ", ".join(
-            f"{k} {m:.4g}±{s:.2g}" for k, (m, s) in summary.items() if k != "per_category"))  # fmt: skip
+            f"{k} {v[0]:.4g}±{v[1]:.2g}" for k, v in summary.items() if k != "per_category"))  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
     print(f"wrote {out / 'results.json'}")
 
