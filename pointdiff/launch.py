@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from pointdiff import dist
+from pointdiff.checkpoint import load_into, resolve
 from pointdiff.config import (
     DiffusionConfig,
     TextConfig,
@@ -108,6 +109,11 @@ def parse(stage: str, argv: list[str] | None):
     p.add_argument("--subsample", default="fps", choices=["fps", "random", "first"])
     p.add_argument("--no-augment", action="store_true", help="no rotation / scale jitter")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument(
+        "--init-from", default=None, metavar="CKPT",
+        help="start a new run from a checkpoint's EMA weights (same architecture; e.g. to "
+        "fine-tune at another num_points or on other data); the optimizer starts fresh",
+    )  # fmt: skip
     return p.parse_known_args(argv)
 
 
@@ -148,11 +154,27 @@ def main(stage: str, argv: list[str] | None = None) -> dict:
         f"{stage} {args.preset}: {count_params(model) / 1e6:.2f} M params, {len(dataset)} objects, "
         f"text {text_note}"
     )
+    if args.init_from:
+        _init_from(Path(args.init_from), model, text)
     loss_fn = EDMLoss(diff_cfg.p_mean, diff_cfg.p_std, diff_cfg.sigma_data)
     return train(
         args.run_dir, model, loss_fn, dataset, train_cfg, configs, text_encoder=text,
         resume=args.resume, device=args.device, stop_at=args.stop_at,
     )  # fmt: skip
+
+
+def _init_from(path: Path, model, text) -> None:
+    """Load a checkpoint's EMA weights into ``model`` (and a trainable text tower)."""
+    ckpt = resolve(path)
+    load_into(model, ckpt / ("ema.safetensors" if (ckpt / "ema.safetensors").is_file()
+                             else "model.safetensors"))  # fmt: skip
+    if text is not None and text.trainable:
+        name = next((n for n in ("text_ema.safetensors", "text.safetensors")
+                     if (ckpt / n).is_file()), None)  # fmt: skip
+        if name is None:
+            raise TrainError(f"--init-from {ckpt}: it has no trained text tower to start from")
+        load_into(text.tower, ckpt / name)
+    dist.print0(f"initialised from {ckpt}")
 
 
 def _check_resume(run_dir: Path, configs: dict, resume: bool) -> None:

@@ -347,12 +347,18 @@ def export_pipeline(
     upsampler_sample: SampleConfig | None = None,
     captions: list[str] | None = None,
     dtype: torch.dtype = torch.float16,
+    points: dict[str, dict[str, int]] | None = None,
 ) -> Path:
     """Write a shipped pipeline directory from training checkpoints (EMA weights, ``dtype``).
 
     Layout: ``pipeline.json`` + ``base/`` (+ ``upsampler/``, ``sdf/``), each a release directory;
     ``sample`` (the measured default sampler settings) is stored in the stage's config, and
     ``captions`` (what the base model was trained on) in ``base/captions.json``.
+
+    :param points: per stage, model point counts to ship instead of the trained ones, e.g.
+        ``{"base": {"num_points": 1024}}`` for a model trained on 256-point subsets (the
+        denoisers have no positional embedding, so a set size is a sampling choice, not a
+        weight shape).
     """
     from pointdiff.checkpoint import export_for_release
     from pointdiff.config import to_dict
@@ -364,10 +370,14 @@ def export_pipeline(
         if src is None:
             continue
         export_for_release(src, out / name, dtype=dtype)
+        meta = json.loads((out / name / "config.json").read_text())
+        for key, value in (points or {}).get(name, {}).items():
+            if key not in ("num_points", "num_cond_points") or key not in meta["configs"]["model"]:
+                raise ValueError(f"{name}: cannot set {key!r} of a {meta['configs']['model']}")
+            meta["configs"]["model"][key] = int(value)
         if settings.get(name) is not None:
-            meta = json.loads((out / name / "config.json").read_text())
             meta["configs"]["sample"] = to_dict(settings[name])
-            (out / name / "config.json").write_text(json.dumps(meta, indent=1))
+        (out / name / "config.json").write_text(json.dumps(meta, indent=1))
     spec = {"stages": {k: k for k, v in stages.items() if v is not None}}
     (out / "pipeline.json").write_text(json.dumps(spec, indent=1) + "\n")
     if captions is not None:

@@ -129,3 +129,21 @@ def test_cli_mesh_any_cloud(tiny_pipeline, tmp_path, shared_data):
                  "--grid-size", "20"]) == 0  # fmt: skip
     assert out.stat().st_size > 0
     assert main(["mesh", str(corgi), "-o", str(tmp_path / "m.stl")]) == 2
+
+
+def test_export_pipeline_ships_subset_trained_models_at_other_point_counts(tmp_path):
+    from pointdiff.pipeline import export_pipeline
+
+    torch.manual_seed(0)
+    cfg = get_preset("tiny")
+    text = TextEncoder.from_config("tiny", seed=0)
+    ckpt = save_checkpoint(tmp_path / "run", 1, build_model(cfg), None, None, None,
+                           {"model": cfg, "diffusion": DiffusionConfig()}, text_encoder=text)  # fmt: skip
+    out = export_pipeline(tmp_path / "pipe", ckpt, sample=SAMPLE, captions=["a b", "a b", "c"],
+                          points={"base": {"num_points": 96}})  # fmt: skip
+    pipe = load_pipeline(out)
+    assert pipe.known_captions == ["a b", "c"]
+    cloud = pipe.sample_clouds(["a b"], seed=0, overrides={"steps": 2})[0]
+    assert len(cloud) == 96 and np.isfinite(cloud.coords).all()
+    with pytest.raises(ValueError, match="cannot set 'width'"):
+        export_pipeline(tmp_path / "p2", ckpt, points={"base": {"width": 8}})

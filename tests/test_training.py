@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pointdiff.checkpoint import load_model
+from pointdiff.checkpoint import CheckpointError, load_model
 from pointdiff.config import DiffusionConfig, TextConfig, TrainConfig, get_preset
 from pointdiff.data import PointCloudDataset, write_shards
 from pointdiff.diffusion.precond import EDMLoss, KarrasDenoiser
@@ -248,3 +248,20 @@ def test_train_cli_builds_trains_resumes_and_rejects_bad_overrides(two_clouds, t
         main("base", [*argv, "--cond_dim=64", "--text", "tiny"])
     with pytest.raises(ValueError, match="is a denoiser, not a upsampler"):
         main("upsampler", argv)
+
+
+def test_init_from_starts_a_new_run_from_a_checkpoints_ema_weights(two_clouds, tmp_path):
+    from pointdiff.launch import main
+
+    common = ["tiny", "--data", str(two_clouds), "--batch_size=2", "--ckpt_every=1",
+              "--warmup_steps=1", "--lr=0"]  # fmt: skip
+    a = main("base", [*common, "--run-dir", str(tmp_path / "a"), "--max_steps=1", "--lr=1e-2"])
+    # fine-tune at another point count from a's EMA; with lr=0 the weights stay a's EMA
+    b = main("base", [*common, "--run-dir", str(tmp_path / "b"), "--max_steps=1",
+                      "--num_points=32", "--init-from", str(tmp_path / "a")])  # fmt: skip
+    for src, dst in (("ema", "model"), ("text_ema", "text")):
+        wa = load_file(str(a["checkpoint"] / f"{src}.safetensors"))
+        wb = load_file(str(b["checkpoint"] / f"{dst}.safetensors"))
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        main("base", [*common, "--run-dir", str(tmp_path / "c"), "--init-from", "nowhere"])

@@ -2,7 +2,8 @@
 
     .venv/bin/python train/export_pipeline.py checkpoints/pointdiff-small \
         --base runs/ship/base --sdf runs/ship/sdf [--upsampler runs/ship/up] \
-        --sampler dpmpp_2m --steps 24 --guidance 3 --captions-from runs/data/ship
+        --sampler dpmpp_2m --steps 24 --guidance 3 --captions-from runs/data/ship \
+        [--base-points 1024 --up-points 1024 3072]   # models trained on point subsets
 """
 
 import argparse
@@ -23,6 +24,9 @@ if __name__ == "__main__":
     ap.add_argument("--s-churn", type=float, default=0.0)
     ap.add_argument("--up-sampler", default="dpmpp_2m")
     ap.add_argument("--up-steps", type=int, default=16)
+    ap.add_argument("--base-points", type=int, default=None, help="ship the base at N points")
+    ap.add_argument("--up-points", type=int, nargs=2, default=None, metavar=("LOW", "NEW"),
+                    help="ship the upsampler at LOW condition points → NEW points")
     ap.add_argument("--captions-from", default=None, help="shard dir: train-split captions")
     a = ap.parse_args()
     captions = None
@@ -30,7 +34,12 @@ if __name__ == "__main__":
         captions = [e["caption"] for e in read_index(a.captions_from) if e["split"] == "train"]
     sample = SampleConfig(sampler=a.sampler, steps=a.steps, guidance=a.guidance, s_churn=a.s_churn)
     up = SampleConfig(sampler=a.up_sampler, steps=a.up_steps, guidance=1.0, s_churn=0.0)
-    out = export_pipeline(a.out, a.base, a.upsampler, a.sdf, sample, up, captions)
+    points = {}
+    if a.base_points:
+        points["base"] = {"num_points": a.base_points}
+    if a.up_points:
+        points["upsampler"] = {"num_cond_points": a.up_points[0], "num_points": a.up_points[1]}
+    out = export_pipeline(a.out, a.base, a.upsampler, a.sdf, sample, up, captions, points=points)
     if a.captions_from:  # CC-BY asks for attribution of every model the weights were trained on
         rows = [e for e in read_index(a.captions_from) if e["split"] == "train"]
         lines = ["# Attribution: training objects", "",
