@@ -170,7 +170,9 @@ class TextTo3D:
         except MeshError as e:
             if method != "auto":
                 raise
-            warnings.warn(f"SDF head found no surface ({e}); meshing with Poisson instead", stacklevel=2)
+            warnings.warn(
+                f"SDF head found no surface ({e}); meshing with Poisson instead", stacklevel=2
+            )
             return mesh_from_cloud(cloud, method="poisson")
 
 

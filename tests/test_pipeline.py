@@ -29,7 +29,9 @@ def _fit_sphere_sdf(model, steps=80):
     """A few Adam steps towards |q| - 0.3 so the tiny SDF head crosses zero (meshable)."""
     g = torch.Generator().manual_seed(0)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    pts = torch.nn.functional.normalize(torch.randn(1, model.cfg.num_points, 3, generator=g), dim=-1)
+    pts = torch.nn.functional.normalize(
+        torch.randn(1, model.cfg.num_points, 3, generator=g), dim=-1
+    )
     pts = pts * 0.3
     for _ in range(steps):
         q = torch.rand(1, 256, 3, generator=g) - 0.5

@@ -25,8 +25,14 @@ if __name__ == "__main__":
     ap.add_argument("--up-sampler", default="dpmpp_2m")
     ap.add_argument("--up-steps", type=int, default=16)
     ap.add_argument("--base-points", type=int, default=None, help="ship the base at N points")
-    ap.add_argument("--up-points", type=int, nargs=2, default=None, metavar=("LOW", "NEW"),
-                    help="ship the upsampler at LOW condition points → NEW points")
+    ap.add_argument(
+        "--up-points",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("LOW", "NEW"),
+        help="ship the upsampler at LOW condition points → NEW points",
+    )
     ap.add_argument("--captions-from", default=None, help="shard dir: train-split captions")
     a = ap.parse_args()
     captions = None
