@@ -1,6 +1,8 @@
 """Image encoder: CLIP's visual tower as point-e's image-grid models use it.
 
-The only module besides ``pointdiff.text`` that imports open_clip. ``ImageEncoder.embed(images)``
+With ``pointdiff.text`` and ``pointdiff.clip_files`` (finding and reading CLIP files), the
+only modules that import open_clip for conditioning (``evaluation.alignment`` loads a full
+open_clip model lazily for CLIP R-precision). ``ImageEncoder.embed(images)``
 returns the **patch grid** ``[B, 256, 1024]`` of CLIP ViT-L/14 at 224 px, taken as point-e's
 ``ImageCLIP.embed_images_grid`` takes it: ``conv1`` → + class token → + positional embedding →
 ``ln_pre`` → transformer, keeping the 256 patch tokens (the class token dropped) BEFORE CLIP's final
@@ -30,10 +32,9 @@ import torch
 from open_clip.model import CLIPVisionCfg, _build_vision_tower
 from open_clip.transform import image_transform
 from PIL import Image
-from safetensors.torch import load_file
 from torch import nn
 
-from pointdiff.text import TextEncoderError, _is_torchscript, _resolve_weights
+from pointdiff.clip_files import ClipFilesError, resolve_weights, tower_state_dict
 
 # From-scratch towers: ViT-L/14's token layout (224 px, 14 px patches -> 16×16 grid), tiny width.
 SCRATCH_CONFIGS = {
@@ -209,9 +210,9 @@ def resolve_clip_weights(
     """
     tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained) if pretrained else {}
     try:
-        return _resolve_weights(arch, pretrained, tag_cfg, cache_dir, download)
-    except TextEncoderError as e:
-        raise ImageEncoderError(str(e).replace("CLIP text weights", "CLIP weights")) from None
+        return resolve_weights(arch, pretrained, tag_cfg, cache_dir, download)
+    except ClipFilesError as e:
+        raise ImageEncoderError(str(e)) from None
 
 
 def clip_cache_places(arch: str = "ViT-L-14", pretrained: str = "openai") -> list[str]:
@@ -229,33 +230,9 @@ def clip_cache_places(arch: str = "ViT-L-14", pretrained: str = "openai") -> lis
 def _visual_state_dict(path: str, visual: nn.Module) -> dict[str, torch.Tensor]:
     """The visual-tower state dict of a CLIP weights file (open_clip or OpenAI layout)."""
     try:
-        if str(path).endswith(".safetensors"):
-            sd = load_file(path)
-        elif _is_torchscript(path):  # OpenAI's original ViT-L-14.pt (no pickle inside)
-            sd = torch.jit.load(path, map_location="cpu").state_dict()
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - report any read failure the same way
-        raise ImageEncoderError(
-            f"{path}: cannot read CLIP weights ({type(e).__name__}: {e})"
-        ) from e
-    if isinstance(sd, dict) and "state_dict" in sd:
-        sd = sd["state_dict"]
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    if any(k.startswith("visual.") for k in sd):
-        sd = {k[len("visual.") :]: v for k, v in sd.items() if k.startswith("visual.")}
-    want = visual.state_dict()
-    sd = {k: v.float() for k, v in sd.items() if k in want}
-    missing = sorted(set(want) - set(sd))
-    if missing:
-        raise ImageEncoderError(f"{path}: not CLIP image-tower weights; missing e.g. {missing[:4]}")
-    wrong = [k for k in want if sd[k].shape != want[k].shape]
-    if wrong:
-        raise ImageEncoderError(
-            f"{path}: shapes differ from the architecture, e.g. {wrong[0]}: "
-            f"{tuple(sd[wrong[0]].shape)} vs {tuple(want[wrong[0]].shape)} (wrong CLIP arch?)"
-        )
-    return sd
+        return tower_state_dict(path, visual, "visual.", "image-tower")
+    except ClipFilesError as e:
+        raise ImageEncoderError(str(e)) from None
 
 
 __all__ = [

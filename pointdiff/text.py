@@ -1,6 +1,8 @@
 """Text encoder: an open_clip text tower, pretrained (frozen CLIP) or built from scratch.
 
-The only module that imports open_clip. ``TextEncoder.embed(prompts) -> [B, D]`` returns pooled,
+With ``pointdiff.image`` and ``pointdiff.clip_files`` (finding and reading CLIP files), the
+only modules that import open_clip for conditioning (``evaluation.alignment`` loads a full
+open_clip model lazily for CLIP R-precision). ``TextEncoder.embed(prompts) -> [B, D]`` returns pooled,
 L2-normalised embeddings (point-e's ``FrozenImageCLIP.embed_text`` convention; the denoiser
 multiplies by √D itself).
 
@@ -17,8 +19,8 @@ Sources of weights (``TextEncoder.from_pretrained(arch, pretrained)``):
 Only the text tower is built (open_clip's ``_build_text_tower``, the same module
 ``create_model(..., force_custom_text=True).text`` holds); the visual tower's weights are skipped
 when loading, so ViT-L-14 costs its 123M text parameters, not 428M. Extension point for the
-image-grid models (issue 7): an ``ImageEncoder`` would live next to this class and share
-``_resolve_weights``/``_clip_state_dict``.
+image-grid models: ``pointdiff.image.ImageEncoder`` shares the lookup and reading of CLIP files
+(``pointdiff.clip_files``).
 
 Small from-scratch towers (``TextEncoder.from_config("tiny" | "small")``) are random-init and
 trainable; they serve tests and offline-trained checkpoints (``save``/``load``).
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -39,6 +40,8 @@ from open_clip.model import CLIPTextCfg, _build_text_tower
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pointdiff import clip_files
+from pointdiff.clip_files import ClipFilesError
 from pointdiff.config import TextConfig
 
 WEIGHTS_NAME = "text.safetensors"
@@ -133,7 +136,9 @@ class TextEncoder(nn.Module):
             option), unreadable, or not matching ``arch``.
         """
         if arch.startswith("hf-hub:"):
-            model_cfg, path = _resolve_hf_hub(arch[len("hf-hub:") :], cache_dir, download)
+            model_cfg, path = _clip_call(
+                clip_files.resolve_hf_hub, arch[len("hf-hub:") :], cache_dir, download
+            )
             quick_gelu = model_cfg.get("quick_gelu", False)
         else:
             model_cfg = open_clip.get_model_config(arch)
@@ -148,12 +153,14 @@ class TextEncoder(nn.Module):
                     raise TextEncoderError(f"--clip-weights {weights}: no such file")
                 path = str(weights)
             else:
-                path = _resolve_weights(arch, pretrained, tag_cfg, cache_dir, download)
+                path = _clip_call(
+                    clip_files.resolve_weights, arch, pretrained, tag_cfg, cache_dir, download
+                )
             # OpenAI's CLIP was trained with QuickGELU; open_clip records it on the tag.
             quick_gelu = (
                 model_cfg.get("quick_gelu", False)
                 or tag_cfg.get("quick_gelu", False)
-                or _is_torchscript(path)
+                or clip_files.is_torchscript(path)
             )
         spec = {
             "arch": arch,
@@ -163,7 +170,9 @@ class TextEncoder(nn.Module):
             "quick_gelu": bool(quick_gelu),
         }
         enc = cls(spec)
-        enc.tower.load_state_dict(_clip_state_dict(path, enc.tower))
+        enc.tower.load_state_dict(
+            _clip_call(clip_files.tower_state_dict, path, enc.tower, "text.", "text-tower")
+        )
         return enc.freeze()
 
     @classmethod
@@ -279,125 +288,9 @@ class TextEncoder(nn.Module):
         return torch.stack([self._cache[p].to(device) for p in prompts])
 
 
-# ----------------------------------------------------------------------------------------------
-# Weights: local resolution (never the network unless asked) and state-dict extraction
-
-
-def _missing(
-    arch: str, tag: str, places: list[str], url: str = "", file_arch: str = ""
-) -> TextEncoderError:
-    """The offline error: where we looked, and how to hand over a local file instead."""
-    fetch = f"Download {url} on a machine with network" if url else "Download the weights"
-    file_arch = file_arch or arch
-    return TextEncoderError(
-        f"CLIP text weights {arch}/{tag} are not in the local cache (looked in: "
-        f"{'; '.join(places)}) and this run does not download. {fetch}, then pass the file with "
-        f"`--clip-weights PATH` (Python: TextEncoder.from_pretrained({arch!r}, {tag!r}, "
-        f"weights=PATH) or TextConfig(arch={file_arch!r}, pretrained=PATH)), or copy it to "
-        f"{places[0]}. Or allow the download: `--clip-download` (from_pretrained(..., "
-        "download=True))."
-    )
-
-
-def _resolve_weights(arch, pretrained, tag_cfg, cache_dir, download) -> str:
-    """A local file for (arch, pretrained): the path itself or open_clip's cached download."""
-    if not pretrained:
-        raise TextEncoderError(f"{arch}: give a pretrained tag or a local weights file")
-    if not tag_cfg:
-        if Path(pretrained).is_file():
-            return str(pretrained)
-        tags = open_clip.list_pretrained_tags_by_model(arch)
-        raise TextEncoderError(
-            f"{pretrained!r} is neither a file nor a known open_clip tag for {arch} "
-            f"(tags: {', '.join(tags) or 'none'}); pass a local weights file with --clip-weights"
-        )
-    if download:
-        return open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)
-    places, found = [], None
-    hub = tag_cfg.get("hf_hub", "")
-    if hub:
-        repo, filename = os.path.split(hub)
-        names = [filename] if filename else ["open_clip_model.safetensors"]
-        names.append("open_clip_pytorch_model.bin")
-        for name in dict.fromkeys(names):
-            found = found or _hf_cached(repo, name, cache_dir)
-        places.append(f"HF cache ({cache_dir or '$HF_HOME/hub'}) repo {repo}")
-    url = tag_cfg.get("url", "") or (f"https://huggingface.co/{hub.rstrip('/')}" if hub else "")
-    if tag_cfg.get("url"):
-        target = Path(cache_dir or Path("~/.cache/clip").expanduser()) / os.path.basename(url)
-        found = found or (str(target) if target.is_file() else None)
-        places.insert(0, str(target))
-    if found is None:
-        qg = tag_cfg.get("quick_gelu", False) and "quickgelu" not in arch
-        raise _missing(arch, pretrained, places, url, f"{arch}-quickgelu" if qg else arch)
-    return found
-
-
-def _hf_cached(repo: str, filename: str, cache_dir) -> str | None:
-    """Path of ``filename`` of an HF repo in the local cache, or None (no network)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    hit = try_to_load_from_cache(repo, filename, cache_dir=cache_dir)
-    return hit if isinstance(hit, str) else None
-
-
-def _resolve_hf_hub(repo: str, cache_dir, download) -> tuple[dict, str]:
-    """(model_cfg, weights path) of an open_clip ``hf-hub:`` repo from the local cache."""
-    if download:
-        from huggingface_hub import hf_hub_download
-
-        cfg_path = hf_hub_download(repo, "open_clip_config.json", cache_dir=cache_dir)
-        weights = open_clip.pretrained.download_pretrained_from_hf(repo, cache_dir=cache_dir)
-    else:
-        cfg_path = _hf_cached(repo, "open_clip_config.json", cache_dir)
-        weights = _hf_cached(repo, "open_clip_model.safetensors", cache_dir) or _hf_cached(
-            repo, "open_clip_pytorch_model.bin", cache_dir
-        )
-        if cfg_path is None or weights is None:
-            raise TextEncoderError(
-                f"hf-hub:{repo} is not in the local HF cache ({cache_dir or '$HF_HOME/hub'}) and "
-                f"this run does not download. Download https://huggingface.co/{repo} on a machine "
-                "with network and copy its cache there, or pass its weights file with "
-                "`--clip-weights PATH` and the open_clip architecture name "
-                "(TextConfig(arch=ARCH, pretrained=PATH)); or allow the download: "
-                "`--clip-download`."
-            )
-    return json.loads(Path(cfg_path).read_text())["model_cfg"], weights
-
-
-def _clip_state_dict(path: str, tower: nn.Module) -> dict[str, torch.Tensor]:
-    """The text-tower state dict of a CLIP weights file (open_clip, OpenAI or text-only)."""
+def _clip_call(fn, *args):
+    """``fn(*args)`` of ``pointdiff.clip_files`` with its errors as :class:`TextEncoderError`."""
     try:
-        if str(path).endswith(".safetensors"):
-            sd = load_file(path)
-        elif _is_torchscript(path):  # OpenAI's original ViT-L-14.pt (no pickle inside)
-            sd = torch.jit.load(path, map_location="cpu").state_dict()
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise TextEncoderError(f"{path}: cannot read CLIP weights ({type(e).__name__}: {e})") from e
-    if isinstance(sd, dict) and "state_dict" in sd:
-        sd = sd["state_dict"]
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    if "text.positional_embedding" in sd:  # CustomTextCLIP layout
-        sd = {k[5:]: v for k, v in sd.items() if k.startswith("text.")}
-    want = tower.state_dict()
-    sd = {k: v.float() for k, v in sd.items() if k in want}
-    missing = sorted(set(want) - set(sd))
-    if missing:
-        raise TextEncoderError(f"{path}: not CLIP text-tower weights; missing e.g. {missing[:4]}")
-    wrong = [k for k in want if sd[k].shape != want[k].shape]
-    if wrong:
-        raise TextEncoderError(
-            f"{path}: shapes differ from the architecture, e.g. {wrong[0]}: "
-            f"{tuple(sd[wrong[0]].shape)} vs {tuple(want[wrong[0]].shape)} (wrong --clip arch?)"
-        )
-    return sd
-
-
-def _is_torchscript(path: str) -> bool:
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any(n.endswith("constants.pkl") for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
+        return fn(*args)
+    except ClipFilesError as e:
+        raise TextEncoderError(str(e)) from None

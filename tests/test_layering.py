@@ -10,6 +10,7 @@ FORBIDDEN = {
     "config": ["*"],
     "pointcloud": ["*"],
     "dist": ["*"],
+    "clip_files": ["*"],
     "diffusion": ["models", "data", "text", "mesh", "pipeline", "training", "checkpoint"],
     "models": ["diffusion", "data", "text", "checkpoint", "mesh", "pipeline", "training"],
     "text": ["models", "diffusion", "data", "mesh", "pipeline", "training"],
