@@ -91,6 +91,7 @@ class TextTo3D:
         stop_after: str | None = None,
         overrides: dict | None = None,
         bf16: bool = False,
+        stage_overrides: dict[str, dict] | None = None,
     ) -> list[PointCloud]:
         """Sample one cloud per prompt (batched), deterministically for a given seed.
 
@@ -98,7 +99,12 @@ class TextTo3D:
         :param stop_after: a stage name to stop at (e.g. ``"base"`` for 1024 points).
         :param overrides: SampleConfig fields applied to every stage (e.g. ``{"steps": 32}``);
             ``guidance`` applies to text stages only.
+        :param stage_overrides: SampleConfig fields per stage name, applied after ``overrides``
+            (e.g. ``{"base": {"sampler": "heun", "steps": 64}}``).
         """
+        unknown = set(stage_overrides or {}) - {s.name for s in self.stages}
+        if unknown:
+            raise PipelineError(f"stage_overrides for unknown stages {sorted(unknown)}")
         encoder = self.text_encoder if self.image_encoder is None else self.image_encoder
         if self.image_encoder is None:
             _check_prompts(prompts)
@@ -110,7 +116,8 @@ class TextTo3D:
             text_emb = encoder.embed(prompts).to(self.device)
         x_prev = None
         for stage in self.stages:
-            x_new = self._run_stage(stage, len(prompts), text_emb, x_prev, g, overrides or {}, bf16)
+            ov = {**(overrides or {}), **(stage_overrides or {}).get(stage.name, {})}
+            x_new = self._run_stage(stage, len(prompts), text_emb, x_prev, g, ov, bf16)
             x_prev = x_new if x_prev is None else torch.cat([x_prev, x_new], dim=1)
             if stage.name == stop_after:
                 break

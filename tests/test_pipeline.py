@@ -76,6 +76,13 @@ def test_pipeline_stages_keep_low_res_and_are_deterministic(tiny_pipeline):
     for sampler in ("euler", "dpmpp_2m"):
         c = pipe.sample_clouds(["a chair"], seed=0, overrides={"sampler": sampler, "steps": 2})
         assert np.isfinite(c[0].coords).all()
+    # per-stage overrides reach only their stage: the base part is unchanged
+    per = pipe.sample_clouds(["a chair", "a table"], seed=3,
+                             stage_overrides={"upsampler": {"sampler": "euler", "steps": 2}})  # fmt: skip
+    np.testing.assert_array_equal(per[0].coords[:64], base[0].coords)
+    assert not np.array_equal(per[0].coords, full[0].coords)
+    with pytest.raises(PipelineError, match="unknown stages"):
+        pipe.sample_clouds(["a chair"], stage_overrides={"nope": {"steps": 2}})
     mesh = pipe.to_mesh(full[0], grid_size=24)
     assert isinstance(mesh, TriMesh) and mesh.num_faces > 0 and mesh.colors is not None
 
