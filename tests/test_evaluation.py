@@ -344,3 +344,18 @@ def test_run_eval_on_pointe_npz_and_bad_inputs(tmp_path):
     np.savez(tmp_path / "bad.npz", arr_0=np.zeros((2, 10, 4), np.float32))
     with pytest.raises(MetricInputError, match=r"\[N, K, 3 or 6\]"):
         run_eval(tmp_path / "bad.npz", ref, tmp_path / "o6")
+
+
+def test_classifier_augmentation_rotation_is_bounded():
+    import math
+
+    from pointdiff.evaluation.classifier_train import _augment
+
+    x = torch.tensor([[[0.5, 0.0, 0.0]]]).expand(512, 1, 3).contiguous()
+    for limit in (0.0, 15.0, 180.0):
+        y = _augment(x, torch.Generator().manual_seed(0), rotation=limit)
+        angle = torch.atan2(y[:, 0, 1], y[:, 0, 0]).abs().max().item()
+        # anisotropic scale (y/x up to 1.25/0.8) widens the angle; jitter adds ~0.01 rad
+        bound = math.atan(1.25 / 0.8 * math.tan(math.radians(min(limit, 89.0)))) + 0.05
+        assert limit == 180 or angle <= bound
+        assert limit == 0 or angle > 0.8 * math.radians(limit)

@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--colour", action="store_true", help="use rgb as input features")
+    p.add_argument(
+        "--rotation",
+        type=float,
+        default=180.0,
+        help="augmentation: rotate about the up axis by up to ± this many degrees",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     args, overrides = p.parse_known_args(argv)
     if args.threads:
@@ -75,6 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     history = train_classifier(
         model, train, args.epochs, args.batch_size, args.num_points, args.lr, args.seed,
         log_path=f"{args.out}/log.jsonl" if _mkdir(args.out) else None, held_out=held,
+        rotation=args.rotation,
     )  # fmt: skip
     result = {
         "held_out": accuracy(model, held, args.num_points) if len(held) else None,

@@ -90,10 +90,11 @@ def concat_clouds(parts: list[LabelledClouds]) -> LabelledClouds:
 # Training
 
 
-def _augment(coords: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Random rotation about the up axis, anisotropic scale in [0.8, 1.25], jitter σ = 0.005."""
+def _augment(coords: torch.Tensor, g: torch.Generator, rotation: float = 180.0) -> torch.Tensor:
+    """Random rotation about the up axis (uniform in ±``rotation`` degrees), anisotropic scale
+    in [0.8, 1.25], jitter σ = 0.005."""
     b = coords.shape[0]
-    a = torch.rand(b, generator=g) * 2 * math.pi
+    a = (torch.rand(b, generator=g) * 2 - 1) * math.radians(rotation)
     c, s = a.cos(), a.sin()
     rot = torch.zeros(b, 3, 3)
     rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1], rot[:, 2, 2] = c, -s, s, c, 1
@@ -102,7 +103,7 @@ def _augment(coords: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return (coords @ rot.transpose(1, 2)) * scale + jitter
 
 
-def _batch(data: LabelledClouds, idx, num_points, in_channels, g, train) -> torch.Tensor:
+def _batch(data: LabelledClouds, idx, num_points, in_channels, g, train, rotation=180.0):
     p = data.coords.shape[1]
     if train:  # a fresh random subset of points each time
         pick = torch.stack([torch.randperm(p, generator=g)[:num_points] for _ in idx])
@@ -110,7 +111,7 @@ def _batch(data: LabelledClouds, idx, num_points, in_channels, g, train) -> torc
         pick = torch.arange(num_points).expand(len(idx), -1)
     coords = torch.from_numpy(data.coords[idx]).gather(1, pick[..., None].expand(-1, -1, 3))
     if train:
-        coords = _augment(coords, g)
+        coords = _augment(coords, g, rotation)
     if in_channels == 3:
         return coords
     colors = torch.from_numpy(data.colors[idx]).gather(1, pick[..., None].expand(-1, -1, 3))
@@ -150,8 +151,12 @@ def train_classifier(
     log_path: str | Path | None = None,
     held_out: LabelledClouds | None = None,
     log_every: int = 10,
+    rotation: float = 180.0,
 ) -> list[dict]:
     """Train on ``data`` (labels must be in ``model.cfg.class_names``) with AdamW + cosine LR.
+
+    :param rotation: augmentation rotates about the up axis by up to ± this many degrees (180:
+        any orientation; small values for generators trained in canonical orientation).
 
     Classes are balanced by sampling each epoch's clouds with weights 1 / class frequency.
     :return: one dict per logged epoch (loss, train accuracy, held-out accuracy if given).
@@ -176,7 +181,7 @@ def train_classifier(
         total, correct, count = 0.0, 0, 0
         for s in range(steps_per_epoch):
             idx = order[s * batch_size : (s + 1) * batch_size].numpy()
-            x = _batch(data, idx, num_points, model.cfg.in_channels, g, True)
+            x = _batch(data, idx, num_points, model.cfg.in_channels, g, True, rotation)
             logits = model(x)["logits"]
             loss = F.cross_entropy(logits, y[idx], label_smoothing=0.1)
             opt.zero_grad(set_to_none=True)
