@@ -71,6 +71,10 @@ def test_classifier_save_load_roundtrip(tmp_path):
     assert m2.cfg == m.cfg and json.loads((tmp_path / "config.json").read_text())["held_out"]
     with pytest.raises(ClassifierError, match="model.safetensors"):
         load_classifier(tmp_path / "missing")
+    save_classifier(m, tmp_path / "fp16", dtype=torch.float16)  # shipped form
+    m3 = load_classifier(tmp_path / "fp16")
+    torch.testing.assert_close(m3(x)["logits"], m(x)["logits"], atol=2e-2, rtol=2e-2)
+    assert next(m3.parameters()).dtype == torch.float32
 
 
 def _pointe_reference(sd, xyz):

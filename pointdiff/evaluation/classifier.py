@@ -207,14 +207,25 @@ class PointNet2Classifier(nn.Module):
 
 
 def save_classifier(
-    model: PointNet2Classifier, out_dir: str | os.PathLike, extra: dict | None = None
+    model: PointNet2Classifier,
+    out_dir: str | os.PathLike,
+    extra: dict | None = None,
+    dtype: torch.dtype | None = None,
 ):
-    """Write ``model.safetensors`` and ``config.json`` (config + ``extra``, e.g. accuracy)."""
+    """Write ``model.safetensors`` and ``config.json`` (config + ``extra``, e.g. accuracy).
+
+    :param dtype: cast floating-point tensors (e.g. ``torch.float16`` for shipping); loading
+        casts back to the model's float32.
+    """
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu()
+        for k, v in model.state_dict().items()
+    }
+    state = {k: v.contiguous() for k, v in state.items()}
     save_file(state, str(out / "model.safetensors.tmp"))
     os.replace(out / "model.safetensors.tmp", out / "model.safetensors")
     meta = {"config": asdict(model.cfg), **(extra or {})}
