@@ -131,6 +131,7 @@ class TrainConfig:
     num_workers: int = 0
     keep_checkpoints: int = 3  # keep the last K ckpt-* directories of a run
     compile: bool = False  # torch.compile the network
+    fsdp: bool = False  # shard params/grads/AdamW/EMA over ranks (FSDP2) instead of DDP replicas
 
 
 # ----------------------------------------------------------------------------------------------

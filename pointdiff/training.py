@@ -1,5 +1,6 @@
 """The training loop: one function, DiT/EDM order (batch → loss → backward → clip → step → EMA →
-log → checkpoint), distributed-aware (torchrun + DDP) and exactly resumable.
+log → checkpoint), distributed-aware (torchrun + DDP, or FSDP with ``TrainConfig.fsdp``; see
+``pointdiff.sharding``) and exactly resumable.
 
 Exact resume and rank-count independence come from three rules:
 
@@ -29,10 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from pointdiff import dist
+from pointdiff import dist, sharding
 from pointdiff.checkpoint import (
     get_rng_state,
     latest_checkpoint,
@@ -94,7 +94,8 @@ def batch_to_inputs_for(model_cfg) -> Callable[[dict], tuple[torch.Tensor, dict]
 
 class _Objective(nn.Module):
     """Everything a micro-step differentiates (net + trainable text tower) in one module, so a
-    single DDP wrapper synchronises all gradients. ``forward(batch) -> per-example loss [B]``."""
+    single DDP wrapper (or FSDP root) synchronises all gradients.
+    ``forward(batch) -> per-example loss [B]``."""
 
     def __init__(self, net, text_encoder, loss_fn, sigma_data, batch_to_inputs):
         super().__init__()
@@ -169,6 +170,29 @@ def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict]:
     ]
 
 
+def _save(run_dir, step, modules, emas, optimizer, scheduler, configs, position, cfg, twins, root):
+    """Rank 0 writes a checkpoint while the others wait. A sharded run first gathers full CPU
+    tensors onto rank 0 (``twins``: meta copies of ``modules + emas``; every rank takes part),
+    so the files are those of an unsharded run."""
+    rng = dist.all_gather_object(get_rng_state())  # RNG states of every rank
+    if twins is not None:
+        full = [sharding.gather_module(m, t) for m, t in zip(modules + emas, twins, strict=True)]
+        modules, emas = full[: len(modules)], full[len(modules) :]
+        optimizer = sharding.StateDictOf(sharding.gather_optimizer_state(root, optimizer))
+    saved = None
+    if dist.is_main():
+        saved = save_checkpoint(
+            run_dir, step, modules[0], emas[0], optimizer, scheduler, configs, position,
+            text_encoder=modules[1] if len(modules) > 1 else None,
+            text_ema=emas[1] if len(emas) > 1 else None,
+            rng_states=rng, keep_last=cfg.keep_checkpoints,
+        )  # fmt: skip
+    for twin in twins or []:
+        twin.to("meta")  # drop rank 0's full copies until the next checkpoint
+    dist.barrier()
+    return saved
+
+
 def _truncate_log(path: Path, step: int) -> None:
     """Drop log lines past ``step`` (written by an interrupted run after its last checkpoint)."""
     if path.is_file():
@@ -216,7 +240,7 @@ def train(
     sigma_data = configs.get("diffusion", DiffusionConfig()).sigma_data
     batch_to_inputs = batch_to_inputs or batch_to_inputs_for(configs["model"])
 
-    # --- model, text, EMA, optimizer, LR schedule
+    # --- model, text, EMA
     model.to(device).train()
     text_trainable = text_encoder is not None and text_encoder.trainable
     if text_encoder is not None:
@@ -226,26 +250,18 @@ def train(
             table = text_encoder.embed(captions).cpu()
             dataset.set_text_embeddings(dict(zip(captions, table, strict=True)))
     modules = [model, text_encoder] if text_trainable else [model]
+    sharded = cfg.fsdp and world > 1  # one process: nothing to shard
+    for m in modules if sharded else []:
+        sharding.broadcast_from_rank0(m)  # DDP does this itself
     emas = [copy.deepcopy(m).requires_grad_(False).eval() for m in modules]
-    params = [p for m in modules for p in m.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        _param_groups(modules, cfg.weight_decay),
-        lr=cfg.lr,
-        betas=cfg.betas,
-        fused=device.type == "cuda",
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        partial(
-            lr_factor, warmup=cfg.warmup_steps, max_steps=cfg.max_steps, min_ratio=cfg.min_lr_ratio
-        ),
-    )
+    # FSDP: shape-only copies that receive the gathered full weights at checkpoints
+    twins = [sharding.meta_twin(m) for m in modules + emas] if sharded else None
     sampler = ResumableSampler(
         len(dataset), world, rank, block=cfg.batch_size * cfg.grad_accum, seed=cfg.seed
     )
 
-    # --- resume (every rank reads the checkpoint: shared filesystem)
-    step, ckpt = 0, latest_checkpoint(run_dir)
+    # --- resume weights (every rank reads the checkpoint: shared filesystem; before sharding)
+    step, state, ckpt = 0, None, latest_checkpoint(run_dir)
     if ckpt is not None and not resume:
         raise TrainError(
             f"{run_dir} already has checkpoints ({ckpt.name}); pass --resume or use a new run dir"
@@ -267,13 +283,11 @@ def train(
         if text_trainable:
             load_into(text_encoder.tower, ckpt / "text.safetensors")
             load_into(emas[1].tower, ckpt / "text_ema.safetensors")
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         step = state["step"]
         if len(state["rng"]) == world:
             set_rng_state(state["rng"][rank])
-        dist.print0(f"resumed from {ckpt} at step {step}")
 
+    # --- wrap (DDP / FSDP), then optimizer and LR schedule over the (possibly sharded) params
     objective = _Objective(
         torch.compile(model) if cfg.compile else model,
         text_encoder if text_trainable else None,
@@ -281,11 +295,27 @@ def train(
         sigma_data,
         batch_to_inputs,
     )
-    ddp = (
-        DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None)
-        if world > 1
-        else objective
+    wrapped = sharding.wrap(objective, modules, emas, device, sharded)
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        _param_groups(modules, cfg.weight_decay),
+        lr=cfg.lr,
+        betas=cfg.betas,
+        fused=device.type == "cuda",
     )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        partial(
+            lr_factor, warmup=cfg.warmup_steps, max_steps=cfg.max_steps, min_ratio=cfg.min_lr_ratio
+        ),
+    )
+    if state is not None:  # the optimizer state is unsharded on disk; FSDP keeps its shard
+        if sharded:
+            sharding.load_optimizer_state(objective, optimizer, state["optimizer"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        dist.print0(f"resumed from {ckpt} at step {step}")
     log_path = run_dir / "log.jsonl"
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -306,7 +336,8 @@ def train(
 
     try:
         while step < end:
-            # --- batch -> loss -> backward (grad_accum micro-steps; DDP syncs on the last one)
+            # --- batch -> loss -> backward (grad_accum micro-steps; gradients are reduced
+            # across ranks on the last one only: DDP all-reduce / FSDP reduce-scatter)
             loss_sum, indices = torch.zeros((), device=device), []
             for micro in range(cfg.grad_accum):
                 batch = next(data)
@@ -315,17 +346,18 @@ def train(
                 torch.manual_seed(seed)  # model-internal randomness (condition dropout)
                 generator = torch.Generator(device).manual_seed(seed)  # σ and noise
                 sync = world == 1 or micro == cfg.grad_accum - 1
-                with nullcontext() if sync else ddp.no_sync():
+                with nullcontext() if sync else sharding.no_grad_sync(wrapped):
                     with autocast:
-                        loss = ddp(batch, generator).float().mean() / cfg.grad_accum
+                        loss = wrapped(batch, generator).float().mean() / cfg.grad_accum
                     loss.backward()
                 loss_sum += loss.detach()
             running += loss_sum
 
-            # --- clip -> step -> EMA
+            # --- clip -> step -> EMA (FSDP: the norm of sharded grads is all-reduced, a DTensor)
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf
             )
+            grad_norm = sharding.to_local_scalar(grad_norm)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
@@ -362,21 +394,14 @@ def train(
                     bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}")
             bar.update(1)
 
-            # --- checkpoint (RNG states of every rank; rank 0 writes, the others wait)
+            # --- checkpoint (rank 0 writes full tensors, the others wait)
             if step % cfg.ckpt_every == 0 or step == end:
-                rng = dist.all_gather_object(get_rng_state())
                 epoch, in_epoch = divmod(step, sampler.steps_per_epoch)
                 position = {"epoch": epoch, "samples_in_epoch": in_epoch * sampler.global_batch,
                             "global_batch": sampler.global_batch, "dataset_size": len(dataset),
                             "world_size": world}  # fmt: skip
-                if main:
-                    saved = save_checkpoint(
-                        run_dir, step, model, emas[0], optimizer, scheduler, configs, position,
-                        text_encoder=text_encoder if text_trainable else None,
-                        text_ema=emas[1] if text_trainable else None,
-                        rng_states=rng, keep_last=cfg.keep_checkpoints,
-                    )  # fmt: skip
-                dist.barrier()
+                saved = _save(run_dir, step, modules, emas, optimizer, scheduler, configs,
+                              position, cfg, twins, objective) or saved  # fmt: skip
     finally:
         bar.close()
         if log_file is not None:

@@ -4,10 +4,13 @@ One 2-rank job (per-rank batch 2, global batch 4) is killed by rank 1 after step
 checkpoint is step 4) and resumed; a single process with grad_accum=2 (same global batch) is
 the reference. Tolerance for "matches": float reduction order differs ((a+b)/2 across ranks vs
 a/2 + b/2 accumulated), so losses agree to rtol 1e-4 and weights to atol 1e-5 after 6 steps.
+A second pair of 2-rank jobs compares FSDP (``TrainConfig.fsdp``) with DDP and resumes an FSDP
+checkpoint under both.
 """
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +38,7 @@ from pointdiff.text import TextEncoder
 from pointdiff.training import train
 
 shards, run, out, batch, accum, kill_at, resume = sys.argv[1:8]
+fsdp = sys.argv[8:] == ["fsdp"]
 torch.set_num_threads(1)
 torch.manual_seed(0)
 cfg = get_preset("tiny")
@@ -42,7 +46,7 @@ model = build_model(cfg)
 text = TextEncoder.from_text_config(TextConfig(arch="tiny", trainable=True), seed=0)
 ds = PointCloudDataset(shards, num_points=64, subsample="random", augment=True)
 tc = TrainConfig(batch_size=int(batch), grad_accum=int(accum), lr=1e-3, warmup_steps=2,
-                 max_steps=6, log_every=1, ckpt_every=2, ema_decay=0.9)
+                 max_steps=6, log_every=1, ckpt_every=2, ema_decay=0.9, fsdp=fsdp)
 rank = dist.rank()
 seen = open(Path(out) / f"seen-rank{rank}.jsonl", "a")
 
@@ -54,8 +58,11 @@ def callback(step, info):
 
 train(run, model, EDMLoss(), ds, tc, {"model": cfg}, text_encoder=text,
       resume=resume == "1", callback=callback)
-state = {k: v.contiguous() for k, v in model.state_dict().items()}
-state.update({"text." + k: v.contiguous() for k, v in text.state_dict().items()})
+full = lambda v: (v.full_tensor() if hasattr(v, "full_tensor") else v).contiguous()  # FSDP: DTensor
+sharded = all(hasattr(v, "full_tensor") for v in [*model.parameters(), *text.parameters()])
+(Path(out) / f"sharded-rank{rank}").write_text(str(sharded))
+state = {k: full(v) for k, v in model.state_dict().items()}
+state.update({"text." + k: full(v) for k, v in text.state_dict().items()})
 save_file(state, str(Path(out) / f"final-rank{rank}.safetensors"))
 dist.shutdown()
 """
@@ -134,6 +141,76 @@ def test_torchrun_two_ranks_match_one_process_and_resume_after_a_kill(shards, tm
     for epoch in range(2):
         steps = range(3 * epoch + 1, 3 * epoch + 4)
         assert sorted(i for s in steps for i in s0[s] + s1[s]) == list(range(12))
+
+
+def _ckpt(run: Path, step: int) -> dict:
+    """Weights (``model.``/``ema.``/``text.``/``text_ema.`` prefixed) and state.pt of a checkpoint."""
+    d = run / f"ckpt-{step:07d}"
+    files = ("model", "ema", "text", "text_ema")
+    out = {f"{f}.{k}": v for f in files for k, v in load_file(str(d / f"{f}.safetensors")).items()}
+    return {"weights": out, "state": torch.load(d / "state.pt", weights_only=True)}
+
+
+def test_fsdp_matches_ddp_and_its_checkpoints_resume_with_or_without_fsdp(shards, tmp_path):
+    """2 ranks x batch 2 x grad_accum 2 (global batch 8; micro-step 1 skips the reduce-scatter).
+
+    FSDP2 on gloo shards every parameter of the net and the trained text tower (their EMA too).
+    Against the same job under DDP, losses and gradient norms agree to rtol 1e-5, weights, EMA
+    and AdamW moments to atol 1e-6 (measured: losses equal, weights within 3e-8; gradients are
+    reduced by reduce-scatter instead of all-reduce and the clip norm is summed from shards, so
+    only float summation order differs). An FSDP run killed after step 5 resumes from its step-4
+    checkpoint under FSDP and, from a copy, under DDP.
+    """
+    ddp, fsdp, cross = tmp_path / "ddp", tmp_path / "fsdp", tmp_path / "cross"
+    for d in (ddp, fsdp, cross):
+        d.mkdir()
+    r = _run([str(shards), str(ddp / "run"), str(ddp), "2", "2", "0", "0"], 2, tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = _run([str(shards), str(fsdp / "run"), str(fsdp), "2", "2", "5", "0", "fsdp"], 2, tmp_path)
+    assert r.returncode != 0 and not (fsdp / "final-rank0.safetensors").exists()
+    assert json.loads((fsdp / "run" / "latest.json").read_text())["step"] == 4
+    shutil.copytree(fsdp / "run", cross / "run")
+    r = _run([str(shards), str(fsdp / "run"), str(fsdp), "2", "2", "0", "1", "fsdp"], 2, tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = _run([str(shards), str(cross / "run"), str(cross), "2", "2", "0", "1"], 2, tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    # same loss trajectory (the resumed FSDP log continues at step 5)
+    logs = {d: [json.loads(x) for x in (d / "run" / "log.jsonl").open()] for d in (ddp, fsdp)}
+    assert [x["step"] for x in logs[fsdp]] == [x["step"] for x in logs[ddp]] == [1, 2, 3, 4, 5, 6]
+    for key in ("loss", "grad_norm"):
+        np.testing.assert_allclose(
+            [x[key] for x in logs[fsdp]], [x[key] for x in logs[ddp]], rtol=1e-5
+        )
+    assert [(d / "sharded-rank0").read_text() for d in (ddp, fsdp, cross)] == [
+        "False",
+        "True",
+        "False",
+    ]
+
+    # final weights: the gathered FSDP weights agree across ranks and with DDP, as does the run
+    # that resumed the FSDP checkpoint under DDP
+    ref = load_file(str(ddp / "final-rank0.safetensors"))
+    w0, w1 = (load_file(str(fsdp / f"final-rank{r}.safetensors")) for r in (0, 1))
+    assert all(torch.equal(w0[k], w1[k]) for k in ref)
+    for w in (w0, load_file(str(cross / "final-rank0.safetensors"))):
+        assert w.keys() == ref.keys()
+        for k in ref:
+            torch.testing.assert_close(w[k], ref[k], atol=1e-6, rtol=1e-5)
+
+    # checkpoints have the DDP format: full tensors, integer-keyed AdamW state (weights_only)
+    a, b = _ckpt(ddp / "run", 6), _ckpt(fsdp / "run", 6)
+    assert a["weights"].keys() == b["weights"].keys()
+    for k, v in a["weights"].items():
+        torch.testing.assert_close(b["weights"][k], v, atol=1e-6, rtol=1e-5)
+    opt_a, opt_b = a["state"]["optimizer"], b["state"]["optimizer"]
+    assert opt_a["param_groups"] == opt_b["param_groups"]
+    assert opt_a["state"].keys() == opt_b["state"].keys() and len(opt_a["state"]) > 0
+    for i, s in opt_a["state"].items():
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert type(opt_b["state"][i][name]) is torch.Tensor  # not a DTensor
+            torch.testing.assert_close(opt_b["state"][i][name], s[name], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(opt_b["state"][i]["step"], s["step"])
 
 
 @pytest.mark.parametrize("size, world, block", [(12, 2, 2), (12, 3, 1), (10, 2, 2), (3, 2, 4)])

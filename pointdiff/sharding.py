@@ -1,0 +1,205 @@
+"""Data parallelism for ``training.train``: DDP, or FSDP (``TrainConfig.fsdp``) with the
+gradient-sync switch and the gathering of full state for checkpoints.
+
+PyTorch's own FSDP2 (``torch.distributed.fsdp.fully_shard``): parameters become ``DTensor``s
+sharded on dim 0 over a 1-D mesh of all ranks. Each transformer block is one unit (all-gathered
+just before its forward/backward and freed after), then each trained module, then the training
+objective as the root. Optimizer states and the EMA copies stay sharded, so their memory is
+divided by the number of ranks (README "Training at scale").
+
+Checkpoints keep the unsharded format of a DDP run: every rank takes part in gathering full
+tensors (``torch.distributed.checkpoint.state_dict``, ``full_state_dict=True,
+cpu_offload=True``), which land on rank 0's CPU; rank 0 then calls ``save_checkpoint`` with
+plain modules and an ``Optimizer.state_dict()``-shaped (integer-keyed) optimizer state. Loading
+is the reverse, so a run resumes with or without FSDP.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from itertools import chain
+
+import torch
+import torch.distributed as tdist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel
+
+#: Units of their own: our transformer blocks and open_clip's text blocks (matched by name so
+#: that only ``pointdiff.text`` imports open_clip). Only blocks entered through ``forward`` may
+#: be units: FSDP all-gathers in forward hooks, so the SDF decoder's cross-attention blocks
+#: (``project_kv`` is called from outside) stay in their parent's unit.
+BLOCK_NAMES = ("ResidualBlock", "ResidualAttentionBlock")
+
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Wrapping
+
+
+def make_mesh(device: torch.device) -> DeviceMesh:
+    """A 1-D mesh over all ranks on ``device``'s type (gloo on CPU, NCCL on CUDA)."""
+    return init_device_mesh(device.type, (tdist.get_world_size(),))
+
+
+@torch.no_grad()
+def broadcast_from_rank0(module: nn.Module) -> None:
+    """Give every rank rank 0's parameters and buffers (what DDP does at construction; FSDP
+    shards whatever each rank holds, so differing initialisations would mix)."""
+    for t in chain(module.parameters(), module.buffers()):
+        tdist.broadcast(t.data, src=0)
+
+
+def shard(modules: list[nn.Module], mesh: DeviceMesh, root: nn.Module | None = None) -> None:
+    """``fully_shard`` bottom-up, in place: each block (``BLOCK_NAMES``) of each module, then
+    each module, then ``root`` (a module holding them all, e.g. the training objective).
+
+    Parameter names and order are unchanged (an optimizer built afterwards numbers its
+    parameters as on unsharded modules). Modules that are never run (EMA copies) may be sharded
+    too: their parameters then live as shards with the same layout as the trained ones.
+    """
+    for module in modules:
+        for block in module.modules():
+            if type(block).__name__ in BLOCK_NAMES:
+                fully_shard(block, mesh=mesh)
+        fully_shard(module, mesh=mesh)
+    if root is not None:
+        fully_shard(root, mesh=mesh)
+
+
+def wrap(
+    objective: nn.Module, modules: list, emas: list, device: torch.device, fsdp: bool
+) -> nn.Module:
+    """The module a training micro-step calls.
+
+    ``fsdp``: shard in place ``modules`` (the net, a trained text encoder) under ``objective``
+    as root, and their EMA copies ``emas`` with the same layout (the EMA update stays
+    shard-local); ``objective`` is returned. Otherwise DDP around ``objective`` with several
+    ranks, else ``objective`` itself.
+    """
+    if fsdp:
+        # a unit's params are gathered in its forward hooks: a text encoder is entered through
+        # embed() -> tower(tokens), so its tower is the unit
+        def units(ms):
+            return [getattr(m, "tower", m) for m in ms]
+
+        mesh = make_mesh(device)
+        shard(units(modules), mesh, root=objective)
+        shard(units(emas), mesh)
+        return objective
+    if tdist.is_initialized() and tdist.get_world_size() > 1:
+        return DistributedDataParallel(
+            objective, device_ids=[device] if device.type == "cuda" else None
+        )
+    return objective
+
+
+@contextmanager
+def no_grad_sync(wrapped: nn.Module) -> Iterator[None]:
+    """Accumulate gradients locally, without the cross-rank reduction, inside the block.
+
+    DDP: ``no_sync()``. FSDP2: ``set_requires_gradient_sync(False)`` skips the reduce-scatter
+    (unsharded gradients accumulate until the next synced backward reduces them: full-size
+    gradient memory during accumulation, as FSDP1's ``no_sync``). Otherwise: nothing to skip.
+    """
+    if isinstance(wrapped, DistributedDataParallel):
+        with wrapped.no_sync():
+            yield
+    elif isinstance(wrapped, FSDPModule):
+        wrapped.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            wrapped.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def to_local_scalar(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor for a possibly replicated ``DTensor`` (``clip_grad_norm_``'s result)."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+# ----------------------------------------------------------------------------------------------
+# Full (unsharded) state for checkpoints
+
+
+def meta_twin(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose tensors live on the meta device (no memory, no data copied):
+    it takes gathered weights later through ``load_state_dict(..., assign=True)``. Make it
+    before sharding (sharded modules cannot be deep-copied)."""
+    memo = {}
+    for t in chain(module.parameters(), module.buffers()):
+        meta = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    return copy.deepcopy(module, memo)
+
+
+def gather_module(module: nn.Module, twin: nn.Module) -> nn.Module:
+    """Collective (every rank calls it): rank 0's ``twin`` gets ``module``'s full weights as
+    CPU tensors and is returned; other ranks get ``twin`` untouched (still on meta)."""
+    state = get_model_state_dict(module, options=_FULL)  # {} on ranks other than 0
+    if state:
+        twin.load_state_dict(state, assign=True)
+    return twin
+
+
+def gather_optimizer_state(root: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Collective: the full optimizer state on rank 0 (CPU tensors, ``{}`` elsewhere), keyed by
+    parameter index as ``Optimizer.state_dict()`` of the unsharded run (so either resumes it).
+
+    :param root: a module holding every parameter of ``optimizer``.
+    """
+    state = get_optimizer_state_dict(root, optimizer, options=_FULL)
+    if not state:
+        return {}
+    # DCP keys the state by parameter name in param_groups order; a name's position in that
+    # order is its key in Optimizer.state_dict(), whose param_groups (hyperparameters, indices)
+    # are the same on every rank and are taken as they are (DCP would turn tuples into lists).
+    names = [n for g in state["param_groups"] for n in g["params"]]
+    index = {n: i for i, n in enumerate(names)}
+    return {
+        "state": {index[n]: s for n, s in state["state"].items()},
+        "param_groups": optimizer.state_dict()["param_groups"],
+    }
+
+
+def load_optimizer_state(root: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a full ``Optimizer.state_dict()``-shaped state into an optimizer over sharded
+    parameters (every rank holds ``state``; each keeps its shard)."""
+    names = {p: n.replace("_orig_mod.", "") for n, p in root.named_parameters()}
+    ordered = [names[p] for g in optimizer.param_groups for p in g["params"]]
+    by_name = {
+        "state": {ordered[i]: s for i, s in state["state"].items()},
+        "param_groups": [
+            {**g, "params": [ordered[i] for i in g["params"]]} for g in state["param_groups"]
+        ],
+    }
+    set_optimizer_state_dict(
+        root, optimizer, by_name, options=StateDictOptions(full_state_dict=True)
+    )
+    # hyperparameters as saved (DCP's flattening turns tuples such as ``betas`` into lists)
+    for group, saved in zip(optimizer.param_groups, state["param_groups"], strict=True):
+        group.update({k: v for k, v in saved.items() if k != "params"})
+
+
+class StateDictOf:
+    """Something with ``state_dict()`` returning a given dict (a gathered optimizer state, for
+    ``save_checkpoint``, which only calls ``optimizer.state_dict()``)."""
+
+    def __init__(self, state: dict):
+        self._state = state
+
+    def state_dict(self) -> dict:
+        return self._state
