@@ -212,3 +212,32 @@ def test_tiny_head_overfits_two_real_shapes(real_shapes, tmp_path):
             )
         iou = float(volumetric_iou(pred, torch.from_numpy(ev[name])))
         assert iou >= 0.9, f"{name}: volumetric IoU {iou:.3f}"
+
+
+def test_local_geometry_features_tell_inside_from_outside_of_a_sphere():
+    from pointdiff.models.sdf import LocalGeometry
+
+    g = torch.Generator().manual_seed(0)
+    shell = torch.nn.functional.normalize(torch.randn(1, 2048, 3, generator=g), dim=-1) * 0.4
+    q = torch.tensor([[[0.0, 0.0, 0.0], [0.05, 0.1, 0.0], [0.0, 0.0, 0.48], [0.6, 0.0, 0.0]]])
+    f = LocalGeometry(k=8, wide=1024)(q, shell)
+    assert f.shape == (1, 4, 4 * 8 + 7)
+    one_sided = f[0, :, 4 * 8 + 3]  # surrounded (inside) -> small; one side (outside) -> large
+    assert (one_sided[:2] < 0.4).all() and (one_sided[2:] > 0.6).all(), one_sided
+    # nearest distance = distance to the shell
+    torch.testing.assert_close(f[0, :, 3 * 8], (q[0].norm(dim=-1) - 0.4).abs(), atol=0.02, rtol=0)
+
+
+def test_local_sdf_head_cached_queries_match_forward_and_need_latents():
+    cfg = get_preset("sdf_small_local")
+    cfg = dataclasses.replace(cfg, width=32, num_latents=16, num_points=256)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    torch.nn.init.normal_(model.output_proj.weight, std=0.1)
+    pts, q = torch.rand(1, 256, 3) - 0.5, torch.rand(1, 700, 3) - 0.5
+    with torch.no_grad():
+        ref = model(pts, q)[0]
+    got = model.query_fn(pts[0], batch_size=128)(q[0])
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ModelInputError, match="needs encode"):
+        model.predict_sdf(model.encode(pts).tokens, q)

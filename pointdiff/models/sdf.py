@@ -16,6 +16,13 @@ only on its own coordinate and the cloud; ``encode`` runs once per cloud and als
 every decoder block's K/V projection of the latents (``SDFLatents.kv``), which Point-E
 recomputes for every 4096-query batch.
 
+With ``cfg.local_k = K > 0`` (not in Point-E) each query's input embedding also receives
+``LocalGeometry`` features of the cloud around it: offsets to its K nearest points and, over a
+wider neighbourhood, how evenly the points surround it. The unsigned distance and the local
+surface are then read off directly, and the inside/outside cue of a closed surface (points on
+all sides inside, on one side outside) is explicit, so the head learns the sign from far less
+data and training than the attention-only design needs. ``encode`` keeps the cloud for this.
+
 Coordinates are **object space** (xyz in [-0.5, 0.5], Point-E's SDF convention, not the ×2
 model space of the diffusion models); the SDF is negative inside.
 
@@ -62,6 +69,46 @@ class FourierEmbedding(nn.Module):
         return torch.cat([xyz, angles.sin(), angles.cos()], dim=-1)
 
 
+class LocalGeometry(nn.Module):
+    """Query xyz [B, Q, 3] + cloud xyz [B, N, 3] -> local features [B, Q, 4K + 7].
+
+    * offsets p_j − q to the K nearest points (nearest first) [3K] and their distances [K];
+    * over the ``wide`` nearest points: the mean offset [3], its length over the mean distance
+      [1] (≈ 1 when every neighbour lies on one side — outside a surface —, ≈ 0 when they
+      surround the query — inside a closed one), the mean distance [1], and the nearest and
+      K-th distance ratios [2].
+
+    Distances are computed in float32 in query chunks (memory Q·N per chunk).
+    """
+
+    def __init__(self, k: int, wide: int, chunk: int = 4096):
+        super().__init__()
+        self.k, self.wide, self.chunk = k, max(wide, k), chunk
+        self.out_dim = 4 * k + 7
+
+    def forward(self, queries: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        q_all, pts = queries.float(), points.float()
+        b, n = pts.shape[:2]
+        if pts.shape[0] == 1 and q_all.shape[0] > 1:
+            pts = pts.expand(q_all.shape[0], -1, -1)
+        wide, k = min(self.wide, n), min(self.k, n)
+        out = []
+        for q in q_all.split(self.chunk, dim=1):
+            d, idx = torch.cdist(q, pts).topk(wide, dim=-1, largest=False)  # sorted ascending
+            nb = torch.gather(pts[:, None].expand(-1, q.shape[1], -1, -1), 2,
+                              idx[..., None].expand(-1, -1, -1, 3)) - q[:, :, None]  # fmt: skip
+            near = nb[:, :, :k]  # [B, q, k, 3]
+            if k < self.k:  # fewer cloud points than K: repeat the farthest
+                near = torch.cat([near, near[:, :, -1:].expand(-1, -1, self.k - k, -1)], 2)
+            dk = near.norm(dim=-1)  # [B, q, K]
+            mean_off = nb.mean(2)  # [B, q, 3]
+            mean_d = d.mean(-1, keepdim=True).clamp_min(1e-6)
+            one_sided = mean_off.norm(dim=-1, keepdim=True) / mean_d
+            ratios = torch.cat([d[..., :1], dk[..., -1:]], -1) / mean_d
+            out.append(torch.cat([near.flatten(2), dk, mean_off, one_sided, mean_d, ratios], -1))
+        return torch.cat(out, dim=1).to(queries.dtype)
+
+
 class _Stack(nn.Module):
     """A list of blocks under Point-E's ``<name>.resblocks.<i>`` parameter paths."""
 
@@ -84,6 +131,7 @@ class SDFLatents:
 
     tokens: torch.Tensor
     kv: list[torch.Tensor]
+    points: torch.Tensor | None = None  # [B, N, 3] the cloud, kept when cfg.local_k > 0
 
     @property
     def batch_size(self) -> int:
@@ -109,6 +157,11 @@ class SDFModel(nn.Module):
             [ResidualBlock(w, cfg.encoder_heads, std) for _ in range(cfg.encoder_depth)]
         )
         self.decoder_input_proj = nn.Linear(self.embed.out_dim, w)
+        if cfg.local_k > 0:
+            self.local = LocalGeometry(cfg.local_k, cfg.local_k_wide)
+            self.local_proj = nn.Sequential(
+                nn.Linear(self.local.out_dim, w), nn.GELU(), nn.Linear(w, w)
+            )
         self.decoder = _Stack(
             [
                 ResidualCrossAttentionBlock(w, cfg.decoder_heads, std)
@@ -139,7 +192,7 @@ class SDFModel(nn.Module):
         for block in self.encoder.resblocks:
             h = block(h)
         kv = [block.project_kv(h) for block in self.decoder.resblocks]
-        return SDFLatents(tokens=h, kv=kv)
+        return SDFLatents(tokens=h, kv=kv, points=points if self.cfg.local_k > 0 else None)
 
     def predict_sdf(
         self, latents: SDFLatents | torch.Tensor, queries: torch.Tensor
@@ -154,6 +207,10 @@ class SDFModel(nn.Module):
         if queries.ndim != 3 or queries.shape[-1] != 3:
             raise ModelInputError(f"queries must be [B, Q, 3], got {tuple(queries.shape)}")
         x = self.decoder_input_proj(self.embed(queries))  # [B, Q, W]
+        if self.cfg.local_k > 0:
+            if not isinstance(latents, SDFLatents) or latents.points is None:
+                raise ModelInputError("local_k > 0: predict_sdf needs encode()'s SDFLatents")
+            x = x + self.local_proj(self.local(queries, latents.points))
         for i, block in enumerate(self.decoder.resblocks):
             kv = latents.kv[i] if isinstance(latents, SDFLatents) else block.project_kv(latents)
             x = block(x, kv=kv)
