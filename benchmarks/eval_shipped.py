@@ -57,7 +57,9 @@ def baseline_clouds(reader, prompts, train_rows, seed) -> np.ndarray:
     g = np.random.default_rng(seed)
     out = []
     for p in prompts:
-        scores = np.array([len(_words(p) & _words(reader.entries[i]["caption"])) for i in train_rows])
+        scores = np.array(
+            [len(_words(p) & _words(reader.entries[i]["caption"])) for i in train_rows]
+        )
         best = np.flatnonzero(scores == scores.max())
         out.append(reader.get(train_rows[g.choice(best)], "coords"))
     return np.stack(out)

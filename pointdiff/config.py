@@ -168,8 +168,13 @@ PRESETS: dict[str, Any] = {
         width=128, encoder_depth=4, decoder_depth=2, num_latents=256, fourier_freqs=6
     ),
     "sdf_small_local": SDFConfig(
-        width=128, encoder_depth=4, decoder_depth=2, num_latents=256, fourier_freqs=6,
-        local_k=16, local_k_wide=256,
+        width=128,
+        encoder_depth=4,
+        decoder_depth=2,
+        num_latents=256,
+        fourier_freqs=6,
+        local_k=16,
+        local_k_wide=256,
     ),  # fmt: skip
     "sdf_pointe": SDFConfig(),
 }

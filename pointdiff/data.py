@@ -91,7 +91,9 @@ def write_shards(
         missing = [k for k in (*_REQUIRED, "coords", "colors") if k not in r]
         if missing:
             raise ShardError(f"record {r.get('id', '?')!r} lacks {missing}")
-        keys = {k: np.shape(r[k]) for k in ("coords", "colors", "sdf_points", "sdf_values") if k in r}
+        keys = {
+            k: np.shape(r[k]) for k in ("coords", "colors", "sdf_points", "sdf_values") if k in r
+        }
         if not shape:
             shape.update(keys)
         elif keys != shape:
@@ -136,7 +138,9 @@ def read_index(root: str | os.PathLike) -> list[dict]:
     root = Path(root)
     meta_path = root / "meta.json"
     if not meta_path.is_file():
-        raise ShardError(f"{root}: not a shard directory (no meta.json); convert data with data_tools")
+        raise ShardError(
+            f"{root}: not a shard directory (no meta.json); convert data with data_tools"
+        )
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != FORMAT:
         raise ShardError(f"{root}: meta.json format is {meta.get('format')!r}, expected {FORMAT!r}")

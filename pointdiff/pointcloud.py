@@ -315,7 +315,9 @@ def read_ply_header(f) -> tuple[str, list[tuple[str, int, list]]]:
             elements.append((words[1], int(words[2]), []))
         elif words[0] == "property":
             if words[1] == "list":
-                elements[-1][2].append((words[4], ("list", _PLY_TYPES[words[2]], _PLY_TYPES[words[3]])))
+                elements[-1][2].append(
+                    (words[4], ("list", _PLY_TYPES[words[2]], _PLY_TYPES[words[3]]))
+                )
             else:
                 elements[-1][2].append((words[2], _PLY_TYPES[words[1]]))
         elif words[0] == "end_header":

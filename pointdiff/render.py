@@ -141,7 +141,9 @@ def render_mesh_views(
     col = col * (0.45 + 0.55 * np.abs(normal[f] @ light))[:, None]
     cloud = PointCloud(pts.astype(np.float32), np.clip(col, 0, 1).astype(np.float32))
     tiles = [
-        render_cloud(cloud, azimuth=30.0 + 360.0 * i / views, size=size, point_radius=1, shade=False)
+        render_cloud(
+            cloud, azimuth=30.0 + 360.0 * i / views, size=size, point_radius=1, shade=False
+        )
         for i in range(views)
     ]
     return Image.fromarray(np.concatenate(tiles, axis=1))

@@ -20,7 +20,9 @@ def test_presets_round_trip_through_json():
 
 
 def test_overrides_parse_types_and_reject_unknown_keys():
-    cfg = apply_overrides(TrainConfig(), ["--lr=3e-4", "--bf16=True", "--max_steps=10", "--betas=[0.9,0.95]"])
+    cfg = apply_overrides(
+        TrainConfig(), ["--lr=3e-4", "--bf16=True", "--max_steps=10", "--betas=[0.9,0.95]"]
+    )
     assert (cfg.lr, cfg.bf16, cfg.max_steps, cfg.betas) == (3e-4, True, 10, (0.9, 0.95))
     assert apply_overrides(TrainConfig(), ["--lr=1"]).lr == 1.0
     with pytest.raises(ValueError, match="no field 'lrr'"):

@@ -76,8 +76,10 @@ def test_bad_clouds_give_clear_errors(tmp_path):
     np.savez(tmp_path / "nan.npz", coords=np.array([[0, np.inf, 0]], np.float32))
     with pytest.raises(PointCloudError, match="nan.npz: .*non-finite"):
         PointCloud.load(tmp_path / "nan.npz")
-    (tmp_path / "t.ply").write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 10\n"
-                                     b"property float x\nproperty float y\nproperty float z\nend_header\n\0\0")
+    (tmp_path / "t.ply").write_bytes(
+        b"ply\nformat binary_little_endian 1.0\nelement vertex 10\n"
+        b"property float x\nproperty float y\nproperty float z\nend_header\n\0\0"
+    )
     with pytest.raises(PointCloudError, match="truncated"):
         PointCloud.load(tmp_path / "t.ply")
     with pytest.raises(PointCloudError, match="no such file"):
