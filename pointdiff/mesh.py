@@ -353,3 +353,37 @@ def mesh_from_cloud(
         raise MeshError("method 'sdf' needs an sdf_fn (e.g. SDFModel.query_fn(cloud_xyz))")
     mesh = marching_cubes(sdf_fn, grid_size=grid_size, **kwargs)
     return mesh.with_colors(vertex_colors_from_cloud(mesh.verts, cloud))
+
+
+def sample_surface(mesh: TriMesh, count: int, seed: int = 0) -> np.ndarray:
+    """``count`` area-weighted random points on the mesh's triangles -> [count, 3] float32."""
+    tri = mesh.verts[mesh.faces].astype(np.float64)  # [F, 3, 3]
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    if len(tri) == 0 or area.sum() <= 0:
+        raise MeshError("the mesh has no surface area to sample")
+    g = np.random.default_rng(seed)
+    face = g.choice(len(tri), count, p=area / area.sum())
+    u, v = g.random(count), g.random(count)
+    flip = u + v > 1
+    u[flip], v[flip] = 1 - u[flip], 1 - v[flip]
+    t = tri[face]
+    return (t[:, 0] + u[:, None] * (t[:, 1] - t[:, 0]) + v[:, None] * (t[:, 2] - t[:, 0])).astype(
+        np.float32
+    )
+
+
+def surface_fit(mesh: TriMesh, cloud: PointCloud, samples: int = 20000) -> dict[str, float]:
+    """How well a mesh explains a cloud, in the cloud's units (object space: largest side 1).
+
+    :return: ``{"cloud_to_mesh": mean distance from cloud points to the nearest surface sample
+        (surface missing where the cloud has points), "mesh_to_cloud": mean distance from
+        surface samples to the nearest cloud point (surface the cloud does not support; its
+        floor is about half the cloud's point spacing)}``.
+    """
+    from scipy.spatial import cKDTree
+
+    surf = sample_surface(mesh, samples)
+    return {
+        "cloud_to_mesh": float(cKDTree(surf).query(cloud.coords)[0].mean()),
+        "mesh_to_cloud": float(cKDTree(cloud.coords).query(surf)[0].mean()),
+    }

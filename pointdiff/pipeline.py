@@ -31,7 +31,7 @@ from pointdiff.diffusion.guidance import clamp_denoised, classifier_free_guidanc
 from pointdiff.diffusion.precond import KarrasDenoiser
 from pointdiff.diffusion.samplers import SAMPLERS
 from pointdiff.diffusion.schedules import get_sigmas_karras
-from pointdiff.mesh import MeshError, TriMesh, mesh_from_cloud
+from pointdiff.mesh import MeshError, TriMesh, mesh_from_cloud, surface_fit
 from pointdiff.pointcloud import PointCloud
 from pointdiff.text import TextEncoder
 
@@ -157,13 +157,20 @@ class TextTo3D:
 
     @torch.no_grad()
     def to_mesh(
-        self, cloud: PointCloud, grid_size: int = 64, bf16: bool = False, method: str = "auto"
+        self,
+        cloud: PointCloud,
+        grid_size: int = 64,
+        bf16: bool = False,
+        method: str = "auto",
+        max_fit_error: float = 0.03,
     ) -> TriMesh:
         """Coloured mesh of a cloud (k-NN vertex colours).
 
         :param method: ``sdf`` (the SDF head, encoded once, queried coarse-to-fine),
             ``poisson`` (open3d screened Poisson) or ``auto``: the SDF head when the pipeline has
-            one, falling back to Poisson (with a warning) when its field has no surface.
+            one, falling back to Poisson (with a warning) when its field has no surface or its
+            surface does not fit the cloud (``mesh.surface_fit``: either mean distance, cloud →
+            mesh or mesh → cloud, above ``max_fit_error`` object units).
         """
         if method == "poisson" or (method == "auto" and self.sdf_model is None):
             return mesh_from_cloud(cloud, method="poisson")
@@ -173,14 +180,24 @@ class TextTo3D:
         inputs = cloud.subsample(n) if len(cloud) > n else cloud
         sdf_fn = self.sdf_model.query_fn(torch.from_numpy(inputs.coords), bf16=bf16)
         try:
-            return mesh_from_cloud(cloud, sdf_fn, method="sdf", grid_size=grid_size)
+            mesh = mesh_from_cloud(cloud, sdf_fn, method="sdf", grid_size=grid_size)
         except MeshError as e:
             if method != "auto":
                 raise
-            warnings.warn(
-                f"SDF head found no surface ({e}); meshing with Poisson instead", stacklevel=2
+            problem = f"SDF head found no surface ({e})"
+        else:
+            if method != "auto":
+                return mesh
+            fit = surface_fit(mesh, cloud)
+            if max(fit.values()) <= max_fit_error:
+                return mesh
+            problem = (
+                f"SDF head's surface does not fit the cloud (mean distance cloud→mesh "
+                f"{fit['cloud_to_mesh']:.3f}, mesh→cloud {fit['mesh_to_cloud']:.3f} > "
+                f"{max_fit_error})"
             )
-            return mesh_from_cloud(cloud, method="poisson")
+        warnings.warn(f"{problem}; meshing with Poisson instead", stacklevel=2)
+        return mesh_from_cloud(cloud, method="poisson")
 
 
 def _check_prompts(prompts) -> None:

@@ -16,6 +16,8 @@ from pointdiff.mesh import (
     marching_cubes,
     mesh_from_cloud,
     poisson_mesh,
+    sample_surface,
+    surface_fit,
     vertex_colors_from_cloud,
 )
 from pointdiff.mesh_export import linear_to_srgb
@@ -129,6 +131,17 @@ def test_poisson_baseline_reconstructs_sphere():
     assert _signed_volume(mesh) > 0
     assert mesh.colors is not None and mesh.colors.shape == mesh.verts.shape
     assert mesh_from_cloud(cloud, method="poisson", depth=5).num_faces > 0
+
+
+def test_surface_samples_and_fit_to_a_cloud():
+    mesh = marching_cubes(_np_fn(_sphere), grid_size=48)
+    pts = sample_surface(mesh, 5000)
+    assert pts.shape == (5000, 3) and np.abs(np.linalg.norm(pts, axis=1) - 0.35).max() < 0.01
+    fit = surface_fit(mesh, _two_tone_sphere_cloud())
+    assert fit["cloud_to_mesh"] < 0.01 and fit["mesh_to_cloud"] < 0.02, fit  # ~ point spacing
+    moved = _two_tone_sphere_cloud()
+    moved = PointCloud(moved.coords * 0.5, moved.colors)  # a smaller sphere inside
+    assert min(surface_fit(mesh, moved).values()) > 0.08
 
 
 # ----------------------------------------------------------------------------------------------

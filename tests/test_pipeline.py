@@ -156,3 +156,24 @@ def test_export_pipeline_ships_subset_trained_models_at_other_point_counts(tmp_p
     assert len(cloud) == 96 and np.isfinite(cloud.coords).all()
     with pytest.raises(ValueError, match="cannot set 'width'"):
         export_pipeline(tmp_path / "p2", ckpt, points={"base": {"width": 8}})
+
+
+def test_auto_meshing_falls_back_to_poisson_when_the_sdf_surface_misses_the_cloud(tiny_pipeline):
+    import warnings
+
+    pipe = load_pipeline(tiny_pipeline)  # its SDF head was fitted to a sphere of radius 0.3
+    g = np.random.default_rng(0)
+    p = g.normal(size=(2048, 3))
+    p /= np.linalg.norm(p, axis=1, keepdims=True)
+    colors = np.full((2048, 3), 0.5, np.float32)
+    sphere = PointCloud((0.3 * p).astype(np.float32), colors)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback: the SDF surface fits this cloud
+        fitted = pipe.to_mesh(sphere, grid_size=32, max_fit_error=0.05)
+    small = PointCloud((0.1 * p).astype(np.float32), colors)  # the SDF head ignores it
+    with pytest.warns(UserWarning, match="does not fit the cloud"):
+        fallback = pipe.to_mesh(small, grid_size=32, max_fit_error=0.05)
+    assert np.abs(np.linalg.norm(fallback.verts, axis=1) - 0.1).mean() < 0.02
+    assert np.abs(np.linalg.norm(fitted.verts, axis=1) - 0.3).mean() < 0.05
+    # method="sdf" returns the SDF mesh whatever its fit
+    assert pipe.to_mesh(small, grid_size=32, method="sdf").num_faces > 0
