@@ -28,10 +28,13 @@ def _churn(
     generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Karras Alg. 2 lines 4–6: raise σ to σ̂ = σ(1+γ) by adding fresh noise of std
-    √(σ̂² − σ²). Returns (x̂, σ̂); draws no noise when γ = 0."""
+    √(σ̂² − σ²). Returns (x̂, σ̂); draws no noise when γ = 0. The noise is drawn on the
+    generator's device (a CPU generator seeds a GPU run identically) and moved to x's."""
     sigma_hat = sigma * (gamma + 1)
     if gamma > 0:
-        eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) * s_noise
+        where = generator.device if generator is not None else x.device
+        eps = torch.randn(x.shape, generator=generator, device=where, dtype=x.dtype)
+        eps = eps.to(x.device) * s_noise
         x = x + eps * (sigma_hat**2 - sigma**2) ** 0.5
     return x, sigma_hat
 
