@@ -118,6 +118,9 @@ def main() -> None:
     ap.add_argument("--sampler", default=None)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--sweep", default=None, help='e.g. "heun:64 dpmpp_2m:16"')
+    ap.add_argument(
+        "--limit", type=int, default=None, help="only N held-out prompts (evenly spaced)"
+    )
     ap.add_argument("--mesh-grid", type=int, default=48)
     ap.add_argument("--no-mesh", action="store_true")
     ap.add_argument("--sheet", default=None, help="PNG of 16 prompts -> clouds -> meshes")
@@ -130,6 +133,8 @@ def main() -> None:
     names = list(clf.cfg.class_names)
     reader = ShardReader(args.data)
     rows = load_split(reader, args.splits)
+    if args.limit and args.limit < len(rows):
+        rows = [rows[i] for i in np.linspace(0, len(rows) - 1, args.limit).round().astype(int)]
     train_rows = load_split(reader, ["train"])
     prompts = [reader.entries[i]["caption"] for i in rows]
     cats = [reader.entries[i]["category"] for i in rows]
