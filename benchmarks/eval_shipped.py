@@ -80,13 +80,18 @@ def fps_np(coords: np.ndarray, k: int) -> np.ndarray:
 
 
 def mesh_stats(pipe, clouds, refs, grid) -> dict:
+    import warnings
+
     import trimesh
 
-    one, tight, cl1, fails = [], [], [], 0
+    one, tight, cl1, fails, poisson = [], [], [], 0, 0
     meshes = []
     for c, ref in zip(clouds, refs, strict=True):
         try:
-            m = pipe.to_mesh(c, grid_size=grid)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                m = pipe.to_mesh(c, grid_size=grid)
+            poisson += any("Poisson instead" in str(w.message) for w in caught)
         except ValueError:
             fails += 1
             meshes.append(None)
@@ -102,7 +107,7 @@ def mesh_stats(pipe, clouds, refs, grid) -> dict:
         b = normalize_clouds(torch.from_numpy(ref)[None], "bbox")
         cl1.append(float(chamfer_l1(a, b)[0]))
     n = len(clouds)
-    return {"meshed": n - fails, "one_component": float(np.sum(one)) / n,
+    return {"meshed": n - fails, "poisson_fallback": poisson, "one_component": float(np.sum(one)) / n,
             "watertight_main": float(np.sum(tight)) / n,
             "chamfer_l1_bbox": float(np.mean(cl1)) if cl1 else float("nan"),
             "meshes": meshes}  # fmt: skip
