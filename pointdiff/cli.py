@@ -86,11 +86,13 @@ def _add_mesh(sub) -> None:
         "mesh",
         help="point cloud file -> coloured mesh (GLB/PLY/OBJ)",
         description="Mesh any coloured point cloud (ours, point-e's .npz, a PLY from another "
-        "tool) with the trained SDF head (default) or open3d Poisson reconstruction.",
+        "tool) with the trained SDF head or open3d Poisson reconstruction. auto (default): the "
+        "SDF head, Poisson where its surface does not fit the cloud. The mesh is written in the "
+        "cloud's own coordinates.",
     )
     p.add_argument("cloud", help=".ply or .npz point cloud")
     p.add_argument("-o", "--out", required=True, help="mesh file: .glb, .ply or .obj")
-    p.add_argument("--method", choices=["sdf", "poisson"], default="sdf")
+    p.add_argument("--method", choices=["auto", "sdf", "poisson"], default="auto")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
                    help="pipeline directory holding the SDF head (for --method sdf)")  # fmt: skip
     p.add_argument("--grid-size", type=int, default=128)

@@ -335,27 +335,39 @@ def write_sample(out: Path, index: int, prompt: str, cloud: PointCloud, mesh=Non
 def mesh_cloud_file(
     cloud_path: str | Path,
     out_path: str | Path,
-    method: str = "sdf",
+    method: str = "auto",
     checkpoint: str | Path | None = None,
     grid_size: int = 128,
     device: str = "cpu",
 ) -> Path:
-    """Mesh a point-cloud file and save the mesh (format from the suffix: .glb, .ply, .obj)."""
+    """Mesh a point-cloud file and save the mesh (format from the suffix: .glb, .ply, .obj).
+
+    The cloud is meshed in the normalised frame the SDF head was trained in (bbox centred,
+    largest side 1) and the mesh is mapped back to the cloud's own coordinates.
+
+    :param method: ``auto`` (the checkpoint's SDF head, Poisson where it has none or its surface
+        does not fit the cloud), ``sdf`` (the SDF head, no fallback) or ``poisson``.
+    """
     from pointdiff.mesh import poisson_mesh
+    from pointdiff.pointcloud import normalize_bbox
 
     out_path = Path(out_path)
     if out_path.suffix not in (".glb", ".ply", ".obj"):
         raise PipelineError(f"mesh output must end in .glb, .ply or .obj, got {out_path.name!r}")
+    if method not in ("auto", "sdf", "poisson"):
+        raise PipelineError(f"unknown meshing method {method!r} (auto | sdf | poisson)")
     cloud = PointCloud.load(cloud_path)
-    if method == "poisson":
-        mesh = poisson_mesh(cloud)
-    elif method == "sdf":
+    coords, center, scale = normalize_bbox(cloud.coords)
+    unit = PointCloud(coords, cloud.colors)
+    if method == "poisson" or (method == "auto" and checkpoint is None):
+        mesh = poisson_mesh(unit)
+    else:
         if checkpoint is None:
             raise PipelineError("--method sdf needs a --checkpoint with an SDF head")
-        pipe = load_pipeline(checkpoint, device=device)
-        mesh = pipe.to_mesh(cloud.normalized(), grid_size=grid_size)
-    else:
-        raise PipelineError(f"unknown meshing method {method!r} (sdf | poisson)")
+        mesh = load_pipeline(checkpoint, device=device).to_mesh(
+            unit, grid_size=grid_size, method=method
+        )
+    mesh = TriMesh(mesh.verts * scale + center, mesh.faces, mesh.colors, mesh.normals)
     mesh.save(out_path)
     return out_path
 

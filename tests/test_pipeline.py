@@ -138,6 +138,20 @@ def test_cli_mesh_any_cloud(tiny_pipeline, tmp_path, shared_data):
                  "--grid-size", "20"]) == 0  # fmt: skip
     assert out.stat().st_size > 0
     assert main(["mesh", str(corgi), "-o", str(tmp_path / "m.stl")]) == 2
+    # a cloud in other units and place: the mesh comes back in the cloud's own frame
+    src = PointCloud.load(corgi)
+    moved = PointCloud(src.coords * 10 + np.float32([5, 0, -3]), src.colors)
+    moved.save(tmp_path / "moved.ply")
+    for method in ("poisson", "auto"):
+        ply = tmp_path / f"moved_{method}.ply"
+        assert main(["mesh", str(tmp_path / "moved.ply"), "-o", str(ply), "--method", method,
+                     "--checkpoint", str(tiny_pipeline), "--grid-size", "20"]) == 0  # fmt: skip
+        import trimesh
+
+        v = trimesh.load(ply, process=False).vertices
+        lo, hi = moved.coords.min(0), moved.coords.max(0)
+        assert (v.min(0) > lo - 0.15 * (hi - lo)).all() and (v.max(0) < hi + 0.15 * (hi - lo)).all()
+        assert (v.max(0) - v.min(0)).max() > 0.5 * (hi - lo).max()
 
 
 def test_export_pipeline_ships_subset_trained_models_at_other_point_counts(tmp_path):
