@@ -307,7 +307,8 @@ def vertex_colors_from_cloud(
 def poisson_mesh(cloud: PointCloud, depth: int = 8, trim_quantile: float = 0.02) -> TriMesh:
     """Screened Poisson reconstruction (open3d) with k-NN vertex colours: the baseline.
 
-    Normals are estimated (20-NN PCA) and oriented by a consistent tangent-plane propagation;
+    Normals are estimated (20-NN PCA) and oriented by a consistent tangent-plane propagation
+    (away from the centroid where that propagation fails, e.g. qhull on coplanar points);
     the ``trim_quantile`` lowest-density vertices (Poisson's extrapolated skirt) are removed and
     the result cropped to the cloud's bounding box (+2 %). Faces are flipped if the enclosed
     volume comes out negative (normals oriented inward as a whole).
@@ -316,7 +317,11 @@ def poisson_mesh(cloud: PointCloud, depth: int = 8, trim_quantile: float = 0.02)
 
     pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(cloud.coords.astype(np.float64)))
     pcd.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(20))
-    pcd.orient_normals_consistent_tangent_plane(20)
+    try:
+        pcd.orient_normals_consistent_tangent_plane(20)
+    except RuntimeError:  # qhull precision errors on degenerate (e.g. coplanar) clouds
+        pcd.orient_normals_towards_camera_location(cloud.coords.mean(0).astype(np.float64))
+        pcd.normals = o3d.utility.Vector3dVector(-np.asarray(pcd.normals))
     mesh, density = o3d.geometry.TriangleMesh.create_from_point_cloud_poisson(pcd, depth=depth)
     density = np.asarray(density)
     if trim_quantile > 0 and len(density):
