@@ -88,7 +88,7 @@ class LocalGeometry(nn.Module):
 
     def forward(self, queries: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         q_all, pts = queries.float(), points.float()
-        b, n = pts.shape[:2]
+        n = pts.shape[1]
         if pts.shape[0] == 1 and q_all.shape[0] > 1:
             pts = pts.expand(q_all.shape[0], -1, -1)
         wide, k = min(self.wide, n), min(self.k, n)
