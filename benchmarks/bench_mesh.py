@@ -1,7 +1,7 @@
 """Mesh extraction speed: dense vs coarse-to-fine grids, our SDF head vs a point-e-style one.
 
     .venv/bin/python benchmarks/bench_mesh.py [--grids 64 128] [--dense-grids 64 128] \
-        [--pointe-grids 32 64] [--bf16] [--latents 256 512] [--threads 2]
+        [--pointe-grids 32 64] [--bf16 | --bf16-only] [--latents 256 512] [--threads 2]
 
 All rows use an SDF head of point-e's shape (``sdf_pointe``: width 256, 8 encoder + 4 decoder
 layers, 4096 input points, 9.48 M params) with random weights, one cloud of 4096 points. A random
@@ -100,6 +100,7 @@ def main() -> None:
     p.add_argument("--dense-grids", type=int, nargs="*", default=None, help="default: --grids")
     p.add_argument("--pointe-grids", type=int, nargs="*", default=[32])
     p.add_argument("--bf16", action="store_true", help="also time ours under bf16 autocast")
+    p.add_argument("--bf16-only", action="store_true", help="time ours under bf16 autocast only")
     p.add_argument("--latents", type=int, nargs="*", default=[256, 512])
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
@@ -120,7 +121,7 @@ def main() -> None:
         f"{'implementation':<32}{'grid':>6}{'queries':>12}{'mesh s':>9}{'total s':>9}{'faces':>9}"
     )
     print(head)
-    for bf16 in [False, True] if args.bf16 else [False]:
+    for bf16 in [True] if args.bf16_only else [False, True] if args.bf16 else [False]:
         fn, t_enc = _time(lambda bf16=bf16: model.query_fn(cloud, batch_size=32768, bf16=bf16))
         name = "ours" + (" bf16" if bf16 else "")
         print(f"  (encode once: {t_enc:.2f} s)")

@@ -118,6 +118,8 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=2, help="best-of reps per NFE variant")
     p.add_argument("--short-steps", type=int, default=2, help="Heun steps of the short run")
     p.add_argument("--quick", action="store_true", help="no point-e-attention rows, 1 rep")
+    p.add_argument("--full", action="store_true",
+                   help="run section 2 end to end at 64+64 Heun steps (~25 min on 2 cores)")  # fmt: skip
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     if args.threads:
@@ -142,23 +144,29 @@ def main() -> None:
         ref = REF_BASE_NFE if key.startswith("base") else REF_UP_NFE
         print(f"{key:<18} {variant:<18} {t:7.2f}  {ref / t:6.1f}x faster than {ref:.2f}")
 
-    # 2. short run through the pipeline, extrapolated to point-e's 127 + 127 NFE
-    s = args.short_steps
+    # 2. point-e's settings: measured end to end with --full, else a short run extrapolated
+    s = 64 if args.full else args.short_steps
     nfe = 2 * s - 1
+    how = "MEASURED end to end" if args.full else f"EXTRAPOLATED from a {s}+{s}-step run"
     print(f"\n## 2. full text sample at point-e's settings (64+64 Heun steps = {POINTE_NFE}+"
-          f"{POINTE_NFE} NFE): EXTRAPOLATED from a {s}+{s}-step run ({nfe}+{nfe} NFE)")  # fmt: skip
-    print(f"{'precision':<10} {'base s/NFE':>10} {'ups s/NFE':>10} {'127+127 NFE (est.)':>19}")
+          f"{POINTE_NFE} NFE): {how} ({nfe}+{nfe} NFE)")  # fmt: skip
+    print(f"{'precision':<10} {'base s/NFE':>10} {'ups s/NFE':>10} {'127+127 NFE':>19}")
     totals = {}
     for bf16 in (False, True):
-        kw = dict(seed=0, overrides={"steps": s}, bf16=bf16)
+        kw = dict(seed=0, overrides=None if args.full else {"steps": s}, bf16=bf16)
+        if args.full:  # one whole text sample, base then upsampler
+            t_full = _timed(lambda kw=kw: pipe.sample_clouds(["a corgi"], **kw))
+            print(f"{'bf16' if bf16 else 'fp32':<10} {'':>10} {'':>10} {t_full:9.0f} s measured "
+                  f"= {t_full / 60:.1f} min")  # fmt: skip
+            totals[bf16] = t_full
+            continue
         t_base = _timed(lambda kw=kw: pipe.sample_clouds(["a corgi"], stop_after="base", **kw))
-        t_full = _timed(lambda kw=kw: pipe.sample_clouds(["a corgi"], **kw))
-        pb, pu = t_base / nfe, max(t_full - t_base, 0.0) / nfe
+        t_up = max(_timed(lambda kw=kw: pipe.sample_clouds(["a corgi"], **kw)) - t_base, 0.0)
+        pb, pu = t_base / nfe, t_up / nfe
         totals[bf16] = POINTE_NFE * (pb + pu)
         name = "bf16" if bf16 else "fp32"
-        print(
-            f"{name:<10} {pb:10.2f} {pu:10.2f} {totals[bf16]:12.0f} s = {totals[bf16] / 60:.1f} min"
-        )
+        print(f"{name:<10} {pb:10.2f} {pu:10.2f} {totals[bf16]:9.0f} s est. = "
+              f"{totals[bf16] / 60:.1f} min")  # fmt: skip
     pe = [times.get((k, "point-e attn fp32")) for k in ("base b2 (guided)", "upsample b1")]
     if None not in pe:
         pe_total = POINTE_NFE * sum(pe)
@@ -167,6 +175,10 @@ def main() -> None:
     ref_total = POINTE_NFE * (REF_BASE_NFE + REF_UP_NFE)
     print(f"{'point-e':<10} {REF_BASE_NFE:10.2f} {REF_UP_NFE:10.2f} {ref_total:12.0f} s = "
           f"{ref_total / 60:.1f} min  (point-e.md §11 per-NFE figures x 127)")  # fmt: skip
+    for bf16, t in totals.items():
+        vs_run = "" if None in pe else f", {pe_total / t:.2f}x vs point-e* of this run"
+        print(f"pointdiff {'bf16' if bf16 else 'fp32'}: {ref_total / t:.2f}x faster than "
+              f"point-e (ref.){vs_run}")  # fmt: skip
 
     # 3. our faster setting, measured end to end
     print(f"\n## 3. FAST {FAST} + bf16 autocast, measured end to end ({FAST['steps']}+"
@@ -174,7 +186,7 @@ def main() -> None:
     t_fast = _timed(lambda: pipe.sample_clouds(["a corgi"], seed=0, overrides=FAST, bf16=True))
     same_run = "" if None in pe else f", vs point-e attn this run (est.) {pe_total / t_fast:.1f}x"
     print(f"text sample (1024 + 3072 points): {t_fast:.1f} s; vs point-e's settings in "
-          f"pointdiff fp32 (est.) {totals[False] / t_fast:.1f}x, vs point-e (ref. est.) "
+          f"pointdiff fp32 ({'measured' if args.full else 'est.'}) {totals[False] / t_fast:.1f}x, vs point-e (ref. est.) "
           f"{ref_total / t_fast:.1f}x{same_run}")  # fmt: skip
 
 

@@ -286,10 +286,17 @@ def load_training_state(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{f}: unreadable training state ({type(e).__name__}: {e})") from e
 
 
-def load_into(module: nn.Module, path: Path) -> None:
-    """Load a safetensors file into ``module`` (strict), casting to its dtypes."""
+def load_into(module: nn.Module, path: Path, keep_missing: tuple[str, ...] = ()) -> None:
+    """Load a safetensors file into ``module`` (strict), casting to its dtypes.
+
+    :param keep_missing: name prefixes of parameters the file may lack; they keep their init
+        (e.g. a zero-init layer added when fine-tuning from an older architecture).
+    """
     state = _load_safetensors(path)
     want = module.state_dict()
+    for k in want:
+        if keep_missing and k not in state and k.startswith(keep_missing):
+            state[k] = want[k]
     try:
         module.load_state_dict(
             {k: v.to(want[k].dtype) if k in want else v for k, v in state.items()}

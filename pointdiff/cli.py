@@ -25,7 +25,8 @@ def _add_sample(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: checkpoint's)")
     p.add_argument("--sampler", choices=["heun", "euler", "dpmpp_2m"], default=None)
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="sample i of the batch uses seed + i (independent of the other prompts)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (fast on AMX CPUs and GPUs)")
     p.add_argument("--stop-after", choices=["base", "upsampler"], default=None,

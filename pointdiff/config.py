@@ -32,6 +32,9 @@ class DenoiserConfig:
     init_scale: float = 0.25  # point-e's init scale for backbone linears
     grid_tokens: int = 0  # point-e image-grid models: 256 CLIP patch tokens (0 = text vector)
     grid_dim: int = 1024  # feature size of each grid token (CLIP ViT-L/14 width)
+    # Also add Linear(condition) to every point token (zero-init; not in point-e). The single
+    # condition token alone was not learned in CPU-scale training (see PointTransformer.__init__).
+    cond_bias: bool = False
 
 
 @dataclass(frozen=True)

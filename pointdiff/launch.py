@@ -38,7 +38,7 @@ from pointdiff.config import (
 from pointdiff.data import PointCloudDataset
 from pointdiff.diffusion.precond import EDMLoss
 from pointdiff.models import build_model, count_params
-from pointdiff.text import SCRATCH_CONFIGS, TextEncoder
+from pointdiff.text import SCRATCH_CONFIGS, TextEncoder, WordEncoder
 from pointdiff.training import TrainError, train
 
 STAGES = {"base": ("denoiser", "small"), "upsampler": ("upsampler", "upsample_small")}
@@ -68,11 +68,14 @@ def build_text(spec: str, clip_weights: str | None, download: bool, freeze: bool
     """(TextEncoder or None, TextConfig or None) for a ``--text`` value."""
     if spec == "none":
         return None, None
+    if spec.startswith(WordEncoder.ARCH):
+        enc = WordEncoder.from_arch(spec)
+        return enc, TextConfig(arch=enc.spec["arch"], pretrained="", trainable=False)
     if spec in SCRATCH_CONFIGS:
         cfg = TextConfig(arch=spec, pretrained="", trainable=not freeze)
         return TextEncoder.from_text_config(cfg, seed=0), cfg
     if not spec.startswith("clip:"):
-        raise ValueError(f"--text {spec!r}: use clip:ARCH[:TAG], tiny, small or none")
+        raise ValueError(f"--text {spec!r}: use clip:ARCH[:TAG], tiny, small, words[-D] or none")
     arch, _, tag = spec[len("clip:") :].partition(":")
     enc = TextEncoder.from_pretrained(
         arch, tag or "openai", download=download, weights=clip_weights
@@ -101,7 +104,11 @@ def parse(stage: str, argv: list[str] | None):
     p.add_argument(
         "--stop-at", type=int, default=None, help="stop (with a checkpoint) at this step"
     )
-    p.add_argument("--text", default=None, help="clip:ARCH[:TAG] | tiny | small | none")
+    p.add_argument(
+        "--text", default=None,
+        help="clip:ARCH[:TAG] (frozen CLIP) | tiny | small (open_clip towers trained jointly) | "
+        "words[-D] (frozen hashed bag of words, no weights) | none",
+    )  # fmt: skip
     p.add_argument("--clip-weights", default=None, help="local weights file of the CLIP tag")
     p.add_argument("--clip-download", action="store_true", help="let open_clip download weights")
     p.add_argument("--freeze-text", action="store_true", help="do not train a tiny/small tower")
@@ -164,10 +171,11 @@ def main(stage: str, argv: list[str] | None = None) -> dict:
 
 
 def _init_from(path: Path, model, text) -> None:
-    """Load a checkpoint's EMA weights into ``model`` (and a trainable text tower)."""
+    """Load a checkpoint's EMA weights into ``model`` (and a trainable text tower). A
+    ``--cond_bias=True`` model may start from one without it (its zero-init bias stays zero)."""
     ckpt = resolve(path)
     load_into(model, ckpt / ("ema.safetensors" if (ckpt / "ema.safetensors").is_file()
-                             else "model.safetensors"))  # fmt: skip
+                             else "model.safetensors"), keep_missing=("text_bias.",))  # fmt: skip
     if text is not None and text.trainable:
         name = next((n for n in ("text_ema.safetensors", "text.safetensors")
                      if (ckpt / n).is_file()), None)  # fmt: skip

@@ -29,11 +29,11 @@ from pointdiff.checkpoint import CheckpointError, load_model
 from pointdiff.config import DiffusionConfig, SampleConfig, TextConfig
 from pointdiff.diffusion.guidance import clamp_denoised, classifier_free_guidance
 from pointdiff.diffusion.precond import KarrasDenoiser
-from pointdiff.diffusion.samplers import SAMPLERS
+from pointdiff.diffusion.samplers import SAMPLERS, randn_rows
 from pointdiff.diffusion.schedules import get_sigmas_karras
 from pointdiff.mesh import MeshError, TriMesh, mesh_from_cloud, surface_fit
 from pointdiff.pointcloud import PointCloud
-from pointdiff.text import TextEncoder
+from pointdiff.text import TextEncoder, WordEncoder
 
 
 class PipelineError(ValueError):
@@ -93,7 +93,8 @@ class TextTo3D:
         bf16: bool = False,
         stage_overrides: dict[str, dict] | None = None,
     ) -> list[PointCloud]:
-        """Sample one cloud per prompt (batched), deterministically for a given seed.
+        """Sample one cloud per prompt (batched), deterministically: prompt i uses seed + i,
+        whatever else is in the batch.
 
         :param prompts: text prompts; image files / PIL images when ``image_encoder`` is set.
         :param stop_after: a stage name to stop at (e.g. ``"base"`` for 1024 points).
@@ -108,7 +109,9 @@ class TextTo3D:
         encoder = self.text_encoder if self.image_encoder is None else self.image_encoder
         if self.image_encoder is None:
             _check_prompts(prompts)
-        g = torch.Generator("cpu").manual_seed(seed)
+        # one generator per prompt (seed + index): a prompt's sample does not depend on the
+        # other prompts of the batch, and prompt 0 of any batch equals that prompt alone
+        g = [torch.Generator("cpu").manual_seed(seed + i) for i in range(len(prompts))]
         text_emb = None
         if any(s.uses_text for s in self.stages):
             if encoder is None:
@@ -145,7 +148,7 @@ class TextTo3D:
             model = guide(model, cfg.guidance)
         sigmas = get_sigmas_karras(cfg.steps, stage.sigma_min, stage.sigma_max, stage.rho)
         sigmas = sigmas.to(self.device)
-        x = torch.randn(batch, stage.num_points, 6, generator=g).to(self.device) * sigmas[0]
+        x = randn_rows((batch, stage.num_points, 6), g, self.device) * sigmas[0]
         kwargs = {"extra_args": cond, "disable": None}
         if cfg.sampler in ("heun", "euler"):
             kwargs.update(s_churn=cfg.s_churn, generator=g)
@@ -236,6 +239,8 @@ def _text_encoder_for(path: Path, configs: dict, device: torch.device) -> TextEn
     if (path / "text.safetensors").is_file():
         return TextEncoder.load(path).to(device).eval()
     tcfg = configs.get("text", TextConfig())
+    if tcfg.arch.startswith(WordEncoder.ARCH):
+        return WordEncoder.from_arch(tcfg.arch).to(device).eval()
     return TextEncoder.from_pretrained(tcfg.arch, tcfg.pretrained).to(device).eval()
 
 
@@ -275,12 +280,8 @@ def load_pipeline(checkpoint: str | Path, device: str = "cpu") -> TextTo3D:
 # Prompts the model knows
 
 
-_STOPWORDS = {"a", "an", "the", "of", "with", "and", "in", "on", "for", "to", "3d", "model"}
-
-
 def _words(text: str) -> set[str]:
-    return {w for w in "".join(c if c.isalnum() else " " for c in text.lower()).split()
-            if w not in _STOPWORDS}  # fmt: skip
+    return set(WordEncoder.words(text))
 
 
 def prompt_warnings(prompts: list[str], known_captions: list[str]) -> list[str]:

@@ -24,15 +24,21 @@ image-grid models: ``pointdiff.image.ImageEncoder`` shares the lookup and readin
 
 Small from-scratch towers (``TextEncoder.from_config("tiny" | "small")``) are random-init and
 trainable; they serve tests and offline-trained checkpoints (``save``/``load``).
+
+``WordEncoder`` (arch ``words`` / ``words-D``) is the offline alternative without weights: a
+frozen hashed bag of words (see its docstring for why the shipped model uses it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
@@ -58,6 +64,20 @@ SCRATCH_CONFIGS = {
 
 class TextEncoderError(ValueError):
     """Bad prompts, or text-encoder weights that cannot be found or read (the reason is named)."""
+
+
+def check_prompts(prompts) -> None:
+    """Raise :class:`TextEncoderError` unless ``prompts`` is a non-empty list of strings."""
+    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
+        raise TextEncoderError(
+            f"prompts must be a list of strings, got {type(prompts).__name__}"
+            + (" (wrap a single prompt in a list)" if isinstance(prompts, str) else "")
+        )
+    if len(prompts) == 0:
+        raise TextEncoderError("prompts is an empty list; give at least one prompt")
+    bad = [(i, type(p).__name__) for i, p in enumerate(prompts) if not isinstance(p, str)]
+    if bad:
+        raise TextEncoderError(f"prompts must be strings; not at (index, type): {bad[:5]}")
 
 
 class TextEncoder(nn.Module):
@@ -183,6 +203,8 @@ class TextEncoder(nn.Module):
         for the from-scratch archs (``tiny``/``small``) anything that is not a path (e.g. the
         default tag ``"openai"``) means random init.
         """
+        if cfg.arch.startswith(WordEncoder.ARCH):
+            return WordEncoder.from_arch(cfg.arch)
         p = cfg.pretrained
         if p and (Path(p, CONFIG_NAME).is_file() or Path(p).with_name(CONFIG_NAME).is_file()):
             enc = cls.load(p)
@@ -221,6 +243,8 @@ class TextEncoder(nn.Module):
         """
         path = Path(path)
         root = path if path.is_dir() else path.parent
+        if _saved_arch(root / CONFIG_NAME).startswith(WordEncoder.ARCH):
+            return WordEncoder.from_arch(_saved_arch(root / CONFIG_NAME))
         weights = path if path.is_file() else root / WEIGHTS_NAME
         if path.is_dir() and use_ema and (root / EMA_WEIGHTS_NAME).is_file():
             weights = root / EMA_WEIGHTS_NAME
@@ -260,16 +284,7 @@ class TextEncoder(nn.Module):
         :param prompts: a non-empty list of strings.
         :return: [B, D] float32 on the encoder's device.
         """
-        if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
-            raise TextEncoderError(
-                f"prompts must be a list of strings, got {type(prompts).__name__}"
-                + (" (wrap a single prompt in a list)" if isinstance(prompts, str) else "")
-            )
-        if len(prompts) == 0:
-            raise TextEncoderError("prompts is an empty list; give at least one prompt")
-        bad = [(i, type(p).__name__) for i, p in enumerate(prompts) if not isinstance(p, str)]
-        if bad:
-            raise TextEncoderError(f"prompts must be strings; not at (index, type): {bad[:5]}")
+        check_prompts(prompts)
         device = self.tower.positional_embedding.device
         if self.trainable:
             # Weights change under training: no cache; a graph only in training mode.
@@ -286,6 +301,95 @@ class TextEncoder(nn.Module):
                 for p, e in zip(chunk, self._encode(chunk), strict=True):
                     self._cache[p] = e
         return torch.stack([self._cache[p].to(device) for p in prompts])
+
+
+class WordEncoder(nn.Module):
+    """A frozen hashed bag of words: ``embed(prompts) -> [B, D]``, no weights, no network.
+
+    Each word (lower-case ``[a-z0-9]+``, stop-words dropped) maps to a fixed ±1/√D vector read
+    from SHAKE-256 of the word (the same on every machine and library version); a prompt's
+    embedding is the L2-normalised sum of its words' vectors (a prompt without words uses the
+    vector of ``"<empty>"``). Prompts with no word in common are nearly orthogonal (two words:
+    cos ~ N(0, 1/D)), shared words make prompts similar, and the denoiser's linear text
+    projection learns what each word means.
+
+    Why it exists: with ~300 captions and no pretrained CLIP, the small open_clip tower trained
+    jointly from scratch collapsed (all pairwise cosines of its embeddings ≥ 0.99), and the
+    base model's output was the same for the true, a shuffled or the null prompt — it had
+    learned an unconditional model. This encoder separates the conditions from step 0 at no
+    cost. Words never seen in training get vectors too, which the model has not learned: the
+    pipeline warns about such prompts.
+    """
+
+    ARCH = "words"
+
+    def __init__(self, dim: int = 512):
+        super().__init__()
+        if dim < 1:
+            raise TextEncoderError(f"words encoder: dimension must be >= 1, got {dim}")
+        self.spec = {"arch": f"{self.ARCH}-{dim}", "embed_dim": dim, "pretrained": ""}
+        self.register_buffer("_probe", torch.zeros(0), persistent=False)  # follows .to(device)
+
+    @classmethod
+    def from_arch(cls, arch: str) -> WordEncoder:
+        """``"words"`` (512-d, the ``small`` denoiser's ``cond_dim``) or ``"words-D"``."""
+        dim = arch[len(cls.ARCH) + 1 :] or "512"
+        if not arch.startswith(cls.ARCH) or not dim.isdigit():
+            raise TextEncoderError(f"unknown words encoder {arch!r}; use 'words' or 'words-D'")
+        return cls(int(dim))
+
+    @property
+    def dim(self) -> int:
+        return int(self.spec["embed_dim"])
+
+    @property
+    def trainable(self) -> bool:
+        return False
+
+    def freeze(self) -> WordEncoder:
+        return self.eval()
+
+    def save(self, out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """Write ``text_config.json`` (there are no weights)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_NAME).write_text(json.dumps(self.spec, indent=1, sort_keys=True))
+        return out
+
+    @staticmethod
+    def words(prompt: str) -> list[str]:
+        """The content words of a prompt, in order."""
+        return [w for w in re.findall(r"[a-z0-9]+", prompt.lower()) if w not in STOPWORDS]
+
+    def word_vector(self, word: str) -> torch.Tensor:
+        """[D] the fixed ±1/√D vector of ``word``."""
+        bits = np.unpackbits(
+            np.frombuffer(hashlib.shake_256(word.encode()).digest(-(-self.dim // 8)), np.uint8)
+        )
+        return torch.from_numpy(bits[: self.dim].astype(np.float32) * 2 - 1) / self.dim**0.5
+
+    def embed(self, prompts: list[str], batch_size: int = 64) -> torch.Tensor:
+        """[B, D] float32 L2-normalised bag-of-words embeddings on the encoder's device."""
+        check_prompts(prompts)
+        rows = [
+            torch.stack([self.word_vector(w) for w in (self.words(p) or ["<empty>"])]).sum(0)
+            for p in prompts
+        ]
+        return F.normalize(torch.stack(rows), dim=-1).to(self._probe.device)
+
+
+# Words that carry no shape: dropped by ``WordEncoder`` and by the pipeline's prompt check.
+STOPWORDS = frozenset(
+    {"a", "an", "the", "of", "with", "and", "in", "on", "for", "to", "3d", "model"}
+)
+
+
+def _saved_arch(config_file: Path) -> str:
+    """The ``arch`` recorded in a saved ``text_config.json`` ('' when absent or unreadable)."""
+    try:
+        return str(json.loads(config_file.read_text()).get("arch", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def _clip_call(fn, *args):

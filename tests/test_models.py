@@ -285,3 +285,21 @@ def test_bf16_weights_take_fp32_inputs(kind):
         out = model.to(torch.bfloat16)(x, c_noise, **kw)
     assert out.dtype == torch.bfloat16
     assert (out.float() - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_cond_bias_starts_as_the_pointe_design_and_learns_from_the_first_step():
+    plain = _denoiser()
+    biased = PointDenoiser(dataclasses.replace(TINY, cond_bias=True)).eval()
+    missing = biased.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == ["text_bias.weight", "text_bias.bias"]  # the only new parameters
+    x, c_noise, kw = _inputs(plain.cfg)
+    with torch.no_grad():  # zero-init: the same function as the model without it
+        torch.testing.assert_close(biased(x, c_noise, **kw), plain(x, c_noise, **kw))
+    biased(x, c_noise, **kw).square().mean().backward()
+    assert biased.text_bias.weight.grad.abs().sum() > 0  # a direct path to the condition
+    with torch.no_grad():
+        biased.text_bias.weight.normal_()
+        out = biased(x, c_noise, **kw)
+        assert not torch.allclose(out, plain(x, c_noise, **kw))
+        zeros = {"text_emb": torch.zeros_like(kw["text_emb"])}  # null condition: bias term only
+        torch.testing.assert_close(biased(x, c_noise), biased(x, c_noise, **zeros))

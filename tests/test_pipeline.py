@@ -191,3 +191,14 @@ def test_auto_meshing_falls_back_to_poisson_when_the_sdf_surface_misses_the_clou
     assert np.abs(np.linalg.norm(fitted.verts, axis=1) - 0.3).mean() < 0.05
     # method="sdf" returns the SDF mesh whatever its fit
     assert pipe.to_mesh(small, grid_size=32, method="sdf").num_faces > 0
+
+
+def test_a_prompts_sample_does_not_depend_on_the_rest_of_the_batch(tiny_pipeline):
+    pipe = load_pipeline(tiny_pipeline)
+    kw = {"overrides": {"sampler": "heun", "steps": 3, "s_churn": 1.0}}  # churn draws noise too
+    batch = pipe.sample_clouds(["a chair", "a table", "a lamp"], seed=7, **kw)
+    alone = pipe.sample_clouds(["a table"], seed=8, **kw)[0]  # prompt i uses seed + i
+    np.testing.assert_allclose(batch[1].coords, alone.coords, atol=1e-5)
+    np.testing.assert_allclose(batch[1].colors, alone.colors, atol=1)
+    first = pipe.sample_clouds(["a chair"], seed=7, **kw)[0]
+    np.testing.assert_allclose(batch[0].coords, first.coords, atol=1e-5)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from pointdiff.config import TextConfig
-from pointdiff.text import TextEncoder, TextEncoderError
+from pointdiff.text import TextEncoder, TextEncoderError, WordEncoder
 
 PROMPTS = ["a red chair", "a small wooden boat", "a red chair", ""]
 
@@ -127,3 +127,42 @@ def test_wrong_weights_file_is_a_clear_error(tiny_clip_arch, tmp_path):
     (tmp_path / "junk.bin").write_bytes(b"not a checkpoint")
     with pytest.raises(TextEncoderError, match="cannot read"):
         TextEncoder.from_pretrained(tiny_clip_arch, str(tmp_path / "junk.bin"))
+
+
+# ----------------------------------------------------------------------------------------------
+# WordEncoder: the frozen hashed bag of words
+
+
+def test_word_encoder_separates_prompts_by_their_words():
+    enc = WordEncoder.from_arch("words")
+    assert enc.dim == 512 and not enc.trainable
+    assert WordEncoder.words("A Chair, seat (living-room) of 3D") == [
+        "chair",
+        "seat",
+        "living",
+        "room",
+    ]
+    e = enc.embed(["a chair", "the chair!", "a wine bottle", "a chair (kitchen)", "a", ""])
+    torch.testing.assert_close(e.norm(dim=-1), torch.ones(6))
+    cos = e @ e.T
+    assert cos[0, 1] == pytest.approx(1.0)  # same content words, same embedding
+    assert abs(cos[0, 2]) < 0.2  # no shared word: nearly orthogonal (std 1/√512 = 0.044)
+    assert cos[0, 3] == pytest.approx(2**-0.5, abs=0.15)  # one of two words shared
+    assert torch.equal(e[4], e[5])  # no content word: the "<empty>" vector, not NaN
+    # fixed by the hash: a new instance (any process, any machine) gives the same vectors
+    assert torch.equal(WordEncoder(512).embed(["a wine bottle"])[0], e[2])
+    torch.testing.assert_close(WordEncoder(8).word_vector("chair").abs(), torch.full((8,), 8**-0.5))
+
+
+def test_word_encoder_save_load_and_config_round_trip(tmp_path):
+    enc = WordEncoder.from_arch("words-32")
+    enc.save(tmp_path / "enc")
+    assert [p.name for p in (tmp_path / "enc").iterdir()] == ["text_config.json"]
+    again = TextEncoder.load(tmp_path / "enc")
+    assert isinstance(again, WordEncoder) and torch.equal(again.embed(PROMPTS), enc.embed(PROMPTS))
+    cfg = TextConfig(arch="words-32", pretrained="", trainable=False)
+    assert torch.equal(TextEncoder.from_text_config(cfg).embed(PROMPTS), enc.embed(PROMPTS))
+    with pytest.raises(TextEncoderError, match="unknown words encoder"):
+        WordEncoder.from_arch("words-big")
+    with pytest.raises(TextEncoderError, match="list of strings"):
+        enc.embed("a chair")

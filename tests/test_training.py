@@ -265,3 +265,33 @@ def test_init_from_starts_a_new_run_from_a_checkpoints_ema_weights(two_clouds, t
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         main("base", [*common, "--run-dir", str(tmp_path / "c"), "--init-from", "nowhere"])
+
+
+def test_train_cli_with_the_words_encoder_ships_a_loadable_text_pipeline(two_clouds, tmp_path):
+    from pointdiff.launch import main
+    from pointdiff.pipeline import load_pipeline
+    from pointdiff.text import WordEncoder
+
+    run = tmp_path / "words"
+    argv = ["tiny", "--data", str(two_clouds), "--run-dir", str(run), "--batch_size=2",
+            "--max_steps=1", "--ckpt_every=1", "--warmup_steps=1", "--text", "words-32"]  # fmt: skip
+    out = main("base", argv)
+    _, configs = load_model(run, kind="denoiser")
+    assert configs["text"] == TextConfig(arch="words-32", pretrained="", trainable=False)
+    assert not (out["checkpoint"] / "text.safetensors").exists()  # nothing to save
+    pipe = load_pipeline(out["checkpoint"])
+    assert isinstance(pipe.text_encoder, WordEncoder) and pipe.text_encoder.dim == 32
+    cloud = pipe.sample_clouds(["a chair"], overrides={"steps": 2})[0]
+    assert len(cloud) == get_preset("tiny").num_points and np.isfinite(cloud.coords).all()
+    with pytest.raises(ValueError, match="64-d conditions but --text gives 32-d"):
+        main("base", [*argv, "--cond_dim=64"])
+    # a cond_bias model fine-tunes from it: the new zero-init layer is the only missing weight
+    biased = [*argv[:3], "--run-dir", str(tmp_path / "bias"), *argv[5:], "--cond_bias=True",
+              "--lr=0", "--init-from", str(run)]  # fmt: skip
+    b = main("base", biased)
+    wa, wb = (
+        load_file(str(out["checkpoint"] / "ema.safetensors")),
+        load_file(str(b["checkpoint"] / "ema.safetensors")),
+    )
+    assert set(wb) - set(wa) == {"text_bias.weight", "text_bias.bias"}
+    assert all(torch.equal(wa[k], wb[k]) for k in wa) and not wb["text_bias.weight"].any()

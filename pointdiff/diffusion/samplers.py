@@ -4,7 +4,8 @@ Signature (k-diffusion): ``sample_x(model, x, sigmas, extra_args=None, callback=
 disable=None, …) -> x0`` where ``model(x [B,N,C], sigma [B], **extra_args) -> denoised`` and
 ``sigmas`` is a decreasing grid ending in 0 (``schedules.get_sigmas_karras``). ``x`` must already
 be scaled to the first noise level (``noise * sigmas[0]``). ``callback`` receives a dict with
-``x, i, sigma, sigma_hat, denoised`` once per step. All randomness comes from ``generator``.
+``x, i, sigma, sigma_hat, denoised`` once per step. All randomness comes from ``generator``
+(one, or a list of one per batch row: see ``randn_rows``).
 """
 
 from __future__ import annotations
@@ -20,21 +21,38 @@ def _to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch
     return (x - denoised) / sigma
 
 
+def randn_rows(
+    shape: tuple[int, ...],
+    generator: torch.Generator | list[torch.Generator] | None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Standard normal noise of ``shape`` [B, ...] on ``device``, drawn on the generator's device
+    (a CPU generator seeds a GPU run identically). ``generator`` may be a list of B generators,
+    one per batch row: row b then depends only on generator b, not on the rest of the batch."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        rows = [
+            torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generator
+        ]
+        return torch.stack([r.to(device) for r in rows])
+    where = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=where, dtype=dtype).to(device)
+
+
 def _churn(
     x: torch.Tensor,
     sigma: torch.Tensor,
     gamma: float,
     s_noise: float,
-    generator: torch.Generator | None,
+    generator: torch.Generator | list[torch.Generator] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Karras Alg. 2 lines 4–6: raise σ to σ̂ = σ(1+γ) by adding fresh noise of std
-    √(σ̂² − σ²). Returns (x̂, σ̂); draws no noise when γ = 0. The noise is drawn on the
-    generator's device (a CPU generator seeds a GPU run identically) and moved to x's."""
+    √(σ̂² − σ²). Returns (x̂, σ̂); draws no noise when γ = 0 (noise: ``randn_rows``)."""
     sigma_hat = sigma * (gamma + 1)
     if gamma > 0:
-        where = generator.device if generator is not None else x.device
-        eps = torch.randn(x.shape, generator=generator, device=where, dtype=x.dtype)
-        eps = eps.to(x.device) * s_noise
+        eps = randn_rows(x.shape, generator, x.device, x.dtype) * s_noise
         x = x + eps * (sigma_hat**2 - sigma**2) ** 0.5
     return x, sigma_hat
 
@@ -57,7 +75,7 @@ def sample_euler(
     s_tmin: float = 0.0,
     s_tmax: float = float("inf"),
     s_noise: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """Euler method on the probability-flow ODE, with optional churn (Karras Alg. 2 without the
     2nd-order correction). One model call per step.
@@ -91,7 +109,7 @@ def sample_heun(
     s_tmin: float = 0.0,
     s_tmax: float = float("inf"),
     s_noise: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """Heun's 2nd-order method with churn: Karras et al. 2022 ("EDM") Algorithm 2, point-e's
     default sampler. Euler on the last step (to σ = 0), so 2·n − 1 model calls for n steps.

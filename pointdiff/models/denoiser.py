@@ -43,8 +43,9 @@ class PointDenoiser(PointTransformer):
         :return: [B, N, out_channels].
         """
         c_noise = self.check_points(x, c_noise)
-        prefix = self.cond_tokens(c_noise, x.shape[0], text_emb=text_emb, grid=grid)
-        return self.run(self.embed(self.input_proj, x), prefix)  # [B, N, out_channels]
+        prefix, bias = self.cond_tokens(c_noise, x.shape[0], text_emb=text_emb, grid=grid)
+        h = self.embed(self.input_proj, x)  # [B, N, w]
+        return self.run(h if bias is None else h + bias, prefix)  # [B, N, out_channels]
 
 
 __all__ = ["PointDenoiser"]

@@ -50,6 +50,12 @@ class PointTransformer(nn.Module):
         if cfg.cond_dim > 0:
             # Text vector: L2-normalise, × √D (unit variance per entry, point-e), Linear -> token.
             self.text_proj = nn.Linear(cfg.cond_dim, w)
+            if getattr(cfg, "cond_bias", False):
+                # The same vector added to every point token, zero-init: the model starts as the
+                # point-e design and the gradient reaches the condition without first having to
+                # learn to attend to its one token (which a 5 M model trained for a few thousand
+                # steps never did: its output was the same for every prompt).
+                self.text_bias = zero_init(nn.Linear(cfg.cond_dim, w))
         if cfg.grid_tokens > 0:
             # Image patch grid (CLIP ViT-L/14, before its final norm): LayerNorm + Linear per token.
             self.grid_embed = nn.Sequential(nn.LayerNorm(cfg.grid_dim), nn.Linear(cfg.grid_dim, w))
@@ -85,8 +91,9 @@ class PointTransformer(nn.Module):
         batch: int,
         text_emb: torch.Tensor | None = None,
         grid: torch.Tensor | None = None,
-    ) -> list[torch.Tensor]:
-        """Condition tokens in point-e order ``[text, time, grid]`` (each [B, k, w]).
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Condition tokens in point-e order ``[text, time, grid]`` (each [B, k, w]), and the
+        per-point condition bias [B, 1, w] (``cond_bias`` models; else None).
 
         A missing text vector or grid is the null condition (zeros). In training mode each sample
         drops its whole condition with probability ``cond_drop_prob`` (classifier-free guidance;
@@ -117,13 +124,15 @@ class PointTransformer(nn.Module):
             if grid is not None:
                 grid = grid * keep[:, None, None].to(ref.dtype)
 
-        tokens = []
+        tokens, bias = [], None
         if cfg.cond_dim > 0:
             if text_emb is None:
                 text_emb = torch.zeros(batch, cfg.cond_dim, device=ref.device, dtype=ref.dtype)
             # F.normalize keeps the null (zero) vector at zero.
             text = F.normalize(text_emb, dim=-1) * math.sqrt(cfg.cond_dim)
             tokens.append(self.text_proj(text)[:, None])
+            if hasattr(self, "text_bias"):
+                bias = self.text_bias(text)[:, None]
         time = timestep_embedding(c_noise, cfg.width).to(ref.dtype)
         tokens.append(self.time_embed(time)[:, None])
         if cfg.grid_tokens > 0:
@@ -132,7 +141,7 @@ class PointTransformer(nn.Module):
                     batch, cfg.grid_tokens, cfg.grid_dim, device=ref.device, dtype=ref.dtype
                 )
             tokens.append(self.grid_embed(grid))
-        return tokens
+        return tokens, bias
 
     def embed(self, proj: nn.Linear, points: torch.Tensor) -> torch.Tensor:
         """``proj(points)`` with the points cast to the weights' dtype, so a model converted to
