@@ -20,7 +20,7 @@ the first seed runs the whole pipeline (upsampler + meshes), the other seeds the
   of the faces) and share whose main component is watertight; mesh Chamfer-L1 (bbox protocol,
   4096 surface samples) to the held-out object's cloud.
 
-``--sweep`` instead times samplers/steps on the first seed (quality vs seconds), to choose the
+``--sweep`` instead times samplers/steps/guidance scales on the first seed (quality vs seconds), to choose the
 default. ``--sheet`` writes a PNG of prompts -> clouds -> meshes.
 """
 
@@ -122,7 +122,12 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--sampler", default=None)
     ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--sweep", default=None, help='e.g. "heun:64 dpmpp_2m:16"')
+    ap.add_argument(
+        "--sweep",
+        default=None,
+        help='sampler:steps[:guidance] ..., e.g. "heun:64 dpmpp_2m:16 dpmpp_2m:16:5"',
+    )
+    ap.add_argument("--guidance", type=float, default=None, help="default: the checkpoint's")
     ap.add_argument(
         "--limit", type=int, default=None, help="only N held-out prompts (evenly spaced)"
     )
@@ -148,11 +153,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     print(f"{len(prompts)} held-out prompts ({', '.join(args.splits)}), classes {names}")
 
-    runs = [(args.sampler, args.steps)]
-    if args.sweep:
-        runs = [(s.split(":")[0], int(s.split(":")[1])) for s in args.sweep.split()]
+    runs = [(args.sampler, args.steps, args.guidance)]
+    if args.sweep:  # sampler:steps[:guidance]
+        runs = [(f[0], int(f[1]), float(f[2]) if len(f) > 2 else args.guidance)
+                for f in (s.split(":") for s in args.sweep.split())]  # fmt: skip
     results = []
-    for sampler, steps in runs:
+    for sampler, steps, guidance in runs:
         per_seed = []
         for seed in args.seeds if not args.sweep else args.seeds[:1]:
             # the whole pipeline (upsampler, meshes) on the first seed; the base stage elsewhere
@@ -160,7 +166,8 @@ def main() -> None:
             t0 = time.perf_counter()
             clouds = pipe.sample_clouds(
                 prompts, seed=seed, bf16=args.bf16, stop_after=None if full else "base",
-                stage_overrides={"base": {"sampler": sampler, "steps": steps}},
+                stage_overrides={"base": {"sampler": sampler, "steps": steps,
+                                          "guidance": guidance}},
             )  # fmt: skip
             sec = (time.perf_counter() - t0) / len(prompts)
             n = pipe.stages[0].num_points  # metrics on the base clouds (the upsampler keeps them)
@@ -171,7 +178,8 @@ def main() -> None:
             sm = compute_set_metrics(gen, refs, protocol="bbox", metrics=("cd",), with_jsd=False)
             base = fps_np(baseline_clouds(reader, prompts, train_rows, seed), n)
             bm = compute_set_metrics(base, refs, protocol="bbox", metrics=("cd",), with_jsd=False)
-            row = {"seed": seed, "sampler": sampler, "steps": steps, "s_per_sample": sec,
+            row = {"seed": seed, "sampler": sampler, "steps": steps, "guidance": guidance,
+                   "s_per_sample": sec,
                    "sampled": "all stages" if full else "base", "points": len(clouds[0]),
                    "r_precision": rp["r_precision"], "per_category": rp["per_category"],
                    **{k: sm[k] for k in ("1nna_cd", "cov_cd", "mmd_cd")},
@@ -204,8 +212,9 @@ def main() -> None:
         cats_all = sorted({c for r in per_seed for c in r["per_category"]})
         summary["per_category"] = {c: float(np.mean([r["per_category"][c] for r in per_seed]))
                                    for c in cats_all}  # fmt: skip
-        results.append({"sampler": sampler, "steps": steps, "seeds": per_seed, "summary": summary})
-        print(f"== {sampler}:{steps}: " + ", ".join(
+        results.append({"sampler": sampler, "steps": steps, "guidance": guidance,
+                        "seeds": per_seed, "summary": summary})  # fmt: skip
+        print(f"== {sampler}:{steps}:{guidance}: " + ", ".join(
             f"{k} {v[0]:.4g}±{v[1]:.2g}" for k, v in summary.items() if k != "per_category"))  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
     print(f"wrote {out / 'results.json'}")

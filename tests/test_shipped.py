@@ -54,17 +54,35 @@ CATEGORY_PROMPTS = {
 }  # fmt: skip
 
 
-@pytest.mark.xfail(strict=True, reason="pointdiff-small is under-trained: R-precision at chance")
-@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
-def test_shipped_samples_are_classified_as_the_prompted_category(path):
+def _classify_samples(path: Path, categories: list[str]) -> list[str]:
+    """The evaluation classifier's class for the base sample (seed 0, the shipped sampler) of
+    each category's prompt. Prompt i uses seed i whatever else is in the batch."""
     from pointdiff.evaluation.classifier import load_classifier
 
     clf = load_classifier(path / "classifier")
     pipe = load_pipeline(path)
-    clouds = pipe.sample_clouds(list(CATEGORY_PROMPTS.values()), seed=0, stop_after="base")
+    prompts = [CATEGORY_PROMPTS[c] for c in categories]
+    clouds = pipe.sample_clouds(prompts, seed=0, stop_after="base")
     x = torch.stack([torch.from_numpy(np.concatenate([c.coords, c.colors], -1)) for c in clouds])
     with torch.no_grad():
         logits = clf(x[..., : clf.cfg.in_channels])["logits"]
-    got = [clf.cfg.class_names[i] for i in logits.argmax(-1).tolist()]
+    return [clf.cfg.class_names[i] for i in logits.argmax(-1).tolist()]
+
+
+@pytest.mark.xfail(strict=True, reason="pointdiff-small is under-trained: R-precision < 80 %")
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_samples_are_classified_as_the_prompted_category(path):
+    got = _classify_samples(path, list(CATEGORY_PROMPTS))
     hits = [g == want for g, want in zip(got, CATEGORY_PROMPTS, strict=True)]
     assert np.mean(hits) >= 0.8, dict(zip(CATEGORY_PROMPTS, got, strict=True))
+
+
+# The guard that passes today: the prompt controls the sample. The shipped model's samples are
+# consistent per prompt but often land in a neighbouring class (bottle -> lamp, door -> window,
+# sofa -> door over 3 seeds; model card), so "classified as the prompted category" holds for few
+# categories; what a broken or prompt-blind model cannot do (the previous shipped model: almost
+# every sample "plant") is spread the 11 prompts over several classes. Seed 0 today: 5 classes.
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_prompts_steer_samples_to_different_classes(path):
+    got = _classify_samples(path, list(CATEGORY_PROMPTS))
+    assert len(set(got)) >= 4, dict(zip(CATEGORY_PROMPTS, got, strict=True))
