@@ -243,8 +243,9 @@ class TextEncoder(nn.Module):
         """
         path = Path(path)
         root = path if path.is_dir() else path.parent
-        if _saved_arch(root / CONFIG_NAME).startswith(WordEncoder.ARCH):
-            return WordEncoder.from_arch(_saved_arch(root / CONFIG_NAME))
+        saved_arch = _saved_arch(root / CONFIG_NAME)
+        if saved_arch.startswith(WordEncoder.ARCH):
+            return WordEncoder.from_arch(saved_arch)
         weights = path if path.is_file() else root / WEIGHTS_NAME
         if path.is_dir() and use_ema and (root / EMA_WEIGHTS_NAME).is_file():
             weights = root / EMA_WEIGHTS_NAME
