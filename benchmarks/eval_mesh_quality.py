@@ -1,7 +1,8 @@
 """Mesh quality from 4096-point clouds: open3d Poisson vs the trained SDF head, one table.
 
-    .venv/bin/python benchmarks/eval_mesh_quality.py [--sdf runs/sdf_small] [--grid 128] \
-        [--poisson-depth 8] [--points 30000] [--noise 0.01] [--limit N] [--threads 2]
+    .venv/bin/python benchmarks/eval_mesh_quality.py [--sdf runs/sdf_small [runs/sdf_b ...]] \
+        [--grid 128] [--poisson-depth 8] [--points 30000] [--noise 0.015] [--outliers 0.03] \
+        [--limit N] [--threads 2]
 
 Shapes: the ShapeNet test split of ``../shared/data`` (``shapenet_core_v2_subset_pc4096``,
 ``split == "test"``, 19 models). Input: the derived 4096-point cloud of each model (Y-up there,
@@ -19,6 +20,10 @@ reference mesh, nearest neighbours by KD-tree:
 * F-score@1 % = harmonic mean of precision and recall at distance 0.01 (``f_score``), higher is
   better.
 
+``--noise`` and ``--outliers`` make the inputs look like a small generator's samples (Gaussian
+jitter on every point; a fraction of the points scattered by a further σ = 0.05, as
+``pointdiff.sdf_training`` augments), seeded, the same for every method.
+
 Caveat: ShapeNet meshes are not watertight and contain interior faces; the reference samples
 include them, which penalises every method that produces a closed outer surface.
 """
@@ -34,6 +39,7 @@ import torch
 
 from pointdiff.mesh import TriMesh, marching_cubes, poisson_mesh
 from pointdiff.pointcloud import PointCloud, y_up_to_z_up
+from pointdiff.sdf_training import OUTLIER_SIGMA
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -90,29 +96,31 @@ def _test_shapes(limit: int | None):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--sdf", default=None, help="SDF-head checkpoint (run dir or ckpt dir)")
+    p.add_argument("--sdf", nargs="*", default=[], help="SDF-head checkpoints (run or ckpt dirs)")
     p.add_argument("--grid", type=int, default=128)
     p.add_argument("--poisson-depth", type=int, default=8)
     p.add_argument("--points", type=int, default=30000, help="surface samples per mesh")
     p.add_argument("--limit", type=int, default=None, help="only the first N test shapes")
     p.add_argument("--noise", type=float, default=0.0,
                    help="Gaussian σ added to the input clouds (generated clouds are noisy)")  # fmt: skip
+    p.add_argument("--outliers", type=float, default=0.0,
+                   help="fraction of input points scattered by a further σ 0.05 (strays)")  # fmt: skip
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     methods = {"poisson": lambda cloud: poisson_mesh(cloud, depth=args.poisson_depth)}
-    if args.sdf:
+    for path in args.sdf:
         from pointdiff.checkpoint import load_model
 
-        model, _ = load_model(args.sdf, kind="sdf")
+        model, _ = load_model(path, kind="sdf")
 
-        def sdf_mesh(cloud: PointCloud) -> TriMesh:
+        def sdf_mesh(cloud: PointCloud, model=model) -> TriMesh:
             fn = model.query_fn(torch.from_numpy(cloud.coords))
             return marching_cubes(fn, grid_size=args.grid)
 
-        methods[f"sdf head ({Path(args.sdf).name})"] = sdf_mesh
+        methods[f"sdf head ({Path(path).name})"] = sdf_mesh
 
     results: dict[str, list] = {m: [] for m in methods}
     print(f"{'shape':<12}{'method':<28}{'CD-L1':>8}{'NC':>7}{'F@1%':>7}{'s':>7}")
@@ -121,6 +129,11 @@ def main() -> None:
         if args.noise > 0:
             jitter = rng.normal(0.0, args.noise, cloud.coords.shape).astype(np.float32)
             cloud = PointCloud(cloud.coords + jitter, cloud.colors)
+        if args.outliers > 0:
+            moved = rng.random(len(cloud.coords)) < args.outliers
+            coords = cloud.coords.copy()
+            coords[moved] += rng.normal(0.0, OUTLIER_SIGMA, (moved.sum(), 3)).astype(np.float32)
+            cloud = PointCloud(coords, cloud.colors)
         for name, make in methods.items():
             t = time.perf_counter()
             try:
@@ -136,7 +149,8 @@ def main() -> None:
             print(f"{category:<12}{name:<28}{row[1]:>8.4f}{row[2]:>7.3f}{row[3]:>7.3f}{secs:>7.1f}")
 
     n = len(next(iter(results.values())))
-    print(f"\nShapeNet test split, {n} shapes, 4096-point input clouds, noise σ={args.noise}")
+    print(f"\nShapeNet test split, {n} shapes, 4096-point input clouds, noise σ={args.noise}, "
+          f"outliers {args.outliers:.0%}")  # fmt: skip
     print("(mean over shapes)\n")
     print("| method | Chamfer-L1 ↓ | normal consistency ↑ | F-score@1% ↑ | s / shape |")
     print("|---|---|---|---|---|")

@@ -3,8 +3,12 @@
     .venv/bin/python -m data_tools.select_classes runs/data/sweethome3d --out runs/data/ship \
         [--holdout-groups stool desk]
 
-A class is matched by keywords on the object's name (Sweet Home 3D) or caption words; the first
-class whose keyword matches wins, so order matters (``armchair`` is matched before ``chair``).
+A class is matched by keywords on the object's name (Sweet Home 3D), else on its caption words.
+In a name the *head noun* decides: the rightmost keyword before the first preposition ("Desk
+lamp" is a lamp, "Double door with panes" a door, "Glass door cabinet" a cabinet). Objects whose
+name contains an ``EXCLUDE`` word are dropped: they carry a class word but are not of the class
+("Table fan", "Table tennis bat", "Woman shoes"). Within a caption the first class whose keyword
+matches wins, so order matters (``armchair`` is matched before ``chair``).
 The record's ``category`` becomes the class; ``split`` is kept (by object), except that objects
 whose name contains a ``--holdout-groups`` word go to split ``test_group`` (whole name groups held
 out for generalisation checks). Output bytes are a function of the input shards only.
@@ -34,18 +38,34 @@ CLASSES: dict[str, list[str]] = {
 }
 
 
+#: name words that mark an object as not of the class its other words name.
+EXCLUDE = {"fan", "bat", "shoes", "room"}
+#: a name's head noun comes before these ("Table on trestles", "Chair with cushion").
+PREPOSITIONS = {"with", "on", "under", "for", "of", "in"}
+_KEYWORD_CLASS = {k: cls for cls, keys in CLASSES.items() for k in keys}
+
+
+def _tokens(text: str) -> list[str]:
+    return "".join(c if c.isalnum() else " " for c in text.lower()).split()
+
+
 def _words(text: str) -> set[str]:
-    return set("".join(c if c.isalnum() else " " for c in text.lower()).split())
+    return set(_tokens(text))
 
 
 def classify(entry: dict) -> str | None:
-    """The shape class of an index entry, or None."""
-    name = _words(entry.get("name", ""))
-    caption = _words(entry.get("caption", ""))
-    for words in (name, caption):
-        for cls, keys in CLASSES.items():
-            if words & set(keys):
-                return cls
+    """The shape class of an index entry, or None (no class word, or an excluded name)."""
+    name = _tokens(entry.get("name", ""))
+    if EXCLUDE & set(name):
+        return None
+    head = name[: next((i for i, w in enumerate(name) if w in PREPOSITIONS), len(name))]
+    for word in reversed(head):
+        if word in _KEYWORD_CLASS:
+            return _KEYWORD_CLASS[word]
+    words = set(name) | _words(entry.get("caption", ""))
+    for cls, keys in CLASSES.items():
+        if words & set(keys):
+            return cls
     return None
 
 

@@ -305,6 +305,17 @@ def load_into(module: nn.Module, path: Path, keep_missing: tuple[str, ...] = ())
         raise CheckpointError(f"{path}: does not match the module ({e})") from e
 
 
+def init_from_checkpoint(
+    module: nn.Module, path: str | os.PathLike, keep_missing: tuple[str, ...] = ()
+) -> Path:
+    """Start ``module`` from a run's (or checkpoint's) EMA weights (its raw weights when it has no
+    EMA); returns the checkpoint directory used. See ``load_into`` for ``keep_missing``."""
+    ckpt = resolve(path)
+    ema = ckpt / "ema.safetensors"
+    load_into(module, ema if ema.is_file() else ckpt / "model.safetensors", keep_missing)
+    return ckpt
+
+
 # ----------------------------------------------------------------------------------------------
 # Release
 

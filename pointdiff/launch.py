@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from pointdiff import dist
-from pointdiff.checkpoint import load_into, resolve
+from pointdiff.checkpoint import init_from_checkpoint, load_into
 from pointdiff.config import (
     DiffusionConfig,
     TextConfig,
@@ -173,9 +173,7 @@ def main(stage: str, argv: list[str] | None = None) -> dict:
 def _init_from(path: Path, model, text) -> None:
     """Load a checkpoint's EMA weights into ``model`` (and a trainable text tower). A
     ``--cond_bias=True`` model may start from one without it (its zero-init bias stays zero)."""
-    ckpt = resolve(path)
-    load_into(model, ckpt / ("ema.safetensors" if (ckpt / "ema.safetensors").is_file()
-                             else "model.safetensors"), keep_missing=("text_bias.",))  # fmt: skip
+    ckpt = init_from_checkpoint(model, path, keep_missing=("text_bias.",))
     if text is not None and text.trainable:
         name = next((n for n in ("text_ema.safetensors", "text.safetensors")
                      if (ckpt / n).is_file()), None)  # fmt: skip

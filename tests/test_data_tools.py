@@ -264,3 +264,18 @@ def test_cli_help():
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
+
+
+def test_select_classes_reads_the_head_noun_and_drops_excluded_names():
+    from data_tools.select_classes import classify
+
+    def cls(name, caption=""):
+        return classify({"name": name, "caption": caption or f"a {name.lower()}"})
+
+    assert cls("Desk lamp") == "lamp" and cls("Desk") == "table"
+    assert cls("Glass door cabinet") == "cabinet" and cls("Double door with panes") == "door"
+    assert cls("Table on trestles") == "table" and cls("Bar stool") == "chair"
+    assert cls("Armchair ottoman") == "sofa" and cls("Sofa 2 seats") == "sofa"
+    assert cls("Blue pine under snow", "a blue pine under snow, tree") == "plant"  # caption
+    assert cls("Table fan") is None and cls("Woman shoes") is None  # excluded words
+    assert cls("Toaster", "a toaster (kitchen)") is None

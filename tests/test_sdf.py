@@ -189,6 +189,18 @@ def test_sdf_dataset_items_and_augmentation(real_shapes):
     assert x0.shape == (1, 256, 3) and set(extra) == {"queries", "sdf"}
 
 
+def test_sdf_dataset_outliers_scatter_a_few_points(real_shapes):
+    kw = dict(split=None, num_points=1024, num_queries=64, noise=0.0, dropout=0.0, rotate=False)
+    clean = SDFDataset(real_shapes, **kw)
+    strays = SDFDataset(real_shapes, outliers=0.2, **kw)
+    for i in range(len(clean)):
+        a, b = clean[i]["points"], strays[i]["points"]
+        moved = (a - b).norm(dim=-1) > 0
+        assert 0 < moved.float().mean() <= 0.2  # a fraction ~ U(0, 0.2) of the points
+        assert (a - b)[moved].norm(dim=-1).mean() > 0.03  # moved by σ 0.05 per axis
+        torch.testing.assert_close(strays[i]["queries"], clean[i]["queries"])  # targets unchanged
+
+
 def test_tiny_head_overfits_two_real_shapes(real_shapes, tmp_path):
     from pointdiff.training import train
 
@@ -241,3 +253,23 @@ def test_local_sdf_head_cached_queries_match_forward_and_need_latents():
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     with pytest.raises(ModelInputError, match="needs encode"):
         model.predict_sdf(model.encode(pts).tokens, q)
+
+
+def test_train_sdf_cli_trains_and_init_from_starts_from_ema(real_shapes, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+    from train_sdf import main
+
+    from pointdiff.checkpoint import load_weights
+
+    common = ["--data", str(real_shapes), "--preset", "sdf_tiny", "--split", "all",
+              "--num-queries", "64", "--outliers", "0.05", "--batch_size=2", "--log_every=1"]  # fmt: skip
+    out = main([*common, "--out", str(tmp_path / "a"), "--max_steps=2", "--ckpt_every=2"])
+    assert out["step"] == 2
+    ema, _ = load_weights(tmp_path / "a")
+    # a new run from a's EMA weights; lr 0 keeps them, so its weights equal a's EMA
+    main([*common, "--out", str(tmp_path / "b"), "--max_steps=1", "--ckpt_every=1", "--lr=0",
+          "--init-from", str(tmp_path / "a")])  # fmt: skip
+    raw, _ = load_weights(tmp_path / "b", use_ema=False)
+    assert raw.keys() == ema.keys()
+    for k in ema:
+        torch.testing.assert_close(raw[k], ema[k], msg=k)

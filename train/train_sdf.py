@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from pointdiff.checkpoint import init_from_checkpoint
 from pointdiff.config import SDFConfig, TrainConfig, apply_overrides, get_preset
 from pointdiff.models import build_model, count_params
 from pointdiff.sdf_training import SDFDataset, SDFLoss, sdf_inputs
@@ -42,9 +43,21 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--num-queries", type=int, default=2048, help="SDF samples per cloud per step")
     p.add_argument("--noise", type=float, default=0.01, help="max Gaussian σ on input clouds")
     p.add_argument("--dropout", type=float, default=0.1, help="max fraction of duplicated points")
+    p.add_argument(
+        "--outliers",
+        type=float,
+        default=0.0,
+        help="max fraction of input points scattered by σ 0.05 (generator strays)",
+    )
     p.add_argument("--clamp", type=float, default=0.1, help="clamped-L1 band (object units)")
     p.add_argument("--include-unreliable", action="store_true", help="keep unreliable SDF signs")
     p.add_argument("--resume", action="store_true")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="CKPT",
+        help="start a new run from a checkpoint's EMA weights (same architecture)",
+    )
     p.add_argument("--stop-at", type=int, default=None, help="stop (with a checkpoint) at step")
     p.add_argument("--device", default=None)
     args, overrides = p.parse_known_args(argv)
@@ -61,10 +74,13 @@ def main(argv: list[str] | None = None) -> dict:
         num_queries=args.num_queries,
         noise=args.noise,
         dropout=args.dropout,
+        outliers=args.outliers,
         reliable_only=not args.include_unreliable,
         seed=train_cfg.seed,
     )
     model = build_model(model_cfg)
+    if args.init_from:
+        print(f"initialised from {init_from_checkpoint(model, args.init_from)}")
     print(
         f"SDF head {args.preset}: {count_params(model) / 1e6:.2f} M params, {len(dataset)} objects"
     )
