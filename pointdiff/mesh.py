@@ -377,18 +377,25 @@ def sample_surface(mesh: TriMesh, count: int, seed: int = 0) -> np.ndarray:
     )
 
 
-def surface_fit(mesh: TriMesh, cloud: PointCloud, samples: int = 20000) -> dict[str, float]:
+def surface_fit(
+    mesh: TriMesh, cloud: PointCloud, samples: int = 20000, trim: float = 0.05
+) -> dict[str, float]:
     """How well a mesh explains a cloud, in the cloud's units (object space: largest side 1).
 
-    :return: ``{"cloud_to_mesh": mean distance from cloud points to the nearest surface sample
-        (surface missing where the cloud has points), "mesh_to_cloud": mean distance from
-        surface samples to the nearest cloud point (surface the cloud does not support; its
-        floor is about half the cloud's point spacing)}``.
+    :param trim: fraction of the cloud's points farthest from the surface left out of
+        ``cloud_to_mesh``: a generated cloud's few stray points (2–4 % on the shipped model's
+        samples) should not be meshed, and a surface that skips them still fits.
+    :return: ``{"cloud_to_mesh": mean distance from the (1 − trim) nearest cloud points to the
+        nearest surface sample (surface missing where the cloud has points), "mesh_to_cloud":
+        mean distance from surface samples to the nearest cloud point (surface the cloud does
+        not support; its floor is about half the cloud's point spacing)}``.
     """
     from scipy.spatial import cKDTree
 
     surf = sample_surface(mesh, samples)
+    to_mesh = np.sort(cKDTree(surf).query(cloud.coords)[0])
+    keep = max(1, int(round(len(to_mesh) * (1.0 - trim))))
     return {
-        "cloud_to_mesh": float(cKDTree(surf).query(cloud.coords)[0].mean()),
+        "cloud_to_mesh": float(to_mesh[:keep].mean()),
         "mesh_to_cloud": float(cKDTree(cloud.coords).query(surf)[0].mean()),
     }

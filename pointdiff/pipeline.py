@@ -173,7 +173,8 @@ class TextTo3D:
             ``poisson`` (open3d screened Poisson) or ``auto``: the SDF head when the pipeline has
             one, falling back to Poisson (with a warning) when its field has no surface or its
             surface does not fit the cloud (``mesh.surface_fit``: either mean distance, cloud →
-            mesh or mesh → cloud, above ``max_fit_error`` object units).
+            mesh (the 5 % farthest stray points left out) or mesh → cloud, above
+            ``max_fit_error`` object units).
         """
         if method == "poisson" or (method == "auto" and self.sdf_model is None):
             return mesh_from_cloud(cloud, method="poisson")
