@@ -97,6 +97,9 @@ def _add_mesh(sub) -> None:
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
                    help="pipeline directory holding the SDF head (for --method sdf)")  # fmt: skip
     p.add_argument("--grid-size", type=int, default=128)
+    p.add_argument("--no-snap", action="store_true",
+                   help="keep the SDF surface as marching cubes gives it (default: vertices "
+                   "projected onto the cloud's local planes)")  # fmt: skip
     p.add_argument("--device", default="cpu")
 
 
@@ -104,7 +107,8 @@ def _run_mesh(args) -> int:
     from pointdiff.pipeline import mesh_cloud_file
 
     out = mesh_cloud_file(args.cloud, args.out, method=args.method, checkpoint=args.checkpoint,
-                          grid_size=args.grid_size, device=args.device)  # fmt: skip
+                          grid_size=args.grid_size, device=args.device,
+                          snap=not args.no_snap)  # fmt: skip
     print(out)
     return 0
 

@@ -300,6 +300,42 @@ def vertex_colors_from_cloud(
     return out.clamp(0, 1).numpy()
 
 
+def snap_to_cloud(mesh: TriMesh, cloud: PointCloud, k: int = 16, max_dist: float = 0.03) -> TriMesh:
+    """Move each vertex onto the plane fitted to its k nearest cloud points (point-set surface
+    projection); faces, hence topology and watertightness, are unchanged.
+
+    A learned SDF decides *where* the surface is and what is inside (filling gaps, ignoring
+    strays) but is smooth at the scale of its training; the cloud says more precisely where the
+    surface passes. Projecting onto the local least-squares plane (centroid c of the k
+    neighbours, normal n = their covariance's smallest eigenvector): ``v' = v - ((v - c)·n) n``,
+    which also averages out the points' noise along n. A vertex farther than ``max_dist`` from
+    its centroid (surface the cloud does not support) stays where the SDF put it, and the move
+    is capped at ``max_dist``.
+
+    :param mesh: object space, like the cloud.
+    :return: a new mesh (colours kept; normals recomputed on demand).
+    """
+    from scipy.spatial import cKDTree
+
+    if mesh.num_verts == 0 or len(cloud) < 3:
+        return mesh
+    k = min(k, len(cloud))
+    pts = cloud.coords.astype(np.float64)
+    v = mesh.verts.astype(np.float64)
+    _, idx = cKDTree(pts).query(v, k)
+    nb = pts[idx]  # [V, k, 3]
+    c = nb.mean(1)
+    d = nb - c[:, None]
+    _, vecs = np.linalg.eigh(np.einsum("vki,vkj->vij", d, d))
+    n = vecs[:, :, 0]  # smallest eigenvalue's eigenvector
+    move = -np.einsum("vi,vi->v", v - c, n)[:, None] * n
+    length = np.linalg.norm(move, axis=1, keepdims=True)
+    move *= np.minimum(1.0, max_dist / np.maximum(length, 1e-12))
+    near = np.linalg.norm(v - c, axis=1) <= max_dist
+    out = np.where(near[:, None], v + move, v).astype(np.float32)
+    return TriMesh(out, mesh.faces, mesh.colors)
+
+
 # ----------------------------------------------------------------------------------------------
 # Whole reconstructions
 
@@ -346,10 +382,12 @@ def mesh_from_cloud(
     sdf_fn: SDFFn | None = None,
     method: str = "sdf",
     grid_size: int = 128,
+    snap: bool = True,
     **kwargs,
 ) -> TriMesh:
     """Coloured mesh of a cloud: marching cubes over ``sdf_fn`` (method ``sdf``, the SDF model's
-    ``query_fn(cloud)``) or open3d Poisson (``poisson``; kwargs go to ``poisson_mesh``)."""
+    ``query_fn(cloud)``; with ``snap`` its vertices then projected onto the cloud's local planes,
+    ``snap_to_cloud``) or open3d Poisson (``poisson``; kwargs go to ``poisson_mesh``)."""
     if method == "poisson":
         return poisson_mesh(cloud, **kwargs)
     if method != "sdf":
@@ -357,6 +395,8 @@ def mesh_from_cloud(
     if sdf_fn is None:
         raise MeshError("method 'sdf' needs an sdf_fn (e.g. SDFModel.query_fn(cloud_xyz))")
     mesh = marching_cubes(sdf_fn, grid_size=grid_size, **kwargs)
+    if snap:
+        mesh = snap_to_cloud(mesh, cloud)
     return mesh.with_colors(vertex_colors_from_cloud(mesh.verts, cloud))
 
 

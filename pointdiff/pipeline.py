@@ -166,6 +166,7 @@ class TextTo3D:
         bf16: bool = False,
         method: str = "auto",
         max_fit_error: float = 0.03,
+        snap: bool = True,
     ) -> TriMesh:
         """Coloured mesh of a cloud (k-NN vertex colours).
 
@@ -175,6 +176,8 @@ class TextTo3D:
             surface does not fit the cloud (``mesh.surface_fit``: either mean distance, cloud →
             mesh (the 5 % farthest stray points left out) or mesh → cloud, above
             ``max_fit_error`` object units).
+        :param snap: move the SDF mesh's vertices onto the cloud's local planes
+            (``mesh.snap_to_cloud``): the SDF head gives the topology, the points the position.
         """
         if method == "poisson" or (method == "auto" and self.sdf_model is None):
             return mesh_from_cloud(cloud, method="poisson")
@@ -184,7 +187,7 @@ class TextTo3D:
         inputs = cloud.subsample(n) if len(cloud) > n else cloud
         sdf_fn = self.sdf_model.query_fn(torch.from_numpy(inputs.coords), bf16=bf16)
         try:
-            mesh = mesh_from_cloud(cloud, sdf_fn, method="sdf", grid_size=grid_size)
+            mesh = mesh_from_cloud(cloud, sdf_fn, method="sdf", grid_size=grid_size, snap=snap)
         except MeshError as e:
             if method != "auto":
                 raise
@@ -341,6 +344,7 @@ def mesh_cloud_file(
     checkpoint: str | Path | None = None,
     grid_size: int = 128,
     device: str = "cpu",
+    snap: bool = True,
 ) -> Path:
     """Mesh a point-cloud file and save the mesh (format from the suffix: .glb, .ply, .obj).
 
@@ -367,7 +371,7 @@ def mesh_cloud_file(
         if checkpoint is None:
             raise PipelineError("--method sdf needs a --checkpoint with an SDF head")
         mesh = load_pipeline(checkpoint, device=device).to_mesh(
-            unit, grid_size=grid_size, method=method
+            unit, grid_size=grid_size, method=method, snap=snap
         )
     mesh = TriMesh(mesh.verts * scale + center, mesh.faces, mesh.colors, mesh.normals)
     mesh.save(out_path)

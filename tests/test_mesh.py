@@ -17,6 +17,7 @@ from pointdiff.mesh import (
     mesh_from_cloud,
     poisson_mesh,
     sample_surface,
+    snap_to_cloud,
     surface_fit,
     vertex_colors_from_cloud,
 )
@@ -149,6 +150,26 @@ def test_surface_samples_and_fit_to_a_cloud():
         coords[: int(frac * len(coords))] *= 2.0  # 0.35 -> 0.7: 0.35 off the surface
         fit = surface_fit(mesh, PointCloud(coords, cloud.colors))["cloud_to_mesh"]
         assert (fit < 0.01) == fits, (frac, fit)
+
+
+def test_snapping_moves_vertices_onto_the_cloud_and_keeps_faces():
+    # an SDF surface 0.02 inside the true sphere (radius 0.33) snapped to a cloud on radius 0.35
+    mesh = marching_cubes(_np_fn(lambda p: _sphere(p, 0.33)), grid_size=32)
+    cloud = _two_tone_sphere_cloud(n=8192, r=0.35)
+    snapped = snap_to_cloud(mesh, cloud)
+    before = np.abs(np.linalg.norm(mesh.verts, axis=1) - 0.35).mean()
+    after = np.abs(np.linalg.norm(snapped.verts, axis=1) - 0.35).mean()
+    assert before > 0.019 and after < 0.003, (before, after)
+    np.testing.assert_array_equal(snapped.faces, mesh.faces)  # topology unchanged
+    # noisy points: the plane fit averages the noise out
+    g = np.random.default_rng(1)
+    noisy = PointCloud(cloud.coords + g.normal(0, 0.01, cloud.coords.shape).astype(np.float32),
+                       cloud.colors)  # fmt: skip
+    off = np.abs(np.linalg.norm(snap_to_cloud(mesh, noisy).verts, axis=1) - 0.35).mean()
+    assert off < 0.006, off
+    # surface the cloud does not support stays where the SDF put it
+    far = PointCloud(cloud.coords + np.float32([2.0, 0, 0]), cloud.colors)
+    np.testing.assert_array_equal(snap_to_cloud(mesh, far).verts, mesh.verts)
 
 
 # ----------------------------------------------------------------------------------------------
