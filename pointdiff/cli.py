@@ -76,7 +76,7 @@ def _run_sample(args) -> int:
                                 overrides=overrides, bf16=args.bf16)  # fmt: skip
     make_mesh = not args.no_mesh and args.stop_after is None
     for i, (prompt, cloud) in enumerate(zip(prompts, clouds, strict=True)):
-        mesh = pipe.to_mesh(cloud, grid_size=args.grid_size) if make_mesh else None
+        mesh = _mesh_with_notes(pipe, cloud, args.grid_size) if make_mesh else None
         out = write_sample(Path(args.out), i, prompt, cloud, mesh)
         print(out)
     return 0
@@ -101,6 +101,18 @@ def _add_mesh(sub) -> None:
                    help="keep the SDF surface as marching cubes gives it (default: vertices "
                    "projected onto the cloud's local planes)")  # fmt: skip
     p.add_argument("--device", default="cpu")
+
+
+def _mesh_with_notes(pipe, cloud, grid_size: int):
+    """``pipe.to_mesh`` with its warnings (e.g. the Poisson fallback) as one-line notes."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mesh = pipe.to_mesh(cloud, grid_size=grid_size)
+    for w in caught:
+        print(f"note: {w.message}", file=sys.stderr)
+    return mesh
 
 
 def _run_mesh(args) -> int:

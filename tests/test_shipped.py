@@ -1,5 +1,6 @@
 """Guards the shipped weights in checkpoints/ against silent breakage."""
 
+import functools
 import json
 from pathlib import Path
 
@@ -54,7 +55,8 @@ CATEGORY_PROMPTS = {
 }  # fmt: skip
 
 
-def _classify_samples(path: Path, categories: list[str]) -> list[str]:
+@functools.cache
+def _classify_samples(path: Path, categories: tuple[str, ...]) -> list[str]:
     """The evaluation classifier's class for the base sample (seed 0, the shipped sampler) of
     each category's prompt. Prompt i uses seed i whatever else is in the batch."""
     from pointdiff.evaluation.classifier import load_classifier
@@ -72,9 +74,23 @@ def _classify_samples(path: Path, categories: list[str]) -> list[str]:
 @pytest.mark.xfail(strict=True, reason="pointdiff-small is under-trained: R-precision < 80 %")
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_shipped_samples_are_classified_as_the_prompted_category(path):
-    got = _classify_samples(path, list(CATEGORY_PROMPTS))
+    got = _classify_samples(path, tuple(CATEGORY_PROMPTS))
     hits = [g == want for g, want in zip(got, CATEGORY_PROMPTS, strict=True)]
     assert np.mean(hits) >= 0.8, dict(zip(CATEGORY_PROMPTS, got, strict=True))
+
+
+# The issue's guard, for the categories the shipped model gets right: the sample of a known
+# prompt with a fixed seed (the 11-prompt batch above, prompt i with seed i, base stage) is
+# classified as the prompted category. Which categories: those the evaluation classifier puts in
+# the prompted class with probability >= 0.5 (model card, "Guarded prompts"); a broken or
+# prompt-blind model fails at least one of them.
+GUARDED = ("chair", "plant", "table")
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_samples_of_guarded_prompts_are_classified_as_their_category(path):
+    got = dict(zip(CATEGORY_PROMPTS, _classify_samples(path, tuple(CATEGORY_PROMPTS)), strict=True))
+    assert {c: got[c] for c in GUARDED} == {c: c for c in GUARDED}, got
 
 
 # The guard that passes today: the prompt controls the sample. The shipped model's samples are
@@ -84,5 +100,5 @@ def test_shipped_samples_are_classified_as_the_prompted_category(path):
 # every sample "plant") is spread the 11 prompts over several classes. Seed 0 today: 5 classes.
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_shipped_prompts_steer_samples_to_different_classes(path):
-    got = _classify_samples(path, list(CATEGORY_PROMPTS))
+    got = _classify_samples(path, tuple(CATEGORY_PROMPTS))
     assert len(set(got)) >= 4, dict(zip(CATEGORY_PROMPTS, got, strict=True))
