@@ -43,7 +43,7 @@ def test_shipped_pipeline_samples_deterministically(path):
 
 # One training caption per category of the shipped model. The bar: its samples are
 # classified as the prompted category (target >= 80 % top-1). The current pointdiff-small does
-# NOT meet it (model card: the classifier calls most of its samples "plant"), so the test is a
+# NOT meet it (model card: 44 % R-precision on held-out prompts), so the test is a
 # strict xfail: it documents the gap, and turns into a failure (XPASS) the day a shipped model
 # meets the bar, so that the xfail is removed and the test becomes the guard it is meant to be.
 CATEGORY_PROMPTS = {
