@@ -97,7 +97,7 @@ def test_shipped_samples_of_guarded_prompts_are_classified_as_their_category(pat
 # consistent per prompt but often land in a neighbouring class (bottle -> lamp, door -> window,
 # sofa -> door over 3 seeds; model card), so "classified as the prompted category" holds for few
 # categories; what a broken or prompt-blind model cannot do (the previous shipped model: almost
-# every sample "plant") is spread the 11 prompts over several classes. Seed 0 today: 5 classes.
+# every sample "plant") is spread the 11 prompts over several classes. Today: 7 classes.
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_shipped_prompts_steer_samples_to_different_classes(path):
     got = _classify_samples(path, tuple(CATEGORY_PROMPTS))
