@@ -125,8 +125,8 @@ def main() -> None:
 
         methods[f"sdf head ({Path(path).name})"] = sdf_mesh
 
-    snapped = {f"{m} + snap": m for m in methods if m.startswith("sdf head")}
-    results: dict[str, list] = {m: [] for m in [*methods, *snapped]}
+    snapped = {f"{m} + snap" for m in methods if m.startswith("sdf head")}
+    results: dict[str, list] = {m: [] for m in [*methods, *sorted(snapped)]}
     print(f"{'shape':<12}{'method':<36}{'CD-L1':>8}{'NC':>7}{'F@1%':>7}{'s':>7}")
     rng = np.random.default_rng(0)
     for category, cloud, gt_v, gt_f in _test_shapes(args.limit):
