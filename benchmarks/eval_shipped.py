@@ -136,6 +136,11 @@ def main() -> None:
     ap.add_argument("--sheet", default=None, help="PNG of 16 prompts -> clouds -> meshes")
     ap.add_argument("--out", default="runs/eval_ship")
     ap.add_argument("--bf16", action="store_true")
+    ap.add_argument(
+        "--save-clouds", action="store_true",
+        help="also write each run's base clouds to OUT/clouds-<sampler>-<steps>-<guidance>-seed<k>.npz "
+             "(coords, colors, prompts, categories), so other classifiers can score them",
+    )  # fmt: skip
     args = ap.parse_args()
 
     pipe = load_pipeline(args.checkpoint)
@@ -173,6 +178,12 @@ def main() -> None:
             n = pipe.stages[0].num_points  # metrics on the base clouds (the upsampler keeps them)
             base_clouds = [PointCloud(c.coords[:n], c.colors[:n]) for c in clouds]
             gen = np.stack([c.coords for c in base_clouds])
+            if args.save_clouds:
+                np.savez_compressed(
+                    out / f"clouds-{sampler}-{steps}-{guidance}-seed{seed}.npz", coords=gen,
+                    colors=np.stack([c.colors for c in base_clouds]), prompts=np.array(prompts),
+                    categories=np.array(cats),
+                )  # fmt: skip
             refs = fps_np(refs4096, n) if n < refs4096.shape[1] else refs4096
             rp = category_r_precision(classify(clf, base_clouds).numpy(), cats, names)
             sm = compute_set_metrics(gen, refs, protocol="bbox", metrics=("cd",), with_jsd=False)

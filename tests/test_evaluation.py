@@ -363,3 +363,48 @@ def test_classifier_augmentation_rotation_is_bounded():
         bound = math.atan(1.25 / 0.8 * math.tan(math.radians(min(limit, 89.0)))) + 0.05
         assert limit == 180 or angle <= bound
         assert limit == 0 or angle > 0.8 * math.radians(limit)
+
+
+def test_perturb_moves_the_stated_share_of_points_and_leaves_the_input_alone():
+    from pointdiff.evaluation.classifier_train import STRAY_SIGMA, LabelledClouds, perturb
+
+    rng = np.random.default_rng(0)
+    coords = rng.uniform(-0.5, 0.5, (4, 1000, 3)).astype(np.float32)
+    data = LabelledClouds(coords, np.zeros_like(coords), np.array(list("abab")),
+                          np.full(4, "test"), np.full(4, "x"))  # fmt: skip
+    before = coords.copy()
+    out = perturb(data, noise=0.0, outliers=0.03, seed=1)
+    assert np.array_equal(data.coords, before)  # a copy
+    moved = np.linalg.norm(out.coords - before, axis=-1) > 0
+    assert (moved.sum(1) == 30).all()  # exactly 3 % of each cloud
+    assert 0.6 * STRAY_SIGMA < np.abs(out.coords - before)[moved].std() < 1.4 * STRAY_SIGMA
+    jitter = perturb(data, noise=0.015, outliers=0.0, seed=1).coords - before
+    assert abs(jitter.std() - 0.015) < 0.001
+    assert np.array_equal(perturb(data, 0.015, 0.03, seed=5).coords,
+                          perturb(data, 0.015, 0.03, seed=5).coords)  # fmt: skip
+    assert list(out.labels) == list("abab")
+
+
+def test_classifier_augmentation_noise_and_outliers_are_bounded():
+    from pointdiff.evaluation.classifier_train import STRAY_SIGMA, _augment
+
+    x = torch.zeros(256, 512, 3)
+    base = _augment(x, torch.Generator().manual_seed(0), rotation=0.0)
+    noisy = _augment(x, torch.Generator().manual_seed(0), rotation=0.0, noise=0.02)
+    strays = _augment(x, torch.Generator().manual_seed(0), rotation=0.0, outliers=0.1)
+    # base jitter σ 0.005; noise adds σ ~ U(0, 0.02) per cloud: mean variance 0.02²/3
+    assert abs(base.std().item() - 0.005) < 0.0003
+    assert abs(noisy.var().item() - (0.005**2 + 0.02**2 / 3)) < 2e-5
+    assert noisy.std(dim=(1, 2)).max() < 0.022  # √(0.02² + 0.005²) = 0.0206 at most, + sampling
+    far = (strays.norm(dim=-1) > 0.03).float().mean(1)  # moved points, per cloud
+    assert far.max() < 0.1 * 1.2 and far.mean() > 0.02  # fraction ~ U(0, 0.1)
+    assert strays.abs().max() < 6 * STRAY_SIGMA
+
+
+def test_shapenet_yaw_turns_chair_backs_to_sweet_home_3ds_side(shared_data):
+    root = shared_data / "shapenet_core_v2_subset_pc4096"
+    for yaw, sign in ((0.0, -1), (180.0, 1)):
+        data = load_shapenet_subset(root, num_points=1024, yaw=yaw)
+        for x in data.coords[data.labels == "chair"][:5]:
+            top = x[x[:, 2] > np.quantile(x[:, 2], 0.8)]  # the backrest
+            assert sign * (top[:, 1].mean() - x[:, 1].mean()) > 0.05

@@ -44,8 +44,14 @@ class LabelledClouds:
         return LabelledClouds(*(a[mask] for a in (self.coords, self.colors, self.labels, self.splits, self.source)))  # fmt: skip
 
 
-def load_shapenet_subset(root: str | Path, num_points: int = 4096) -> LabelledClouds:
-    """The derived ShapeNet clouds (one ``<synset>_<name>.npz`` per synset), labelled by synset name."""
+def load_shapenet_subset(
+    root: str | Path, num_points: int = 4096, yaw: float = 0.0
+) -> LabelledClouds:
+    """The derived ShapeNet clouds (one ``<synset>_<name>.npz`` per synset), labelled by synset name.
+
+    :param yaw: rotate about the up axis by this many degrees (180 turns ShapeNet's chair backs
+        from −y to +y, where Sweet Home 3D's are).
+    """
     files = sorted(Path(root).glob("*.npz"))
     if not files:
         raise FileNotFoundError(f"{root}: no ShapeNet .npz files")
@@ -53,6 +59,9 @@ def load_shapenet_subset(root: str | Path, num_points: int = 4096) -> LabelledCl
     for f in files:
         with np.load(f, allow_pickle=False) as d:
             xyz = y_up_to_z_up(d["xyz"][:, :num_points].astype(np.float32))
+            if yaw:
+                c, s = math.cos(math.radians(yaw)), math.sin(math.radians(yaw))
+                xyz = xyz @ np.array([[c, s, 0], [-s, c, 0], [0, 0, 1]], np.float32)
             rgb = d["rgb"][:, :num_points].astype(np.float32) / 255.0
             n = len(xyz)
             name = str(d["synset_name"])
@@ -90,9 +99,37 @@ def concat_clouds(parts: list[LabelledClouds]) -> LabelledClouds:
 # Training
 
 
-def _augment(coords: torch.Tensor, g: torch.Generator, rotation: float = 180.0) -> torch.Tensor:
+# Strays: the σ by which ``outliers`` augmentation scatters points (object units; the same value as
+# the SDF head's augmentation, measured on the shipped generator's clouds).
+STRAY_SIGMA = 0.05
+
+
+def perturb(data: LabelledClouds, noise: float, outliers: float, seed: int = 0) -> LabelledClouds:
+    """A copy of ``data`` with generator-like defects, fixed by ``seed``: every point jittered by
+    N(0, ``noise``²) and a fraction ``outliers`` of each cloud's points moved by σ ``STRAY_SIGMA``.
+    For measuring how a classifier copes with generated rather than scanned clouds."""
+    rng = np.random.default_rng(seed)
+    coords = data.coords + rng.normal(0, noise, data.coords.shape).astype(np.float32)
+    k = int(round(outliers * coords.shape[1]))
+    for c in coords if k else []:  # each view is written through into ``coords``
+        idx = rng.choice(len(c), k, replace=False)
+        c[idx] += rng.normal(0, STRAY_SIGMA, (k, 3)).astype(np.float32)
+    return LabelledClouds(coords, data.colors, data.labels, data.splits, data.source)
+
+
+def _augment(
+    coords: torch.Tensor,
+    g: torch.Generator,
+    rotation: float = 180.0,
+    noise: float = 0.0,
+    outliers: float = 0.0,
+) -> torch.Tensor:
     """Random rotation about the up axis (uniform in ±``rotation`` degrees), anisotropic scale
-    in [0.8, 1.25], jitter σ = 0.005."""
+    in [0.8, 1.25], jitter σ = 0.005; then, if asked, generator-like defects: per cloud, jitter
+    σ ~ U(0, ``noise``) and a fraction ~ U(0, ``outliers``) of points moved by σ ``STRAY_SIGMA``.
+
+    :param coords: [B, P, 3]. :return: [B, P, 3].
+    """
     b = coords.shape[0]
     a = (torch.rand(b, generator=g) * 2 - 1) * math.radians(rotation)
     c, s = a.cos(), a.sin()
@@ -100,10 +137,18 @@ def _augment(coords: torch.Tensor, g: torch.Generator, rotation: float = 180.0) 
     rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1], rot[:, 2, 2] = c, -s, s, c, 1
     scale = torch.exp(torch.empty(b, 1, 3).uniform_(math.log(0.8), math.log(1.25), generator=g))
     jitter = 0.005 * torch.randn(coords.shape, generator=g)
-    return (coords @ rot.transpose(1, 2)) * scale + jitter
+    out = (coords @ rot.transpose(1, 2)) * scale + jitter
+    if noise:
+        out = out + torch.rand(b, 1, 1, generator=g) * noise * torch.randn(out.shape, generator=g)
+    if outliers:
+        frac = torch.rand(b, 1, 1, generator=g) * outliers
+        moved = torch.rand(out.shape[:2] + (1,), generator=g) < frac
+        out = out + moved * STRAY_SIGMA * torch.randn(out.shape, generator=g)
+    return out
 
 
-def _batch(data: LabelledClouds, idx, num_points, in_channels, g, train, rotation=180.0):
+def _batch(data: LabelledClouds, idx, num_points, in_channels, g, train, rotation=180.0,
+           noise=0.0, outliers=0.0):  # fmt: skip
     p = data.coords.shape[1]
     if train:  # a fresh random subset of points each time
         pick = torch.stack([torch.randperm(p, generator=g)[:num_points] for _ in idx])
@@ -111,7 +156,7 @@ def _batch(data: LabelledClouds, idx, num_points, in_channels, g, train, rotatio
         pick = torch.arange(num_points).expand(len(idx), -1)
     coords = torch.from_numpy(data.coords[idx]).gather(1, pick[..., None].expand(-1, -1, 3))
     if train:
-        coords = _augment(coords, g, rotation)
+        coords = _augment(coords, g, rotation, noise, outliers)
     if in_channels == 3:
         return coords
     colors = torch.from_numpy(data.colors[idx]).gather(1, pick[..., None].expand(-1, -1, 3))
@@ -152,11 +197,15 @@ def train_classifier(
     held_out: LabelledClouds | None = None,
     log_every: int = 10,
     rotation: float = 180.0,
+    noise: float = 0.0,
+    outliers: float = 0.0,
 ) -> list[dict]:
     """Train on ``data`` (labels must be in ``model.cfg.class_names``) with AdamW + cosine LR.
 
     :param rotation: augmentation rotates about the up axis by up to ± this many degrees (180:
         any orientation; small values for generators trained in canonical orientation).
+    :param noise, outliers: generator-like defects added by the augmentation (max jitter σ, max
+        stray fraction; see ``_augment``), so generated clouds are judged by shape, not by noise.
 
     Classes are balanced by sampling each epoch's clouds with weights 1 / class frequency.
     :return: one dict per logged epoch (loss, train accuracy, held-out accuracy if given).
@@ -181,7 +230,8 @@ def train_classifier(
         total, correct, count = 0.0, 0, 0
         for s in range(steps_per_epoch):
             idx = order[s * batch_size : (s + 1) * batch_size].numpy()
-            x = _batch(data, idx, num_points, model.cfg.in_channels, g, True, rotation)
+            x = _batch(data, idx, num_points, model.cfg.in_channels, g, True, rotation, noise,
+                       outliers)  # fmt: skip
             logits = model(x)["logits"]
             loss = F.cross_entropy(logits, y[idx], label_smoothing=0.1)
             opt.zero_grad(set_to_none=True)
