@@ -11,8 +11,8 @@ prompted category. Reported, per seed and as mean ± std:
   classes), overall and per category;
 * 1-NNA-CD, COV-CD, MMD-CD against the held-out clouds, per-shape bbox protocol (DPM), generated
   and reference clouds both at the generated point count (references by FPS);
-* the same set metrics for a trivial baseline: for each prompt, the training cloud whose caption
-  shares most words with it (ties broken by the seed);
+* the same metrics (R-precision and set metrics) for a trivial baseline: for each prompt, the
+  training cloud whose caption shares most words with it (ties broken by the seed);
 Metrics are computed on the base stage's clouds (1024 points; the upsampler keeps them verbatim);
 the first seed runs the whole pipeline (upsampler + meshes), the other seeds the base stage only.
 
@@ -52,8 +52,8 @@ def load_split(reader: ShardReader, splits: list[str]) -> list[int]:
     return [i for i, e in enumerate(reader.entries) if e["split"] in splits]
 
 
-def baseline_clouds(reader, prompts, train_rows, seed) -> np.ndarray:
-    """For each prompt, the training cloud with the most caption words in common."""
+def baseline_rows(reader, prompts, train_rows, seed) -> list[int]:
+    """For each prompt, the training object whose caption has the most words in common with it."""
     g = np.random.default_rng(seed)
     out = []
     for p in prompts:
@@ -61,8 +61,8 @@ def baseline_clouds(reader, prompts, train_rows, seed) -> np.ndarray:
             [len(_words(p) & _words(reader.entries[i]["caption"])) for i in train_rows]
         )
         best = np.flatnonzero(scores == scores.max())
-        out.append(reader.get(train_rows[g.choice(best)], "coords"))
-    return np.stack(out)
+        out.append(train_rows[g.choice(best)])
+    return out
 
 
 def classify(model, clouds: list[PointCloud]) -> torch.Tensor:
@@ -187,14 +187,19 @@ def main() -> None:
             refs = fps_np(refs4096, n) if n < refs4096.shape[1] else refs4096
             rp = category_r_precision(classify(clf, base_clouds).numpy(), cats, names)
             sm = compute_set_metrics(gen, refs, protocol="bbox", metrics=("cd",), with_jsd=False)
-            base = fps_np(baseline_clouds(reader, prompts, train_rows, seed), n)
+            picked = baseline_rows(reader, prompts, train_rows, seed)
+            base = fps_np(np.stack([reader.get(i, "coords") for i in picked]), n)
             bm = compute_set_metrics(base, refs, protocol="bbox", metrics=("cd",), with_jsd=False)
+            base_pc = [PointCloud(reader.get(i, "coords"), reader.get(i, "colors") / np.float32(255))
+                       for i in picked]  # fmt: skip
+            bm["r_precision"] = category_r_precision(
+                classify(clf, base_pc).numpy(), cats, names)["r_precision"]  # fmt: skip
             row = {"seed": seed, "sampler": sampler, "steps": steps, "guidance": guidance,
                    "s_per_sample": sec,
                    "sampled": "all stages" if full else "base", "points": len(clouds[0]),
                    "r_precision": rp["r_precision"], "per_category": rp["per_category"],
                    **{k: sm[k] for k in ("1nna_cd", "cov_cd", "mmd_cd")},
-                   **{f"baseline_{k}": bm[k] for k in ("1nna_cd", "cov_cd", "mmd_cd")}}  # fmt: skip
+                   **{f"baseline_{k}": bm[k] for k in ("r_precision", "1nna_cd", "cov_cd", "mmd_cd")}}  # fmt: skip
             print(json.dumps({k: v for k, v in row.items() if k != "per_category"}), flush=True)
             per_seed.append(row)
             if full:
@@ -216,7 +221,7 @@ def main() -> None:
 
                     imgs = [Image.fromarray(np.asarray(x)) for x in items]
                     render_grid(imgs, caps, cols=8).save(args.sheet)
-        keys = ["r_precision", "1nna_cd", "cov_cd", "mmd_cd", "baseline_1nna_cd",
+        keys = ["r_precision", "1nna_cd", "cov_cd", "mmd_cd", "baseline_r_precision", "baseline_1nna_cd",
                 "baseline_cov_cd", "baseline_mmd_cd"] + ["s_per_sample"] * bool(args.sweep)  # fmt: skip
         summary = {k: (float(np.mean([r[k] for r in per_seed])), float(np.std([r[k] for r in per_seed])))
                    for k in keys}  # fmt: skip
