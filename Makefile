@@ -5,7 +5,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-PROMPT  ?= a chair
+PROMPT  ?= a table (living room)
 
 .PHONY: sample test sysdeps setup bench clean
 
