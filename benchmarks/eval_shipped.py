@@ -187,11 +187,10 @@ def main() -> None:
             refs = fps_np(refs4096, n) if n < refs4096.shape[1] else refs4096
             rp = category_r_precision(classify(clf, base_clouds).numpy(), cats, names)
             sm = compute_set_metrics(gen, refs, protocol="bbox", metrics=("cd",), with_jsd=False)
-            picked = baseline_rows(reader, prompts, train_rows, seed)
-            base = fps_np(np.stack([reader.get(i, "coords") for i in picked]), n)
-            bm = compute_set_metrics(base, refs, protocol="bbox", metrics=("cd",), with_jsd=False)
             base_pc = [PointCloud(reader.get(i, "coords"), reader.get(i, "colors") / np.float32(255))
-                       for i in picked]  # fmt: skip
+                       for i in baseline_rows(reader, prompts, train_rows, seed)]  # fmt: skip
+            base = fps_np(np.stack([c.coords for c in base_pc]), n)
+            bm = compute_set_metrics(base, refs, protocol="bbox", metrics=("cd",), with_jsd=False)
             bm["r_precision"] = category_r_precision(
                 classify(clf, base_pc).numpy(), cats, names)["r_precision"]  # fmt: skip
             row = {"seed": seed, "sampler": sampler, "steps": steps, "guidance": guidance,
