@@ -1,6 +1,7 @@
 """Evaluation suite: classifier (+ point-e evaluator loader), P-FID/P-IS, R-precision, reports."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -408,3 +409,29 @@ def test_shapenet_yaw_turns_chair_backs_to_sweet_home_3ds_side(shared_data):
         for x in data.coords[data.labels == "chair"][:5]:
             top = x[x[:, 2] > np.quantile(x[:, 2], 0.8)]  # the backrest
             assert sign * (top[:, 1].mean() - x[:, 1].mean()) > 0.05
+
+
+def test_rescore_clouds_scores_saved_clouds_with_the_given_classifier(tmp_path, monkeypatch):
+    """Labels equal to the classifier's own predictions score 1, any other labels 0."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    from eval_shipped import classify
+    from rescore_clouds import main
+
+    model = _tiny(("a", "b", "c"))
+    save_classifier(model, tmp_path / "clf")
+    clf = load_classifier(tmp_path / "clf").eval()
+    x = _blobs(12, 256, seed=0)
+    clouds = [PointCloud(c[:, :3], c[:, 3:]) for c in x]
+    pred = [clf.cfg.class_names[i] for i in classify(clf, clouds).argmax(-1).tolist()]
+    never = sorted(set("abc") - set(pred))
+    files = []
+    for name, cats in (("own", pred), ("other", None)):
+        if cats is None:  # every cloud labelled with a class it was not given
+            cats = [never[0] if never else next(c for c in "abc" if c != p) for p in pred]
+        files.append(tmp_path / f"{name}.npz")
+        np.savez(files[-1], coords=x[..., :3], colors=x[..., 3:], categories=np.array(cats),
+                 prompts=np.array(cats))  # fmt: skip
+    assert main(["--classifier", str(tmp_path / "clf"), str(files[0])])["r_precision"] == (1.0, 0.0)
+    assert main(["--classifier", str(tmp_path / "clf"), str(files[1])])["r_precision"] == (0.0, 0.0)
+    both = main(["--classifier", str(tmp_path / "clf"), *map(str, files)])
+    assert both["r_precision"] == (0.5, 0.5)
