@@ -41,8 +41,7 @@ import numpy as np
 import torch
 
 from pointdiff.mesh import TriMesh, marching_cubes, poisson_mesh, snap_to_cloud
-from pointdiff.pointcloud import PointCloud, y_up_to_z_up
-from pointdiff.sdf_training import OUTLIER_SIGMA
+from pointdiff.pointcloud import STRAY_SIGMA, PointCloud, y_up_to_z_up
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -136,7 +135,7 @@ def main() -> None:
         if args.outliers > 0:
             moved = rng.random(len(cloud.coords)) < args.outliers
             coords = cloud.coords.copy()
-            coords[moved] += rng.normal(0.0, OUTLIER_SIGMA, (moved.sum(), 3)).astype(np.float32)
+            coords[moved] += rng.normal(0.0, STRAY_SIGMA, (moved.sum(), 3)).astype(np.float32)
             cloud = PointCloud(coords, cloud.colors)
         for name, make in methods.items():
             t = time.perf_counter()

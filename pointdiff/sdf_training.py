@@ -17,7 +17,7 @@ normalisation. Per item, as a function of (seed, epoch, index) only (exact resum
    and holes, as diffusion samples have);
 4. Gaussian noise with a per-cloud σ ~ U(0, noise) added to the cloud (never to the queries);
 5. "outliers": a fraction ~ U(0, outliers) of the points moved by a further Gaussian of σ
-   ``OUTLIER_SIGMA`` (the stray points a small generator scatters around thin parts: measured on
+   ``pointcloud.STRAY_SIGMA`` (the stray points a small generator scatters around thin parts: measured on
    the shipped model's samples, 2–4 % of points lie > 3× the median k-NN spacing from the rest,
    and the out-of-plane spread is σ ≈ 0.01–0.015 against ≈ 0.005–0.01 for real clouds).
 
@@ -46,9 +46,7 @@ from torch import nn
 
 from pointdiff.data import ShardError, ShardReader, rotate_z
 from pointdiff.diffusion.precond import KarrasDenoiser
-
-#: σ (object units) of the extra displacement of "outlier" points (augmentation step 5)
-OUTLIER_SIGMA = 0.05
+from pointdiff.pointcloud import STRAY_SIGMA
 
 # ----------------------------------------------------------------------------------------------
 # Dataset
@@ -64,7 +62,7 @@ class SDFDataset(torch.utils.data.Dataset):
     :param reliable_only: skip objects with ``sdf_reliable == False`` in the index.
     :param noise: max per-cloud Gaussian σ (object units) added to the cloud.
     :param dropout: max fraction of cloud points replaced by duplicates of others.
-    :param outliers: max fraction of cloud points displaced by σ ``OUTLIER_SIGMA``.
+    :param outliers: max fraction of cloud points displaced by σ ``STRAY_SIGMA``.
     :param rotate: random rotation about Z (+ re-normalisation) of cloud and queries.
     """
 
@@ -143,7 +141,7 @@ class SDFDataset(torch.utils.data.Dataset):
         n_out = int(g.uniform(0, self.outliers) * self.num_points) if self.outliers else 0
         if n_out:
             moved = g.choice(self.num_points, n_out, replace=False)
-            coords[moved] += g.normal(0, OUTLIER_SIGMA, (n_out, 3)).astype(np.float32)
+            coords[moved] += g.normal(0, STRAY_SIGMA, (n_out, 3)).astype(np.float32)
         return {
             "points": torch.from_numpy(coords.astype(np.float32)),
             "queries": torch.from_numpy(queries[q]),

@@ -367,7 +367,8 @@ def test_classifier_augmentation_rotation_is_bounded():
 
 
 def test_perturb_moves_the_stated_share_of_points_and_leaves_the_input_alone():
-    from pointdiff.evaluation.classifier_train import STRAY_SIGMA, LabelledClouds, perturb
+    from pointdiff.evaluation.classifier_train import LabelledClouds, perturb
+    from pointdiff.pointcloud import STRAY_SIGMA
 
     rng = np.random.default_rng(0)
     coords = rng.uniform(-0.5, 0.5, (4, 1000, 3)).astype(np.float32)
@@ -387,7 +388,8 @@ def test_perturb_moves_the_stated_share_of_points_and_leaves_the_input_alone():
 
 
 def test_classifier_augmentation_noise_and_outliers_are_bounded():
-    from pointdiff.evaluation.classifier_train import STRAY_SIGMA, _augment
+    from pointdiff.evaluation.classifier_train import _augment
+    from pointdiff.pointcloud import STRAY_SIGMA
 
     x = torch.zeros(256, 512, 3)
     base = _augment(x, torch.Generator().manual_seed(0), rotation=0.0)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from pointdiff.data import ShardReader
 from pointdiff.evaluation.classifier import PointNet2Classifier
-from pointdiff.pointcloud import y_up_to_z_up
+from pointdiff.pointcloud import STRAY_SIGMA, y_up_to_z_up
 
 
 @dataclass
@@ -97,11 +97,6 @@ def concat_clouds(parts: list[LabelledClouds]) -> LabelledClouds:
 
 # ----------------------------------------------------------------------------------------------
 # Training
-
-
-# Strays: the σ by which ``outliers`` augmentation scatters points (object units; the same value as
-# the SDF head's augmentation, measured on the shipped generator's clouds).
-STRAY_SIGMA = 0.05
 
 
 def perturb(data: LabelledClouds, noise: float, outliers: float, seed: int = 0) -> LabelledClouds:
