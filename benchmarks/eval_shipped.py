@@ -129,6 +129,12 @@ def main() -> None:
     )
     ap.add_argument("--guidance", type=float, default=None, help="default: the checkpoint's")
     ap.add_argument(
+        "--stray-ratio",
+        type=float,
+        default=None,
+        help="base stage stray relocation (default: the checkpoint's; 0: off)",
+    )
+    ap.add_argument(
         "--limit", type=int, default=None, help="only N held-out prompts (evenly spaced)"
     )
     ap.add_argument("--mesh-grid", type=int, default=48)
@@ -163,7 +169,12 @@ def main() -> None:
         runs = [(f[0], int(f[1]), float(f[2]) if len(f) > 2 else args.guidance)
                 for f in (s.split(":") for s in args.sweep.split())]  # fmt: skip
     results = []
+    base_defaults = pipe.stages[0].sample
     for sampler, steps, guidance in runs:
+        # the checkpoint's defaults where not overridden, so rows and file names say what ran
+        sampler = sampler if sampler is not None else base_defaults.sampler
+        steps = steps if steps is not None else base_defaults.steps
+        guidance = guidance if guidance is not None else base_defaults.guidance
         per_seed = []
         for seed in args.seeds if not args.sweep else args.seeds[:1]:
             # the whole pipeline (upsampler, meshes) on the first seed; the base stage elsewhere
@@ -172,7 +183,7 @@ def main() -> None:
             clouds = pipe.sample_clouds(
                 prompts, seed=seed, bf16=args.bf16, stop_after=None if full else "base",
                 stage_overrides={"base": {"sampler": sampler, "steps": steps,
-                                          "guidance": guidance}},
+                                          "guidance": guidance, "stray_ratio": args.stray_ratio}},
             )  # fmt: skip
             sec = (time.perf_counter() - t0) / len(prompts)
             n = pipe.stages[0].num_points  # metrics on the base clouds (the upsampler keeps them)
@@ -193,7 +204,9 @@ def main() -> None:
             bm = compute_set_metrics(base, refs, protocol="bbox", metrics=("cd",), with_jsd=False)
             bm["r_precision"] = category_r_precision(
                 classify(clf, base_pc).numpy(), cats, names)["r_precision"]  # fmt: skip
+            stray = args.stray_ratio if args.stray_ratio is not None else base_defaults.stray_ratio
             row = {"seed": seed, "sampler": sampler, "steps": steps, "guidance": guidance,
+                   "stray_ratio": stray,
                    "s_per_sample": sec,
                    "sampled": "all stages" if full else "base", "points": len(clouds[0]),
                    "r_precision": rp["r_precision"], "per_category": rp["per_category"],

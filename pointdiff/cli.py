@@ -25,6 +25,9 @@ def _add_sample(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: checkpoint's)")
     p.add_argument("--sampler", choices=["heun", "euler", "dpmpp_2m"], default=None)
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--stray-ratio", type=float, default=None,
+                   help="move points farther than this × the median neighbour spacing onto the "
+                        "cloud after each stage (default: checkpoint's; 0: keep them)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0,
                    help="sample i of the batch uses seed + i (independent of the other prompts)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -71,7 +74,8 @@ def _run_sample(args) -> int:
     prompts = [p for p in inputs for _ in range(args.num_samples)]
     for warning in pipe.prompt_warnings(args.prompts):
         print(f"warning: {warning}", file=sys.stderr)
-    overrides = {"steps": args.steps, "sampler": args.sampler, "guidance": args.guidance}
+    overrides = {"steps": args.steps, "sampler": args.sampler, "guidance": args.guidance,
+                 "stray_ratio": args.stray_ratio}  # fmt: skip
     clouds = pipe.sample_clouds(prompts, seed=args.seed, stop_after=args.stop_after,
                                 overrides=overrides, bf16=args.bf16)  # fmt: skip
     make_mesh = not args.no_mesh and args.stop_after is None

@@ -111,6 +111,9 @@ class SampleConfig:
     guidance: float = 3.0
     s_churn: float = 3.0
     clip_denoised: bool = True
+    #: move points farther than this × the median k-NN spacing onto their nearest inlier after
+    #: sampling (``pointcloud.relocate_strays``); 0 = off (point-e's behaviour)
+    stray_ratio: float = 0.0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from pointdiff.diffusion.precond import KarrasDenoiser
 from pointdiff.diffusion.samplers import SAMPLERS, randn_rows
 from pointdiff.diffusion.schedules import get_sigmas_karras
 from pointdiff.mesh import MeshError, TriMesh, mesh_from_cloud, surface_fit
-from pointdiff.pointcloud import PointCloud
+from pointdiff.pointcloud import PointCloud, relocate_strays
 from pointdiff.text import TextEncoder, WordEncoder
 
 
@@ -154,7 +154,7 @@ class TextTo3D:
             kwargs.update(s_churn=cfg.s_churn, generator=g)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             out = SAMPLERS[cfg.sampler](model, x, sigmas, **kwargs)
-        return out.float()
+        return relocate_strays(out.float(), cfg.stray_ratio, context=low_res)
 
     # ------------------------------------------------------------------------------------------
 

@@ -153,6 +153,43 @@ def random_subsample(n: int, k: int, generator: torch.Generator | None = None) -
     return torch.randperm(n, generator=generator)[:k]
 
 
+def relocate_strays(
+    x: torch.Tensor, ratio: float, k: int = 8, context: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Move stray points onto their nearest inlier (coordinates and colour), keeping the count.
+
+    A point is a stray when the mean distance to its ``k`` nearest neighbours exceeds ``ratio``
+    × the median of that distance over ``x``'s points (scale-free: works in object or model
+    space). Small generators scatter 2–4 % of their points this way; left in, they float in
+    viewers and, since point-e's classifier normalises by the farthest point, shrink the shape.
+
+    :param x: [B, N, C] clouds, xyz in the first 3 channels (e.g. one stage's new points).
+    :param ratio: threshold multiple of the median k-NN distance; ``<= 0`` returns ``x``.
+    :param context: [B, M, C] points already accepted (an upsampler's low-res cloud): they count
+        as neighbours and inliers, and are never moved.
+    :returns: [B, N, C]; non-stray points bit-identical to ``x``.
+    """
+    if ratio <= 0:
+        return x
+    out = x.clone()
+    for b in range(x.shape[0]):
+        pts = x[b] if context is None else torch.cat([context[b], x[b]])
+        if pts.shape[0] <= k:
+            continue
+        d = torch.cdist(x[b, :, :3].float(), pts[:, :3].float())  # [N, M + N]
+        knn = d.topk(k + 1, dim=1, largest=False).values[:, 1:].mean(1)  # skip the point itself
+        stray = knn > ratio * knn.median()
+        if not stray.any():
+            continue
+        inlier = torch.ones(pts.shape[0], dtype=torch.bool, device=x.device)
+        inlier[pts.shape[0] - x.shape[1] :] = ~stray
+        if not inlier.any():
+            continue
+        nearest = d[stray][:, inlier].argmin(1)
+        out[b, stray] = pts[inlier][nearest]
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # The PointCloud type
 

@@ -202,3 +202,20 @@ def test_a_prompts_sample_does_not_depend_on_the_rest_of_the_batch(tiny_pipeline
     np.testing.assert_allclose(batch[1].colors, alone.colors, atol=1)
     first = pipe.sample_clouds(["a chair"], seed=7, **kw)[0]
     np.testing.assert_allclose(batch[0].coords, first.coords, atol=1e-5)
+
+
+def test_stray_relocation_runs_after_each_stage_and_keeps_the_point_count(tiny_pipeline):
+    from pointdiff.pointcloud import relocate_strays, to_model_space
+
+    pipe = load_pipeline(tiny_pipeline)
+    assert pipe.stages[0].sample.stray_ratio == 0.0  # off unless the checkpoint asks for it
+    raw = pipe.sample_clouds(["a chair"], seed=2, stop_after="base")[0]
+    clean = pipe.sample_clouds(["a chair"], seed=2, stop_after="base",
+                               overrides={"stray_ratio": 1.1})[0]  # fmt: skip
+    assert len(clean) == len(raw)
+    x = to_model_space(torch.from_numpy(raw.coords), torch.from_numpy(raw.colors))[None]
+    want = PointCloud.from_tensor(relocate_strays(x, 1.1)[0])
+    np.testing.assert_allclose(clean.coords, want.coords, atol=1e-6)
+    assert not np.array_equal(clean.coords, raw.coords)  # ratio 1.1: many points are "strays"
+    full = pipe.sample_clouds(["a chair"], seed=2, overrides={"stray_ratio": 1.1})[0]
+    np.testing.assert_array_equal(full.coords[:64], clean.coords)  # the upsampler keeps them

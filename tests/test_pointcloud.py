@@ -8,6 +8,7 @@ from pointdiff.pointcloud import (
     farthest_point_sample,
     from_model_space,
     normalize_bbox,
+    relocate_strays,
     to_model_space,
     y_up_to_z_up,
 )
@@ -109,3 +110,39 @@ def test_fps_batched_matches_unbatched_and_spreads():
     d_fps = torch.cdist(sel, sel).fill_diagonal_(9).min()
     first = pts[0, :32, :3]
     assert d_fps > torch.cdist(first, first).fill_diagonal_(9).min()
+
+
+def _sphere(n: int, g: torch.Generator) -> torch.Tensor:
+    v = torch.randn(n, 3, generator=g)
+    return 0.5 * v / v.norm(dim=1, keepdim=True)
+
+
+def test_relocate_strays_puts_far_points_back_on_the_surface_and_keeps_the_rest():
+    g = torch.Generator().manual_seed(0)
+    xyz = _sphere(1000, g)
+    far = torch.tensor([[1.5, 0.0, 0.0], [0.0, -1.2, 0.3], [0.9, 0.9, 0.9]])
+    xyz[:3] = far  # three strays well off the sphere of radius 0.5
+    x = torch.cat([xyz, torch.rand(1000, 3, generator=g)], dim=1)[None]  # [1, N, 6] with colours
+    out = relocate_strays(x, ratio=3.0)
+    assert out.shape == x.shape
+    r = out[0, :, :3].norm(dim=1)
+    assert torch.allclose(r, torch.full_like(r, 0.5), atol=1e-5)  # every point now on the sphere
+    assert torch.equal(out[0, 3:], x[0, 3:])  # inliers bit-identical
+    # a moved point is a copy of an inlier: its coordinates *and* colour
+    for i in range(3):
+        assert ((x[0, 3:] - out[0, i]).abs().sum(1) == 0).any()
+    assert torch.equal(relocate_strays(x, ratio=0.0), x)  # off
+    assert not torch.equal(relocate_strays(x, ratio=3.0), x)
+
+
+def test_relocate_strays_with_context_judges_new_points_against_the_accepted_cloud():
+    g = torch.Generator().manual_seed(1)
+    low = torch.cat([_sphere(500, g), torch.zeros(500, 3)], dim=1)[None]
+    new = torch.cat([_sphere(300, g), torch.ones(300, 3)], dim=1)[None]
+    new[0, 0, :3] = torch.tensor([2.0, 0.0, 0.0])
+    out = relocate_strays(new, ratio=3.0, context=low)
+    assert out.shape == new.shape
+    assert torch.equal(out[0, 1:], new[0, 1:])
+    assert abs(float(out[0, 0, :3].norm()) - 0.5) < 1e-5  # moved onto its nearest neighbour
+    # a clean cloud is left exactly as it was
+    assert torch.equal(relocate_strays(low, ratio=3.0), low)

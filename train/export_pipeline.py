@@ -22,6 +22,12 @@ if __name__ == "__main__":
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--s-churn", type=float, default=0.0)
+    ap.add_argument(
+        "--stray-ratio",
+        type=float,
+        default=0.0,
+        help="base stage: relocate points beyond this × the median k-NN spacing (0: off)",
+    )
     ap.add_argument("--up-sampler", default="dpmpp_2m")
     ap.add_argument("--up-steps", type=int, default=16)
     ap.add_argument("--base-points", type=int, default=None, help="ship the base at N points")
@@ -38,7 +44,13 @@ if __name__ == "__main__":
     captions = None
     if a.captions_from:
         captions = [e["caption"] for e in read_index(a.captions_from) if e["split"] == "train"]
-    sample = SampleConfig(sampler=a.sampler, steps=a.steps, guidance=a.guidance, s_churn=a.s_churn)
+    sample = SampleConfig(
+        sampler=a.sampler,
+        steps=a.steps,
+        guidance=a.guidance,
+        s_churn=a.s_churn,
+        stray_ratio=a.stray_ratio,
+    )
     up = SampleConfig(sampler=a.up_sampler, steps=a.up_steps, guidance=1.0, s_churn=0.0)
     points = {}
     if a.base_points:
