@@ -4,7 +4,9 @@
         runs/s5/eval/clouds-*.npz
 
 Prints, per file and as mean ± std over the files (the seeds), category R-precision (top-1),
-per-category R-precision and the most frequent confusions. The clouds are classified exactly as
+per-category R-precision and the most frequent confusions. ``--stray-ratio R`` first applies the
+pipeline's stray relocation (``pointcloud.relocate_strays``) to the saved clouds, so its threshold
+can be chosen on the same samples (paired: only the strays differ). The clouds are classified exactly as
 ``eval_shipped.py`` does (farthest-point subset of at most 1024 points, xyz or xyz + rgb).
 """
 
@@ -14,16 +16,18 @@ import argparse
 import collections
 
 import numpy as np
+import torch
 
 from pointdiff.evaluation.alignment import category_r_precision
 from pointdiff.evaluation.classifier import load_classifier
-from pointdiff.pointcloud import PointCloud
+from pointdiff.pointcloud import PointCloud, relocate_strays
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("clouds", nargs="+", help="npz files with coords, colors, categories")
     ap.add_argument("--classifier", required=True)
+    ap.add_argument("--stray-ratio", type=float, default=0.0, help="relocate strays first (0: off)")
     args = ap.parse_args(argv)
 
     from eval_shipped import classify  # the same preprocessing as the evaluation
@@ -33,7 +37,9 @@ def main(argv: list[str] | None = None) -> dict:
     scores, per_cat = [], collections.defaultdict(list)
     for path in args.clouds:
         with np.load(path, allow_pickle=False) as d:
-            clouds = [PointCloud(c, k) for c, k in zip(d["coords"], d["colors"], strict=True)]
+            x = torch.from_numpy(np.concatenate([d["coords"], d["colors"]], -1).astype(np.float32))
+            x = relocate_strays(x, args.stray_ratio).numpy()  # scale-free: object space is fine
+            clouds = [PointCloud(c[:, :3], c[:, 3:]) for c in x]
             cats = [str(c) for c in d["categories"]]
         logits = classify(clf, clouds).numpy()
         rp = category_r_precision(logits, cats, names)

@@ -437,3 +437,12 @@ def test_rescore_clouds_scores_saved_clouds_with_the_given_classifier(tmp_path, 
     assert main(["--classifier", str(tmp_path / "clf"), str(files[1])])["r_precision"] == (0.0, 0.0)
     both = main(["--classifier", str(tmp_path / "clf"), *map(str, files)])
     assert both["r_precision"] == (0.5, 0.5)
+    # --stray-ratio runs the pipeline's relocation on the saved clouds before classifying
+    import rescore_clouds
+
+    seen = []
+    real = rescore_clouds.relocate_strays
+    monkeypatch.setattr(rescore_clouds, "relocate_strays",
+                        lambda x, r: seen.append((tuple(x.shape), r)) or real(x, r))  # fmt: skip
+    main(["--classifier", str(tmp_path / "clf"), "--stray-ratio", "3", str(files[0])])
+    assert seen == [((12, 256, 6), 3.0)]
