@@ -43,7 +43,7 @@ def test_shipped_pipeline_samples_deterministically(path):
 
 # One training caption per category of the shipped model. The bar: its samples are
 # classified as the prompted category (target >= 80 % top-1). The current pointdiff-small does
-# NOT meet it (model card: 49 % R-precision on held-out prompts), so the test is a
+# NOT meet it (model card: 53 % R-precision on held-out prompts), so the test is a
 # strict xfail: it documents the gap, and turns into a failure (XPASS) the day a shipped model
 # meets the bar, so that the xfail is removed and the test becomes the guard it is meant to be.
 CATEGORY_PROMPTS = {
@@ -84,7 +84,7 @@ def test_shipped_samples_are_classified_as_the_prompted_category(path):
 # classified as the prompted category. Which categories: those the evaluation classifier puts in
 # the prompted class with probability >= 0.5 (model card, "Guarded prompts"); a broken or
 # prompt-blind model fails at least one of them.
-GUARDED = ("bed", "chair", "plant", "table")
+GUARDED = ("bed", "chair", "table")
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
@@ -97,7 +97,7 @@ def test_shipped_samples_of_guarded_prompts_are_classified_as_their_category(pat
 # consistent per prompt but often land in a neighbouring class (bottle -> lamp, person -> lamp,
 # door -> window over 3 seeds; model card), so "classified as the prompted category" holds for few
 # categories; what a broken or prompt-blind model cannot do (the previous shipped model: almost
-# every sample "plant") is spread the 11 prompts over several classes. Today: 8 classes.
+# every sample "plant") is spread the 11 prompts over several classes. Today: 9 classes.
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_shipped_prompts_steer_samples_to_different_classes(path):
     got = _classify_samples(path, tuple(CATEGORY_PROMPTS))
