@@ -170,6 +170,7 @@ def main() -> None:
                 for f in (s.split(":") for s in args.sweep.split())]  # fmt: skip
     results = []
     base_defaults = pipe.stages[0].sample
+    stray = args.stray_ratio if args.stray_ratio is not None else base_defaults.stray_ratio
     for sampler, steps, guidance in runs:
         # the checkpoint's defaults where not overridden, so rows and file names say what ran
         sampler = sampler if sampler is not None else base_defaults.sampler
@@ -204,7 +205,6 @@ def main() -> None:
             bm = compute_set_metrics(base, refs, protocol="bbox", metrics=("cd",), with_jsd=False)
             bm["r_precision"] = category_r_precision(
                 classify(clf, base_pc).numpy(), cats, names)["r_precision"]  # fmt: skip
-            stray = args.stray_ratio if args.stray_ratio is not None else base_defaults.stray_ratio
             row = {"seed": seed, "sampler": sampler, "steps": steps, "guidance": guidance,
                    "stray_ratio": stray,
                    "s_per_sample": sec,
