@@ -25,6 +25,9 @@ def _add_sample(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: checkpoint's)")
     p.add_argument("--sampler", choices=["heun", "euler", "dpmpp_2m"], default=None)
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="guide only where LO < sigma <= HI, conditional elsewhere (default: "
+                        "checkpoint's)")  # fmt: skip
     p.add_argument("--stray-ratio", type=float, default=None,
                    help="move points farther than this × the median neighbour spacing onto the "
                         "cloud after each stage (default: checkpoint's; 0: keep them)")  # fmt: skip
@@ -75,7 +78,8 @@ def _run_sample(args) -> int:
     for warning in pipe.prompt_warnings(args.prompts):
         print(f"warning: {warning}", file=sys.stderr)
     overrides = {"steps": args.steps, "sampler": args.sampler, "guidance": args.guidance,
-                 "stray_ratio": args.stray_ratio}  # fmt: skip
+                 "stray_ratio": args.stray_ratio,
+                 "guidance_interval": None if args.guidance_interval is None else tuple(args.guidance_interval)}  # fmt: skip
     clouds = pipe.sample_clouds(prompts, seed=args.seed, stop_after=args.stop_after,
                                 overrides=overrides, bf16=args.bf16)  # fmt: skip
     make_mesh = not args.no_mesh and args.stop_after is None

@@ -114,6 +114,8 @@ class SampleConfig:
     #: move points farther than this × the median k-NN spacing onto their nearest inlier after
     #: sampling (``pointcloud.relocate_strays``); 0 = off (point-e's behaviour)
     stray_ratio: float = 0.0
+    #: guide only where lo < σ ≤ hi, conditional elsewhere (Kynkäänniemi et al. 2024); None: all σ
+    guidance_interval: tuple[float, float] | None = None
 
 
 # ----------------------------------------------------------------------------------------------

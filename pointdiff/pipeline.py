@@ -127,8 +127,9 @@ class TextTo3D:
         return [PointCloud.from_tensor(x) for x in x_prev]
 
     def _run_stage(self, stage, batch, text_emb, low_res, g, overrides, bf16) -> torch.Tensor:
+        text_only = ("guidance", "guidance_interval")
         cfg = replace(stage.sample, **{k: v for k, v in overrides.items()
-                                       if v is not None and (k != "guidance" or stage.uses_text)})  # fmt: skip
+                                       if v is not None and (k not in text_only or stage.uses_text)})  # fmt: skip
         if cfg.sampler not in SAMPLERS:
             raise PipelineError(f"unknown sampler {cfg.sampler!r}; choose from {sorted(SAMPLERS)}")
         if cfg.steps < 1:
@@ -144,7 +145,14 @@ class TextTo3D:
         if cfg.clip_denoised:  # clamp each half before mixing, as point-e does (bit parity)
             model = clamp_denoised(model)
         if stage.uses_text and cfg.guidance != 1.0:
-            guide = stage.guide or partial(classifier_free_guidance, cond_keys=(stage.cond_key,))
+            interval = cfg.guidance_interval
+            if interval is not None and stage.guide is not None:
+                raise PipelineError(f"stage {stage.name!r} has its own guidance; "
+                                    "guidance_interval applies to classifier-free guidance only")  # fmt: skip
+            guide = stage.guide or partial(
+                classifier_free_guidance, cond_keys=(stage.cond_key,),
+                sigma_range=None if interval is None else tuple(interval),
+            )  # fmt: skip
             model = guide(model, cfg.guidance)
         sigmas = get_sigmas_karras(cfg.steps, stage.sigma_min, stage.sigma_max, stage.rho)
         sigmas = sigmas.to(self.device)

@@ -303,6 +303,43 @@ def test_guided_sampling_nfe_count():
     assert [b[0] for b in m.batches] == [4] * 4
 
 
+@pytest.mark.parametrize("scale", [0.0, 3.0])
+def test_guidance_interval(scale):
+    """Inside (lo, hi] the guided mix, outside exactly the conditional model in one call of
+    size B; a batch straddling the interval is mixed per example."""
+    x, emb = torch.randn(3, 8, 6), torch.randn(3, 4) + 1.0
+    cond = lambda s: _CountingModel()(x, s, text_emb=emb)  # noqa: E731
+    null = lambda s: _CountingModel()(x, s, text_emb=torch.zeros_like(emb))  # noqa: E731
+    m = _CountingModel()
+    fn = classifier_free_guidance(m, scale, sigma_range=(0.5, 2.0))
+    outside = torch.full((3,), 0.5)  # lo itself is outside
+    assert torch.equal(fn(x, outside, text_emb=emb), cond(outside))
+    assert [b[0] for b in m.batches] == [3]
+    inside = torch.full((3,), 2.0)
+    assert torch.allclose(
+        fn(x, inside, text_emb=emb), null(inside) + scale * (cond(inside) - null(inside)), atol=1e-6
+    )
+    mixed = torch.tensor([0.1, 1.0, 5.0])
+    out = fn(x, mixed, text_emb=emb)
+    assert torch.equal(out[[0, 2]], cond(mixed)[[0, 2]])
+    want = null(mixed) + scale * (cond(mixed) - null(mixed))
+    assert torch.allclose(out[1], want[1], atol=1e-6)
+    with pytest.raises(ValueError, match="sigma_range"):
+        classifier_free_guidance(m, 3.0, sigma_range=(2.0, 1.0))
+
+
+def test_guided_sampling_interval_saves_calls():
+    """dpmpp_2m over a 4-step grid with guidance only for σ ≤ 1: the first steps run unguided
+    (batch B), the later ones guided (batch 2B)."""
+    m = _CountingModel()
+    sigmas = get_sigmas_karras(4, 0.01, 10.0)
+    x, emb = torch.randn(2, 8, 6) * 10, torch.randn(2, 4)
+    fn = classifier_free_guidance(m, 3.0, sigma_range=(0.0, 1.0))
+    sample_dpmpp_2m(fn, x, sigmas, {"text_emb": emb}, disable=True)
+    want = [4 if s <= 1.0 else 2 for s in sigmas[:-1].tolist()]
+    assert [b[0] for b in m.batches] == want and 2 in want and 4 in want
+
+
 def test_guidance_bad_condition():
     with pytest.raises(ValueError, match="text_emb"):
         classifier_free_guidance(_CountingModel(), 3.0)(torch.randn(2, 4, 6), torch.ones(2))

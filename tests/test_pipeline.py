@@ -1,5 +1,6 @@
 """The text -> cloud -> mesh pipeline and the ``pointdiff`` CLI, end to end on tiny checkpoints."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -124,6 +125,9 @@ def test_cli_sample_writes_cloud_mesh_and_previews(tiny_pipeline, tmp_path, caps
     first = (folder / "cloud.npz").read_bytes()
     assert main(args) == 0  # same seed -> same bytes
     assert (folder / "cloud.npz").read_bytes() == first
+    # an interval holding every sigma is plain guidance: same bytes again
+    assert main(args + ["--guidance-interval", "0", "1e9"]) == 0
+    assert (folder / "cloud.npz").read_bytes() == first
     # bad input gives one clear line and exit code 2, no traceback
     assert main(["sample", " ", "--checkpoint", str(tiny_pipeline), "--out", str(tmp_path)]) == 2
     assert "non-empty string" in capsys.readouterr().err
@@ -162,10 +166,12 @@ def test_export_pipeline_ships_subset_trained_models_at_other_point_counts(tmp_p
     text = TextEncoder.from_config("tiny", seed=0)
     ckpt = save_checkpoint(tmp_path / "run", 1, build_model(cfg), None, None, None,
                            {"model": cfg, "diffusion": DiffusionConfig()}, text_encoder=text)  # fmt: skip
-    out = export_pipeline(tmp_path / "pipe", ckpt, sample=SAMPLE, captions=["a b", "a b", "c"],
+    sample = dataclasses.replace(SAMPLE, guidance_interval=(0.1, 5.0))
+    out = export_pipeline(tmp_path / "pipe", ckpt, sample=sample, captions=["a b", "a b", "c"],
                           points={"base": {"num_points": 96}})  # fmt: skip
     pipe = load_pipeline(out)
     assert pipe.known_captions == ["a b", "c"]
+    assert pipe.stages[0].sample == sample  # the interval survives config.json (list -> tuple)
     cloud = pipe.sample_clouds(["a b"], seed=0, overrides={"steps": 2})[0]
     assert len(cloud) == 96 and np.isfinite(cloud.coords).all()
     with pytest.raises(ValueError, match="cannot set 'width'"):
@@ -219,3 +225,24 @@ def test_stray_relocation_runs_after_each_stage_and_keeps_the_point_count(tiny_p
     assert not np.array_equal(clean.coords, raw.coords)  # ratio 1.1: many points are "strays"
     full = pipe.sample_clouds(["a chair"], seed=2, overrides={"stray_ratio": 1.1})[0]
     np.testing.assert_array_equal(full.coords[:64], clean.coords)  # the upsampler keeps them
+
+
+def test_guidance_interval_bounds_where_guidance_acts(tiny_pipeline):
+    """An interval holding every σ of the grid is plain guidance; one holding none is the
+    conditional model (guidance 1); one holding some differs from both."""
+    pipe = load_pipeline(tiny_pipeline)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # the tiny model's zero-init layers ignore the prompt: wake them up
+        for p in pipe.stages[0].denoiser.net.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+
+    def base(**ov):
+        return pipe.sample_clouds(["a chair"], seed=3, stop_after="base",
+                                  overrides={"sampler": "dpmpp_2m", "steps": 6, **ov})[0].coords  # fmt: skip
+
+    guided, cond = base(guidance=3.0), base(guidance=1.0)
+    np.testing.assert_array_equal(base(guidance=3.0, guidance_interval=(0.0, 1e9)), guided)
+    np.testing.assert_array_equal(base(guidance=3.0, guidance_interval=(1e8, 1e9)), cond)
+    part = base(guidance=3.0, guidance_interval=(0.0, 1.0))
+    assert not np.array_equal(guided, cond)
+    assert not np.array_equal(part, guided) and not np.array_equal(part, cond)

@@ -28,6 +28,14 @@ if __name__ == "__main__":
         default=0.0,
         help="base stage: relocate points beyond this × the median k-NN spacing (0: off)",
     )
+    ap.add_argument(
+        "--guidance-interval",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="base stage: guide only where LO < sigma <= HI (default: every sigma)",
+    )
     ap.add_argument("--up-sampler", default="dpmpp_2m")
     ap.add_argument("--up-steps", type=int, default=16)
     ap.add_argument("--base-points", type=int, default=None, help="ship the base at N points")
@@ -50,6 +58,7 @@ if __name__ == "__main__":
         guidance=a.guidance,
         s_churn=a.s_churn,
         stray_ratio=a.stray_ratio,
+        guidance_interval=None if a.guidance_interval is None else tuple(a.guidance_interval),
     )
     up = SampleConfig(sampler=a.up_sampler, steps=a.up_steps, guidance=1.0, s_churn=0.0)
     points = {}

@@ -12,7 +12,10 @@ import torch
 
 
 def classifier_free_guidance(
-    model: Callable, scale: float, cond_keys: Sequence[str] = ("text_emb",)
+    model: Callable,
+    scale: float,
+    cond_keys: Sequence[str] = ("text_emb",),
+    sigma_range: tuple[float, float] | None = None,
 ) -> Callable:
     """Classifier-free guidance (Ho & Salimans 2022) on the denoised output.
 
@@ -28,9 +31,16 @@ def classifier_free_guidance(
     :param model: ``model(x [B,N,C], sigma [B], **extra_args) -> denoised [B,N,C]``.
     :param scale: guidance scale s.
     :param cond_keys: extra_args keys whose null value is zeros.
+    :param sigma_range: ``(lo, hi)``: guide only where lo < σ ≤ hi and use the conditional model
+        elsewhere (guidance in a limited interval, Kynkäänniemi et al. 2024); a step with no σ
+        inside costs one call of size B. ``None``: every σ.
     :return: model_fn with the same signature.
     """
     cond_keys = tuple(cond_keys)
+    if sigma_range is not None and not 0 <= sigma_range[0] < sigma_range[1]:
+        raise ValueError(
+            f"guidance sigma_range must be (lo, hi) with 0 <= lo < hi, got {sigma_range}"
+        )
 
     def _null(extra_args: dict) -> dict:
         present = [k for k in cond_keys if extra_args.get(k) is not None]
@@ -46,7 +56,13 @@ def classifier_free_guidance(
         if scale == 1:
             return model(x, sigma, **extra_args)
         null_args = _null(extra_args)
-        if scale == 0:
+        inside = None
+        if sigma_range is not None:  # [B] bool, or a 0-d one for a scalar σ
+            s = torch.as_tensor(sigma, device=x.device)
+            inside = (s > sigma_range[0]) & (s <= sigma_range[1])
+            if not inside.any():
+                return model(x, sigma, **extra_args)
+        if scale == 0 and (inside is None or bool(inside.all())):
             return model(x, sigma, **null_args)
         b = x.shape[0]
         both = {}
@@ -61,7 +77,10 @@ def classifier_free_guidance(
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
         sigma2 = torch.cat([sigma, sigma]) if sigma.ndim else sigma
         denoised_c, denoised_u = model(torch.cat([x, x]), sigma2, **both).chunk(2)
-        return denoised_u + scale * (denoised_c - denoised_u)
+        guided = denoised_u + scale * (denoised_c - denoised_u)
+        if inside is None or bool(inside.all()):
+            return guided
+        return torch.where(inside.reshape(-1, *([1] * (x.ndim - 1))), guided, denoised_c)
 
     return model_fn
 
