@@ -11,6 +11,8 @@ prompted category. Reported, per seed and as mean ± std:
   classes), overall and per category;
 * 1-NNA-CD, COV-CD, MMD-CD against the held-out clouds, per-shape bbox protocol (DPM), generated
   and reference clouds both at the generated point count (references by FPS);
+* nearest-reference accuracy: the category of the training cloud nearest by Chamfer distance
+  (bbox protocol, 512 FPS points) — a judge with no weights, to cross-check the classifier;
 * the same metrics (R-precision and set metrics) for a trivial baseline: for each prompt, the
   training cloud whose caption shares most words with it (ties broken by the seed);
 Metrics are computed on the base stage's clouds (1024 points; the upsampler keeps them verbatim);
@@ -35,7 +37,7 @@ import numpy as np
 import torch
 
 from pointdiff.data import ShardReader
-from pointdiff.evaluation.alignment import category_r_precision
+from pointdiff.evaluation.alignment import category_r_precision, nearest_reference_accuracy
 from pointdiff.evaluation.classifier import load_classifier
 from pointdiff.metrics.distances import chamfer_l1
 from pointdiff.metrics.sets import compute_set_metrics, normalize_clouds
@@ -71,6 +73,16 @@ def classify(model, clouds: list[PointCloud]) -> torch.Tensor:
     x = torch.gather(x, 1, idx[..., None].expand(-1, -1, 6))
     with torch.no_grad():
         return model(x[..., : model.cfg.in_channels])["logits"]
+
+
+NEAREST_POINTS = 512  # the nearest-reference judge compares 512-point FPS subsets
+
+
+def training_references(reader: ShardReader, train_rows: list[int]) -> tuple[np.ndarray, list[str]]:
+    """The training clouds (``NEAREST_POINTS`` FPS points) and their categories: the references of
+    the nearest-reference judge (``evaluation.alignment.nearest_reference_accuracy``)."""
+    coords = np.stack([reader.get(i, "coords") for i in train_rows]).astype(np.float32)
+    return fps_np(coords, NEAREST_POINTS), [reader.entries[i]["category"] for i in train_rows]
 
 
 def fps_np(coords: np.ndarray, k: int) -> np.ndarray:
@@ -135,6 +147,14 @@ def main() -> None:
         help="base stage stray relocation (default: the checkpoint's; 0: off)",
     )
     ap.add_argument(
+        "--guidance-interval",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="guide only where LO < sigma <= HI (default: the checkpoint's; 0 1e9: every sigma)",
+    )
+    ap.add_argument(
         "--limit", type=int, default=None, help="only N held-out prompts (evenly spaced)"
     )
     ap.add_argument("--mesh-grid", type=int, default=48)
@@ -144,7 +164,7 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument(
         "--save-clouds", action="store_true",
-        help="also write each run's base clouds to OUT/clouds-<sampler>-<steps>-<guidance>-seed<k>.npz "
+        help="also write each run's base clouds to OUT/clouds-<sampler>-<steps>-<guidance>[-gi<lo>-<hi>]-seed<k>.npz "
              "(coords, colors, prompts, categories), so other classifiers can score them",
     )  # fmt: skip
     args = ap.parse_args()
@@ -157,6 +177,7 @@ def main() -> None:
     if args.limit and args.limit < len(rows):
         rows = [rows[i] for i in np.linspace(0, len(rows) - 1, args.limit).round().astype(int)]
     train_rows = load_split(reader, ["train"])
+    nn_refs, nn_cats = training_references(reader, train_rows)
     prompts = [reader.entries[i]["caption"] for i in rows]
     cats = [reader.entries[i]["category"] for i in rows]
     refs4096 = np.stack([reader.get(i, "coords") for i in rows]).astype(np.float32)
@@ -171,6 +192,9 @@ def main() -> None:
     results = []
     base_defaults = pipe.stages[0].sample
     stray = args.stray_ratio if args.stray_ratio is not None else base_defaults.stray_ratio
+    interval = args.guidance_interval or base_defaults.guidance_interval
+    interval = None if interval is None else tuple(interval)
+    tag = "" if interval is None else f"-gi{interval[0]:g}-{interval[1]:g}"
     for sampler, steps, guidance in runs:
         # the checkpoint's defaults where not overridden, so rows and file names say what ran
         sampler = sampler if sampler is not None else base_defaults.sampler
@@ -184,7 +208,8 @@ def main() -> None:
             clouds = pipe.sample_clouds(
                 prompts, seed=seed, bf16=args.bf16, stop_after=None if full else "base",
                 stage_overrides={"base": {"sampler": sampler, "steps": steps,
-                                          "guidance": guidance, "stray_ratio": args.stray_ratio}},
+                                          "guidance": guidance, "stray_ratio": args.stray_ratio,
+                                          "guidance_interval": interval}},
             )  # fmt: skip
             sec = (time.perf_counter() - t0) / len(prompts)
             n = pipe.stages[0].num_points  # metrics on the base clouds (the upsampler keeps them)
@@ -192,12 +217,13 @@ def main() -> None:
             gen = np.stack([c.coords for c in base_clouds])
             if args.save_clouds:
                 np.savez_compressed(
-                    out / f"clouds-{sampler}-{steps}-{guidance}-seed{seed}.npz", coords=gen,
+                    out / f"clouds-{sampler}-{steps}-{guidance}{tag}-seed{seed}.npz", coords=gen,
                     colors=np.stack([c.colors for c in base_clouds]), prompts=np.array(prompts),
                     categories=np.array(cats),
                 )  # fmt: skip
             refs = fps_np(refs4096, n) if n < refs4096.shape[1] else refs4096
             rp = category_r_precision(classify(clf, base_clouds).numpy(), cats, names)
+            nn = nearest_reference_accuracy(fps_np(gen, NEAREST_POINTS), cats, nn_refs, nn_cats)
             sm = compute_set_metrics(gen, refs, protocol="bbox", metrics=("cd",), with_jsd=False)
             base_pc = [PointCloud(reader.get(i, "coords"), reader.get(i, "colors") / np.float32(255))
                        for i in baseline_rows(reader, prompts, train_rows, seed)]  # fmt: skip
@@ -206,13 +232,15 @@ def main() -> None:
             bm["r_precision"] = category_r_precision(
                 classify(clf, base_pc).numpy(), cats, names)["r_precision"]  # fmt: skip
             row = {"seed": seed, "sampler": sampler, "steps": steps, "guidance": guidance,
-                   "stray_ratio": stray,
+                   "stray_ratio": stray, "guidance_interval": interval,
                    "s_per_sample": sec,
                    "sampled": "all stages" if full else "base", "points": len(clouds[0]),
                    "r_precision": rp["r_precision"], "per_category": rp["per_category"],
+                   "nn_accuracy": nn["accuracy"], "nn_per_category": nn["per_category"],
                    **{k: sm[k] for k in ("1nna_cd", "cov_cd", "mmd_cd")},
                    **{f"baseline_{k}": bm[k] for k in ("r_precision", "1nna_cd", "cov_cd", "mmd_cd")}}  # fmt: skip
-            print(json.dumps({k: v for k, v in row.items() if k != "per_category"}), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if not k.endswith("per_category")}),
+                  flush=True)  # fmt: skip
             per_seed.append(row)
             if full:
                 ms = mesh_stats(pipe, clouds, refs4096, args.mesh_grid)
@@ -233,17 +261,17 @@ def main() -> None:
 
                     imgs = [Image.fromarray(np.asarray(x)) for x in items]
                     render_grid(imgs, caps, cols=8).save(args.sheet)
-        keys = ["r_precision", "1nna_cd", "cov_cd", "mmd_cd", "baseline_r_precision", "baseline_1nna_cd",
+        keys = ["r_precision", "nn_accuracy", "1nna_cd", "cov_cd", "mmd_cd", "baseline_r_precision", "baseline_1nna_cd",
                 "baseline_cov_cd", "baseline_mmd_cd"] + ["s_per_sample"] * bool(args.sweep)  # fmt: skip
         summary = {k: (float(np.mean([r[k] for r in per_seed])), float(np.std([r[k] for r in per_seed])))
                    for k in keys}  # fmt: skip
         cats_all = sorted({c for r in per_seed for c in r["per_category"]})
-        summary["per_category"] = {c: float(np.mean([r["per_category"][c] for r in per_seed]))
-                                   for c in cats_all}  # fmt: skip
+        for key in ("per_category", "nn_per_category"):
+            summary[key] = {c: float(np.mean([r[key][c] for r in per_seed])) for c in cats_all}
         results.append({"sampler": sampler, "steps": steps, "guidance": guidance,
-                        "seeds": per_seed, "summary": summary})  # fmt: skip
-        print(f"== {sampler}:{steps}:{guidance}: " + ", ".join(
-            f"{k} {v[0]:.4g}±{v[1]:.2g}" for k, v in summary.items() if k != "per_category"))  # fmt: skip
+                        "guidance_interval": interval, "seeds": per_seed, "summary": summary})  # fmt: skip
+        print(f"== {sampler}:{steps}:{guidance}{tag}: " + ", ".join(
+            f"{k} {v[0]:.4g}±{v[1]:.2g}" for k, v in summary.items() if not k.endswith("per_category")))  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
     print(f"wrote {out / 'results.json'}")
 

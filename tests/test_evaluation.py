@@ -14,6 +14,8 @@ from pointdiff.evaluation.alignment import (
     category_r_precision,
     clip_r_precision,
     load_clip_scorer,
+    nearest_reference_accuracy,
+    nearest_reference_categories,
     r_precision,
 )
 from pointdiff.evaluation.classifier import (
@@ -240,6 +242,31 @@ def test_r_precision_hand_built():
         category_r_precision(scores, ["w", "y", "x"], ["x", "y", "z"])
 
 
+def test_nearest_reference_judge_is_shape_only_and_labels_by_the_nearest_cloud():
+    """Spheres, flat slabs and thin rods as references; noisy, rescaled, shifted copies of each
+    kind (different samples) are judged by shape: the bbox protocol removes size and position."""
+    g = np.random.default_rng(0)
+
+    def shape(kind, n=256):
+        p = g.normal(size=(n, 3))
+        p /= np.linalg.norm(p, axis=1, keepdims=True)
+        scale = {"ball": [1, 1, 1], "slab": [1, 1, 0.1], "rod": [0.1, 0.1, 1]}[kind]
+        return (p * scale).astype(np.float32)
+
+    kinds = ["ball", "slab", "rod"]
+    refs = np.stack([shape(k) for k in kinds for _ in range(2)])
+    ref_cats = [k for k in kinds for _ in range(2)]
+    asked = ["ball", "slab", "rod", "rod", "slab"]
+    gen = np.stack([shape(k) * g.uniform(0.3, 3) + g.normal(size=3) + 0.02 * g.normal(size=(256, 3))
+                    for k in asked]).astype(np.float32)  # fmt: skip
+    assert nearest_reference_categories(gen, refs, ref_cats) == asked
+    res = nearest_reference_accuracy(gen, ["ball", "slab", "slab", "ball", "slab"], refs, ref_cats)
+    assert res["accuracy"] == pytest.approx(3 / 5)
+    assert res["per_category"] == {"ball": 0.5, "slab": pytest.approx(2 / 3)}
+    with pytest.raises(ValueError, match="categories"):
+        nearest_reference_categories(gen, refs, ref_cats[:-1])
+
+
 class _ColourCLIP(torch.nn.Module):
     """A fake CLIP whose image embedding is the mean non-white colour and text embeds colour names."""
 
@@ -446,3 +473,31 @@ def test_rescore_clouds_scores_saved_clouds_with_the_given_classifier(tmp_path, 
                         lambda x, r: seen.append((tuple(x.shape), r)) or real(x, r))  # fmt: skip
     main(["--classifier", str(tmp_path / "clf"), "--stray-ratio", "3", str(files[0])])
     assert seen == [((12, 256, 6), 3.0)]
+
+
+def test_rescore_clouds_nearest_judge_needs_no_classifier(tmp_path, monkeypatch):
+    """Saved clouds that are the training clouds themselves are judged by their own category;
+    a label no training cloud has is always a miss."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    from rescore_clouds import main
+
+    clouds = _blobs(6, 600, seed=3)  # 600 points: the judge takes 512 FPS points
+    cats = ["a", "b", "c", "a", "b", "c"]
+    recs = [{"id": f"t{i}", "caption": "x", "source": "test", "licence": "CC0", "split": "train",
+             "category": k, "coords": c[:, :3], "colors": (c[:, 3:] + 1) / 2}
+            for i, (c, k) in enumerate(zip(clouds, cats, strict=True))]  # fmt: skip
+    write_shards(recs, tmp_path / "train")
+    for name, labels in (("own", cats), ("none", ["d"] * 6)):
+        np.savez(tmp_path / f"{name}.npz", coords=clouds[..., :3], colors=clouds[..., 3:],
+                 categories=np.array(labels), prompts=np.array(labels))  # fmt: skip
+    res = main(
+        [
+            "--nearest",
+            str(tmp_path / "train"),
+            str(tmp_path / "own.npz"),
+            str(tmp_path / "none.npz"),
+        ]
+    )
+    assert res == {"nn_accuracy": (0.5, 0.5)}
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "own.npz")])

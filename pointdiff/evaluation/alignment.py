@@ -3,6 +3,9 @@
 * **Category R-precision**: clouds generated from prompts of known categories; a hit when the
   classifier scores the prompted category highest among N candidate categories (the prompted
   one + N−1 others drawn at random; N = all classes gives plain top-1 accuracy).
+* **Nearest-reference category accuracy**: a judge with no trained weights — the category of the
+  training cloud nearest by Chamfer distance (per-shape bbox normalisation) — to cross-check a
+  classifier, whose quirks (e.g. calling every diffuse cloud a plant) it does not share.
 * **CLIP R-precision** (Point-E Table 1; its code is not released, so the protocol is ours and
   stated in every result): each cloud is rendered from ``views`` azimuths with pointdiff's point
   splatter, the L2-normalised CLIP image embeddings of the views are averaged, and a hit is when
@@ -20,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pointdiff.metrics.distances import pairwise_matrix
+from pointdiff.metrics.sets import normalize_clouds
 from pointdiff.pointcloud import PointCloud
 from pointdiff.render import render_cloud
 
@@ -73,6 +78,38 @@ def category_r_precision(
     per = {c: float(hits[prompted == c].mean()) for c in sorted(set(prompted))}
     return {"r_precision": value, "n_candidates": n or len(names), "per_category": per,
             "count": len(hits)}  # fmt: skip
+
+
+def nearest_reference_categories(
+    clouds, refs, ref_categories: Sequence[str], protocol: str = "bbox", memory_mb: float = 512.0
+) -> list[str]:
+    """The category of each cloud's nearest reference cloud by Chamfer distance, after the
+    protocol's per-shape normalisation (``bbox``: shape only, not size or position).
+
+    :param clouds: [K, N, 3]. :param refs: [R, M, 3] (e.g. the training clouds).
+    :param ref_categories: R labels. :return: K labels.
+    """
+    if len(ref_categories) != len(refs):
+        raise ValueError(f"{len(refs)} reference clouds but {len(ref_categories)} categories")
+    m = pairwise_matrix(normalize_clouds(clouds, protocol), normalize_clouds(refs, protocol),
+                        metric="cd", memory_mb=memory_mb)  # fmt: skip
+    return [ref_categories[j] for j in m.argmin(1).tolist()]
+
+
+def nearest_reference_accuracy(
+    clouds, prompted: Sequence[str], refs, ref_categories: Sequence[str], protocol: str = "bbox"
+) -> dict:
+    """Top-1 accuracy of ``nearest_reference_categories`` against the prompted categories.
+
+    :return: {"accuracy", "per_category": {name: value}, "count"}.
+    """
+    pred = np.asarray(nearest_reference_categories(clouds, refs, ref_categories, protocol))
+    prompted = np.asarray(prompted)
+    if len(pred) != len(prompted):
+        raise ValueError(f"{len(pred)} clouds but {len(prompted)} prompted categories")
+    hits = pred == prompted
+    per = {c: float(hits[prompted == c].mean()) for c in sorted(set(prompted.tolist()))}
+    return {"accuracy": float(hits.mean()), "per_category": per, "count": len(hits)}
 
 
 # ----------------------------------------------------------------------------------------------
