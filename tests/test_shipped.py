@@ -42,10 +42,10 @@ def test_shipped_pipeline_samples_deterministically(path):
 
 
 # One training caption per category of the shipped model. The issue's bar: its samples are
-# classified as the prompted category (target >= 80 % top-1). The current pointdiff-small does
-# NOT meet it (model card: 53 % R-precision on held-out prompts), so the test is a
-# strict xfail: it documents the gap, and turns into a failure (XPASS) the day a shipped model
-# meets the bar, so that the xfail is removed and the test becomes the guard it is meant to be.
+# classified as the prompted category (target >= 80 % top-1). On these 11 prompts (seed 0) the
+# session-7 pointdiff-small meets it (10 of 11; plant -> lamp), so this is a plain guard since
+# then (it was a strict xfail while 6 of 11 held). The issue's measure proper, R-precision on
+# held-out objects' prompts over 3 seeds, is in the model card.
 CATEGORY_PROMPTS = {
     "bed": "a bed (bedroom)", "bottle": "a bottle (bathroom)", "cabinet": "a wardrobe (bedroom)",
     "chair": "a chair, seat (office)", "door": "a garage door (doors and windows)",
@@ -71,7 +71,6 @@ def _classify_samples(path: Path, categories: tuple[str, ...]) -> list[str]:
     return [clf.cfg.class_names[i] for i in logits.argmax(-1).tolist()]
 
 
-@pytest.mark.xfail(strict=True, reason="pointdiff-small is under-trained: R-precision < 80 %")
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_shipped_samples_are_classified_as_the_prompted_category(path):
     got = _classify_samples(path, tuple(CATEGORY_PROMPTS))
@@ -84,7 +83,7 @@ def test_shipped_samples_are_classified_as_the_prompted_category(path):
 # classified as the prompted category. Which categories: those the evaluation classifier puts in
 # the prompted class with probability >= 0.5 (model card, "Guarded prompts"); a broken or
 # prompt-blind model fails at least one of them.
-GUARDED = ("bed", "chair", "table")
+GUARDED = ("bed", "bottle", "cabinet", "chair", "door", "lamp", "person", "table")
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
@@ -93,11 +92,9 @@ def test_shipped_samples_of_guarded_prompts_are_classified_as_their_category(pat
     assert {c: got[c] for c in GUARDED} == {c: c for c in GUARDED}, got
 
 
-# The guard that passes today: the prompt controls the sample. The shipped model's samples are
-# consistent per prompt but often land in a neighbouring class (bottle -> lamp, person -> lamp,
-# door -> window over 3 seeds; model card), so "classified as the prompted category" holds for few
-# categories; what a broken or prompt-blind model cannot do (the previous shipped model: almost
-# every sample "plant") is spread the 11 prompts over several classes. Today: 9 classes.
+# A floor that holds even for a weak model: the prompt controls the sample. What a broken or
+# prompt-blind model cannot do (the session-2 shipped model: almost every sample "plant") is
+# spread the 11 prompts over several classes. Today: 10 classes (session 6's model: 9).
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_shipped_prompts_steer_samples_to_different_classes(path):
     got = _classify_samples(path, tuple(CATEGORY_PROMPTS))
