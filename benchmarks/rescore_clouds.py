@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     from eval_shipped import NEAREST_POINTS, classify, fps_np, load_split, training_references
 
     clf = load_classifier(args.classifier).eval() if args.classifier else None
+    names = list(clf.cfg.class_names) if clf is not None else []
     refs = None
     if args.nearest:
         reader = ShardReader(args.nearest)
@@ -59,7 +60,6 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{path}: nearest-reference accuracy {nn['accuracy']:.3f}")
         if clf is None:
             continue
-        names = list(clf.cfg.class_names)
         logits = classify(clf, clouds).numpy()
         rp = category_r_precision(logits, cats, names)
         wrong = collections.Counter(
