@@ -9,12 +9,15 @@ PROMPT  ?= a table (living room)
 
 .PHONY: sample test sysdeps setup bench clean
 
-# System libraries: open3d needs libusb-1.0-0; the Sweet Home 3D furniture catalogs are real data.
+# System libraries: open3d needs libusb-1.0-0; the Sweet Home 3D furniture catalogs are real data;
+# WordNet (wordnet-base) builds a checkpoint's lexicon at export time (sampling does not need it).
 sysdeps:
-	@if ! ldconfig -p | grep -q libusb-1.0 || [ ! -d /usr/share/sweethome3d/furniture ]; then \
+	@if ! ldconfig -p | grep -q libusb-1.0 || [ ! -d /usr/share/sweethome3d/furniture ] || \
+	    [ ! -f /usr/share/wordnet/data.noun ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libusb-1.0-0 sweethome3d-furniture >/dev/null; \
-	  else echo "please run: sudo apt-get install -y libusb-1.0-0 sweethome3d-furniture"; fi; fi
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libusb-1.0-0 sweethome3d-furniture \
+	      wordnet-base >/dev/null; \
+	  else echo "please run: sudo apt-get install -y libusb-1.0-0 sweethome3d-furniture wordnet-base"; fi; fi
 
 $(STAMP): pyproject.toml
 	$(MAKE) sysdeps

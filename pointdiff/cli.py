@@ -75,6 +75,14 @@ def _run_sample(args) -> int:
         pipe = load_pipeline(args.checkpoint, device=args.device)
     inputs = args.image or args.prompts
     prompts = [p for p in inputs for _ in range(args.num_samples)]
+    for prompt in args.prompts if not args.image else []:
+        read, swapped = pipe.read_prompt(prompt)
+        if swapped:
+            words = ", ".join(
+                f"{w!r} as {a!r}" if a else f"{w!r} dropped" for w, a in swapped.items()
+            )
+            print(f"note: words the model never saw (WordNet lexicon): {words}; it reads {read!r}",
+                  file=sys.stderr)  # fmt: skip
     for warning in pipe.prompt_warnings(args.prompts):
         print(f"warning: {warning}", file=sys.stderr)
     overrides = {"steps": args.steps, "sampler": args.sampler, "guidance": args.guidance,
@@ -166,8 +174,13 @@ def _add_prompts(sub) -> None:
 def _run_prompts(args) -> int:
     from pointdiff.pipeline import load_pipeline
 
-    for caption in load_pipeline(args.checkpoint).known_captions:
+    pipe = load_pipeline(args.checkpoint)
+    for caption in pipe.known_captions:
         print(caption)
+    if pipe.aliases:
+        print(f"# and {len(pipe.aliases)} other WordNet nouns, read as the nearest of these "
+              "captions' words (base/lexicon.json; `pointdiff sample` names each swap)",
+              file=sys.stderr)  # fmt: skip
     return 0
 
 

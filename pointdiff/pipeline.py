@@ -16,6 +16,7 @@ otherwise ``TextConfig`` in the base config names a frozen open_clip model.
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from pointdiff.diffusion.guidance import clamp_denoised, classifier_free_guidanc
 from pointdiff.diffusion.precond import KarrasDenoiser
 from pointdiff.diffusion.samplers import SAMPLERS, randn_rows
 from pointdiff.diffusion.schedules import get_sigmas_karras
+from pointdiff.lexicon import LexiconError, load_lexicon, rewrite, save_lexicon
 from pointdiff.mesh import MeshError, TriMesh, mesh_from_cloud, surface_fit
 from pointdiff.pointcloud import PointCloud, relocate_strays
 from pointdiff.text import TextEncoder, WordEncoder
@@ -78,10 +80,18 @@ class TextTo3D:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     known_captions: list[str] = field(default_factory=list)
     image_encoder: torch.nn.Module | None = None  # image prompts: ``embed(images) -> grid``
+    aliases: dict[str, str] = field(default_factory=dict)  # unknown word -> known word (lexicon)
 
     def prompt_warnings(self, prompts: list[str]) -> list[str]:
         """Warnings for prompts far from everything the base model was trained on."""
-        return prompt_warnings(prompts, self.known_captions)
+        return prompt_warnings([self.read_prompt(p)[0] for p in prompts], self.known_captions)
+
+    def read_prompt(self, prompt: str) -> tuple[str, dict[str, str]]:
+        """The prompt the base model is given: words it never saw swapped for their lexicon
+        alias (``lexicon.rewrite``; "a desk" -> "a table"), and ``{word: alias}`` swapped."""
+        if not self.aliases or not self.known_captions:
+            return prompt, {}
+        return rewrite(prompt, self.aliases, _vocab(tuple(self.known_captions)))
 
     @torch.no_grad()
     def sample_clouds(
@@ -116,7 +126,12 @@ class TextTo3D:
         if any(s.uses_text for s in self.stages):
             if encoder is None:
                 raise PipelineError("a stage needs text but the pipeline has no text encoder")
-            text_emb = encoder.embed(prompts).to(self.device)
+            read = (
+                prompts
+                if self.image_encoder is not None
+                else [self.read_prompt(p)[0] for p in prompts]
+            )
+            text_emb = encoder.embed(read).to(self.device)
         x_prev = None
         for stage in self.stages:
             ov = {**(overrides or {}), **(stage_overrides or {}).get(stage.name, {})}
@@ -285,7 +300,11 @@ def load_pipeline(checkpoint: str | Path, device: str = "cpu") -> TextTo3D:
     captions = []
     if (root / entries["base"] / "captions.json").is_file():
         captions = json.loads((root / entries["base"] / "captions.json").read_text())
-    return TextTo3D(text, stages, sdf, dev, captions)
+    try:
+        aliases = load_lexicon(root / entries["base"])
+    except LexiconError as e:
+        raise CheckpointError(str(e)) from None
+    return TextTo3D(text, stages, sdf, dev, captions, aliases=aliases)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -296,6 +315,11 @@ def _words(text: str) -> set[str]:
     return set(WordEncoder.words(text))
 
 
+@functools.lru_cache(maxsize=4)
+def _vocab(known_captions: tuple[str, ...]) -> frozenset[str]:
+    return frozenset().union(*(_words(c) for c in known_captions))
+
+
 def prompt_warnings(prompts: list[str], known_captions: list[str]) -> list[str]:
     """Warnings for prompts that share no word with anything the model was trained on.
 
@@ -304,7 +328,7 @@ def prompt_warnings(prompts: list[str], known_captions: list[str]) -> list[str]:
     """
     if not known_captions:
         return []
-    vocab = set().union(*(_words(c) for c in known_captions))
+    vocab = _vocab(tuple(known_captions))
     return [
         f"prompt {p!r} shares no word with the {len(known_captions)} training captions; "
         "expect an arbitrary shape (see `pointdiff prompts`)"
@@ -400,12 +424,14 @@ def export_pipeline(
     captions: list[str] | None = None,
     dtype: torch.dtype = torch.float16,
     points: dict[str, dict[str, int]] | None = None,
+    aliases: dict[str, str] | None = None,
 ) -> Path:
     """Write a shipped pipeline directory from training checkpoints (EMA weights, ``dtype``).
 
     Layout: ``pipeline.json`` + ``base/`` (+ ``upsampler/``, ``sdf/``), each a release directory;
     ``sample`` (the measured default sampler settings) is stored in the stage's config, and
-    ``captions`` (what the base model was trained on) in ``base/captions.json``.
+    ``captions`` (what the base model was trained on) in ``base/captions.json``, ``aliases``
+    (``lexicon.build_aliases`` of those captions) in ``base/lexicon.json``.
 
     :param points: per stage, model point counts to ship instead of the trained ones, e.g.
         ``{"base": {"num_points": 1024}}`` for a model trained on 256-point subsets (the
@@ -434,4 +460,6 @@ def export_pipeline(
     (out / "pipeline.json").write_text(json.dumps(spec, indent=1) + "\n")
     if captions is not None:
         (out / "base" / "captions.json").write_text(json.dumps(sorted(set(captions)), indent=0))
+    if aliases is not None:
+        save_lexicon(out / "base", aliases)
     return out

@@ -18,6 +18,7 @@ FORBIDDEN = {
     "mesh": ["models", "diffusion", "data", "text", "pipeline", "training"],
     "data": ["models", "diffusion", "text", "mesh", "pipeline", "training"],
     "render": ["models", "diffusion", "data", "text", "pipeline", "training"],
+    "lexicon": ["models", "diffusion", "data", "mesh", "pipeline", "training", "checkpoint"],
 }
 ALLOWED_ALWAYS = {"config", "pointcloud"}
 

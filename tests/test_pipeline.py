@@ -246,3 +246,34 @@ def test_guidance_interval_bounds_where_guidance_acts(tiny_pipeline):
     part = base(guidance=3.0, guidance_interval=(0.0, 1.0))
     assert not np.array_equal(guided, cond)
     assert not np.array_equal(part, guided) and not np.array_equal(part, cond)
+
+
+def test_a_lexicon_reads_unknown_words_as_known_ones(tiny_pipeline, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from pointdiff.lexicon import save_lexicon
+
+    plain = load_pipeline(tiny_pipeline)
+    assert plain.aliases == {} and plain.read_prompt("a desk") == ("a desk", {})
+    assert plain.prompt_warnings(["a desk"])  # shares no word with "a chair", "a table"
+    pipe_dir = shutil.copytree(tiny_pipeline, tmp_path / "pipe")
+    save_lexicon(pipe_dir / "base", {"desk": "table", "chair": "seat"})
+    pipe = load_pipeline(pipe_dir)
+    assert pipe.read_prompt("a Desk") == ("a table", {"desk": "table"})
+    assert pipe.read_prompt("a chair") == ("a chair", {})  # known words are never swapped
+    assert pipe.prompt_warnings(["a desk"]) == []
+    # the model is given the rewritten prompt: "a desk" samples exactly what "a table" does
+    kw = dict(seed=3, stop_after="base", overrides={"steps": 2})
+    desk = pipe.sample_clouds(["a desk"], **kw)[0].coords
+    assert np.array_equal(desk, pipe.sample_clouds(["a table"], **kw)[0].coords)
+    seen = []
+    embed = pipe.text_encoder.embed
+    monkeypatch.setattr(pipe.text_encoder, "embed", lambda p: seen.extend(p) or embed(p))
+    pipe.sample_clouds(["a desk, table (office)", "a chair"], **kw)
+    assert seen == ["a table", "a chair"]  # "office" is no caption word: noise, dropped
+    args = ["sample", "a desk", "--checkpoint", str(pipe_dir), "--out", str(tmp_path / "out"),
+            "--steps", "2", "--stop-after", "base"]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "'desk' as 'table'" in err and "warning" not in err
+    assert (tmp_path / "out" / "00_a_desk" / "cloud.ply").is_file()  # files keep the user's prompt

@@ -99,3 +99,20 @@ def test_shipped_samples_of_guarded_prompts_are_classified_as_their_category(pat
 def test_shipped_prompts_steer_samples_to_different_classes(path):
     got = _classify_samples(path, tuple(CATEGORY_PROMPTS))
     assert len(set(got)) >= 4, dict(zip(CATEGORY_PROMPTS, got, strict=True))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_lexicon_is_wordnet_rebuilt_from_the_shipped_captions(path):
+    """base/lexicon.json is what `export_pipeline.py --wordnet` builds from base/captions.json,
+    and the pipeline reads a held-out name group's words ("desk", "stool") as trained ones."""
+    from pointdiff.lexicon import WordNet, build_aliases, load_lexicon, vocab_counts
+
+    pipe = load_pipeline(path)
+    assert pipe.aliases == load_lexicon(path / "base") and len(pipe.aliases) > 1000
+    assert pipe.read_prompt("a desk (office)") == ("a table (office)", {"desk": "table"})
+    assert pipe.read_prompt("a stool (kitchen)") == ("a chair (kitchen)", {"stool": "chair"})
+    assert not set(pipe.aliases) & set(vocab_counts(pipe.known_captions))  # known words stay
+    if not Path("/usr/share/wordnet/data.noun").is_file():
+        pytest.skip("Debian's wordnet-base is not installed (`make test` installs it)")
+    rebuilt = build_aliases(WordNet.load("/usr/share/wordnet"), vocab_counts(pipe.known_captions))
+    assert rebuilt == pipe.aliases

@@ -2,14 +2,20 @@
 
     .venv/bin/python train/export_pipeline.py checkpoints/pointdiff-small \
         --base runs/ship/base --sdf runs/ship/sdf [--upsampler runs/ship/up] \
-        --sampler dpmpp_2m --steps 24 --guidance 3 --captions-from runs/data/ship \
+        --sampler dpmpp_2m --steps 24 --guidance 3 --captions-from runs/data/ship --wordnet \
         [--base-points 1024 --up-points 1024 3072]   # models trained on point subsets
+
+--wordnet also writes base/lexicon.json: every WordNet noun mapped to the nearest word of the
+training captions (pointdiff.lexicon), so prompts with words the model never saw ("a desk") are
+read as words it knows ("a table"). It needs Debian's wordnet-base (`make sysdeps`) at export
+time only.
 """
 
 import argparse
 
 from pointdiff.config import SampleConfig
 from pointdiff.data import read_index
+from pointdiff.lexicon import LexiconError, WordNet, build_aliases, vocab_counts
 from pointdiff.pipeline import export_pipeline
 
 if __name__ == "__main__":
@@ -48,10 +54,20 @@ if __name__ == "__main__":
         help="ship the upsampler at LOW condition points → NEW points",
     )
     ap.add_argument("--captions-from", default=None, help="shard dir: train-split captions")
+    ap.add_argument("--wordnet", nargs="?", const="", default=None, metavar="DIR",
+                    help="write a WordNet lexicon for the captions (DIR default: /usr/share/wordnet)")  # fmt: skip
     a = ap.parse_args()
-    captions = None
+    captions = aliases = None
     if a.captions_from:
         captions = [e["caption"] for e in read_index(a.captions_from) if e["split"] == "train"]
+    if a.wordnet is not None:
+        if captions is None:
+            ap.error("--wordnet needs --captions-from (the lexicon maps onto the captions' words)")
+        try:
+            vocab = vocab_counts(sorted(set(captions)))  # as base/captions.json keeps them
+            aliases = build_aliases(WordNet.load(a.wordnet or None), vocab)
+        except LexiconError as e:
+            ap.error(str(e))
     sample = SampleConfig(
         sampler=a.sampler,
         steps=a.steps,
@@ -66,7 +82,8 @@ if __name__ == "__main__":
         points["base"] = {"num_points": a.base_points}
     if a.up_points:
         points["upsampler"] = {"num_cond_points": a.up_points[0], "num_points": a.up_points[1]}
-    out = export_pipeline(a.out, a.base, a.upsampler, a.sdf, sample, up, captions, points=points)
+    out = export_pipeline(a.out, a.base, a.upsampler, a.sdf, sample, up, captions, points=points,
+                          aliases=aliases)  # fmt: skip
     if a.captions_from:  # CC-BY asks for attribution of every model the weights were trained on
         rows = [e for e in read_index(a.captions_from) if e["split"] == "train"]
         lines = ["# Attribution: training objects", "",
