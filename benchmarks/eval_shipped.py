@@ -180,6 +180,7 @@ def main() -> None:
     nn_refs, nn_cats = training_references(reader, train_rows)
     prompts = [reader.entries[i]["caption"] for i in rows]
     cats = [reader.entries[i]["category"] for i in rows]
+    row_splits = [reader.entries[i]["split"] for i in rows]
     refs4096 = np.stack([reader.get(i, "coords") for i in rows]).astype(np.float32)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -222,7 +223,13 @@ def main() -> None:
                     categories=np.array(cats),
                 )  # fmt: skip
             refs = fps_np(refs4096, n) if n < refs4096.shape[1] else refs4096
-            rp = category_r_precision(classify(clf, base_clouds).numpy(), cats, names)
+            logits = classify(clf, base_clouds).numpy()
+            rp = category_r_precision(logits, cats, names)
+            by_split = {  # held-out objects vs held-out name groups: reported apart
+                f"r_precision_{sp}": category_r_precision(
+                    logits[idx], [cats[j] for j in idx], names)["r_precision"]  # fmt: skip
+                for sp in args.splits if (idx := [j for j, s in enumerate(row_splits) if s == sp])
+            }
             nn = nearest_reference_accuracy(fps_np(gen, NEAREST_POINTS), cats, nn_refs, nn_cats)
             sm = compute_set_metrics(gen, refs, protocol="bbox", metrics=("cd",), with_jsd=False)
             base_pc = [PointCloud(reader.get(i, "coords"), reader.get(i, "colors") / np.float32(255))
@@ -235,7 +242,7 @@ def main() -> None:
                    "stray_ratio": stray, "guidance_interval": interval,
                    "s_per_sample": sec,
                    "sampled": "all stages" if full else "base", "points": len(clouds[0]),
-                   "r_precision": rp["r_precision"], "per_category": rp["per_category"],
+                   "r_precision": rp["r_precision"], **by_split, "per_category": rp["per_category"],
                    "nn_accuracy": nn["accuracy"], "nn_per_category": nn["per_category"],
                    **{k: sm[k] for k in ("1nna_cd", "cov_cd", "mmd_cd")},
                    **{f"baseline_{k}": bm[k] for k in ("r_precision", "1nna_cd", "cov_cd", "mmd_cd")}}  # fmt: skip
@@ -261,7 +268,7 @@ def main() -> None:
 
                     imgs = [Image.fromarray(np.asarray(x)) for x in items]
                     render_grid(imgs, caps, cols=8).save(args.sheet)
-        keys = ["r_precision", "nn_accuracy", "1nna_cd", "cov_cd", "mmd_cd", "baseline_r_precision", "baseline_1nna_cd",
+        keys = ["r_precision", *(k for k in per_seed[0] if k.startswith("r_precision_")), "nn_accuracy", "1nna_cd", "cov_cd", "mmd_cd", "baseline_r_precision", "baseline_1nna_cd",
                 "baseline_cov_cd", "baseline_mmd_cd"] + ["s_per_sample"] * bool(args.sweep)  # fmt: skip
         summary = {k: (float(np.mean([r[k] for r in per_seed])), float(np.std([r[k] for r in per_seed])))
                    for k in keys}  # fmt: skip
