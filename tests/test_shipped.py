@@ -43,8 +43,8 @@ def test_shipped_pipeline_samples_deterministically(path):
 
 # One training caption per category of the shipped model. The issue's bar: its samples are
 # classified as the prompted category (target >= 80 % top-1). On these 11 prompts (seed 0) the
-# session-7 pointdiff-small meets it (10 of 11; plant -> lamp), so this is a plain guard since
-# then (it was a strict xfail while 6 of 11 held). The issue's measure proper, R-precision on
+# session-8 pointdiff-small gets 9 of 11 (bottle -> cabinet, plant -> lamp; session 7: 10 of 11),
+# a plain guard since session 7 (it was a strict xfail while 6 of 11 held). The issue's measure proper, R-precision on
 # held-out objects' prompts over 3 seeds, is in the model card.
 CATEGORY_PROMPTS = {
     "bed": "a bed (bedroom)", "bottle": "a bottle (bathroom)", "cabinet": "a wardrobe (bedroom)",
@@ -83,7 +83,7 @@ def test_shipped_samples_are_classified_as_the_prompted_category(path):
 # classified as the prompted category. Which categories: those the evaluation classifier puts in
 # the prompted class with probability >= 0.5 (model card, "Guarded prompts"); a broken or
 # prompt-blind model fails at least one of them.
-GUARDED = ("bed", "bottle", "cabinet", "chair", "door", "lamp", "person", "table")
+GUARDED = ("bed", "cabinet", "chair", "door", "person", "table", "window")
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
@@ -94,7 +94,7 @@ def test_shipped_samples_of_guarded_prompts_are_classified_as_their_category(pat
 
 # A floor that holds even for a weak model: the prompt controls the sample. What a broken or
 # prompt-blind model cannot do (the session-2 shipped model: almost every sample "plant") is
-# spread the 11 prompts over several classes. Today: 10 classes (session 6's model: 9).
+# spread the 11 prompts over several classes. Today: 9 classes (session 7's model: 10).
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_shipped_prompts_steer_samples_to_different_classes(path):
     got = _classify_samples(path, tuple(CATEGORY_PROMPTS))
