@@ -75,7 +75,7 @@ def _run_sample(args) -> int:
         pipe = load_pipeline(args.checkpoint, device=args.device)
     inputs = args.image or args.prompts
     prompts = [p for p in inputs for _ in range(args.num_samples)]
-    for prompt in args.prompts if not args.image else []:
+    for prompt in args.prompts:  # empty for --image
         read, swapped = pipe.read_prompt(prompt)
         if swapped:
             words = ", ".join(

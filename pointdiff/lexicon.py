@@ -22,6 +22,7 @@ import json
 import os
 import re
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,8 +194,8 @@ def build_aliases(
         for a, d in best.items():
             if deep(a):
                 reach[a].append((d, -count, v))
-    if words is None:  # single words and two-word compounds ("coffee_table")
-        words = (w for w in wordnet.senses if re.fullmatch(r"[a-z]+(_[a-z]+)?", w))
+    if words is None:  # the loop keeps single words and two-word compounds ("coffee_table")
+        words = wordnet.senses
     aliases = {}
     for w in words:
         if (
@@ -217,7 +218,7 @@ def build_aliases(
 
 
 def rewrite(
-    prompt: str, aliases: dict[str, str], vocab: Iterable[str]
+    prompt: str, aliases: dict[str, str], vocab: AbstractSet[str]
 ) -> tuple[str, dict[str, str]]:
     """Swap the words of ``prompt`` that are not in ``vocab`` for their alias.
 
@@ -233,7 +234,7 @@ def rewrite(
 
     :return: the rewritten prompt and ``{word(s): alias}`` for what changed ("" = dropped).
     """
-    known = set(vocab)
+    known = vocab
     head, *rest = re.split(r"([A-Za-z0-9]+(?:'[A-Za-z]+)?)", prompt)  # "captain's": one token
     words = [w.lower().split("'")[0] for w in rest[0::2]]
     seps = rest[1::2]  # word i is followed by seps[i]

@@ -32,7 +32,7 @@ from pointdiff.diffusion.guidance import clamp_denoised, classifier_free_guidanc
 from pointdiff.diffusion.precond import KarrasDenoiser
 from pointdiff.diffusion.samplers import SAMPLERS, randn_rows
 from pointdiff.diffusion.schedules import get_sigmas_karras
-from pointdiff.lexicon import LexiconError, load_lexicon, rewrite, save_lexicon
+from pointdiff.lexicon import LexiconError, load_lexicon, rewrite, save_lexicon, vocab_counts
 from pointdiff.mesh import MeshError, TriMesh, mesh_from_cloud, surface_fit
 from pointdiff.pointcloud import PointCloud, relocate_strays
 from pointdiff.text import TextEncoder, WordEncoder
@@ -317,7 +317,7 @@ def _words(text: str) -> set[str]:
 
 @functools.lru_cache(maxsize=4)
 def _vocab(known_captions: tuple[str, ...]) -> frozenset[str]:
-    return frozenset().union(*(_words(c) for c in known_captions))
+    return frozenset(vocab_counts(known_captions))
 
 
 def prompt_warnings(prompts: list[str], known_captions: list[str]) -> list[str]:
