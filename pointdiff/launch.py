@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from pointdiff import dist
-from pointdiff.checkpoint import init_from_checkpoint, load_into
+from pointdiff import dist, hf_text, text_transfer
+from pointdiff.checkpoint import init_from_checkpoint, load_configs, load_into, load_weights
 from pointdiff.config import (
     DiffusionConfig,
     TextConfig,
@@ -71,11 +71,17 @@ def build_text(spec: str, clip_weights: str | None, download: bool, freeze: bool
     if spec.startswith(WordEncoder.ARCH):
         enc = WordEncoder.from_arch(spec)
         return enc, TextConfig(arch=enc.spec["arch"], pretrained="", trainable=False)
+    if spec.startswith(hf_text.ARCH_PREFIX):
+        cfg = TextConfig(arch=spec, pretrained="", trainable=False)
+        enc = TextEncoder.from_text_config(cfg)
+        return enc, dataclasses.replace(cfg, arch=enc.spec["arch"], pretrained=enc.spec["pretrained"])
     if spec in SCRATCH_CONFIGS:
         cfg = TextConfig(arch=spec, pretrained="", trainable=not freeze)
         return TextEncoder.from_text_config(cfg, seed=0), cfg
     if not spec.startswith("clip:"):
-        raise ValueError(f"--text {spec!r}: use clip:ARCH[:TAG], tiny, small, words[-D] or none")
+        raise ValueError(
+            f"--text {spec!r}: use clip:ARCH[:TAG], hf:DIR_OR_HUB_ID, tiny, small, words[-D] or none"
+        )
     arch, _, tag = spec[len("clip:") :].partition(":")
     enc = TextEncoder.from_pretrained(
         arch, tag or "openai", download=download, weights=clip_weights
@@ -106,8 +112,9 @@ def parse(stage: str, argv: list[str] | None):
     )
     p.add_argument(
         "--text", default=None,
-        help="clip:ARCH[:TAG] (frozen CLIP) | tiny | small (open_clip towers trained jointly) | "
-        "words[-D] (frozen hashed bag of words, no weights) | none",
+        help="clip:ARCH[:TAG] (frozen CLIP) | hf:DIR_OR_HUB_ID (frozen Hugging Face encoder; "
+        "hf:minilm = the bundled all-MiniLM-L6-v2) | tiny | small (open_clip towers trained "
+        "jointly) | words[-D] (frozen hashed bag of words, no weights) | none",
     )  # fmt: skip
     p.add_argument("--clip-weights", default=None, help="local weights file of the CLIP tag")
     p.add_argument("--clip-download", action="store_true", help="let open_clip download weights")
@@ -162,7 +169,7 @@ def main(stage: str, argv: list[str] | None = None) -> dict:
         f"text {text_note}"
     )
     if args.init_from:
-        _init_from(Path(args.init_from), model, text)
+        _init_from(Path(args.init_from), model, text, dataset)
     loss_fn = EDMLoss(diff_cfg.p_mean, diff_cfg.p_std, diff_cfg.sigma_data)
     return train(
         args.run_dir, model, loss_fn, dataset, train_cfg, configs, text_encoder=text,
@@ -170,9 +177,15 @@ def main(stage: str, argv: list[str] | None = None) -> dict:
     )  # fmt: skip
 
 
-def _init_from(path: Path, model, text) -> None:
+def _init_from(path: Path, model, text, dataset) -> None:
     """Load a checkpoint's EMA weights into ``model`` (and a trainable text tower). A
-    ``--cond_bias=True`` model may start from one without it (its zero-init bias stays zero)."""
+    ``--cond_bias=True`` model may start from one without it (its zero-init bias stays zero).
+    A checkpoint trained with another frozen text encoder has its condition layers mapped to
+    this one (``text_transfer``, fitted on the dataset's captions)."""
+    old_text = load_configs(path).get("text")
+    if text is not None and old_text is not None and old_text.arch != text.spec["arch"]:
+        _init_with_new_text(path, model, text, TextEncoder.from_text_config(old_text), dataset)
+        return
     ckpt = init_from_checkpoint(model, path, keep_missing=("text_bias.",))
     if text is not None and text.trainable:
         name = next((n for n in ("text_ema.safetensors", "text.safetensors")
@@ -181,6 +194,25 @@ def _init_from(path: Path, model, text) -> None:
             raise TrainError(f"--init-from {ckpt}: it has no trained text tower to start from")
         load_into(text.tower, ckpt / name)
     dist.print0(f"initialised from {ckpt}")
+
+
+def _init_with_new_text(path: Path, model, text, old_text, dataset) -> None:
+    if text.trainable:
+        raise TrainError("--init-from with another text encoder needs a frozen one")
+    captions = sorted({dataset.entry(i)["caption"] for i in range(len(dataset))})
+    a, r2 = text_transfer.fit_text_map(
+        text_transfer.model_inputs(text.embed(captions).cpu()),
+        text_transfer.model_inputs(old_text.embed(captions).cpu()),
+    )  # fmt: skip
+    state, _ = load_weights(path)
+    want = model.state_dict()
+    state = text_transfer.transfer_condition(state, a)
+    state.update({k: want[k] for k in want if k not in state and k.startswith("text_bias.")})
+    model.load_state_dict({k: v.to(want[k].dtype) for k, v in state.items()})
+    dist.print0(
+        f"initialised from {path}; condition mapped from {old_text.spec['arch']} to "
+        f"{text.spec['arch']} on {len(captions)} captions (R² {r2:.3f})"
+    )
 
 
 def _check_resume(run_dir: Path, configs: dict, resume: bool) -> None:

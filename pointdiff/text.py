@@ -46,7 +46,7 @@ from open_clip.model import CLIPTextCfg, _build_text_tower
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pointdiff import clip_files
+from pointdiff import clip_files, hf_text
 from pointdiff.clip_files import ClipFilesError
 from pointdiff.config import TextConfig
 
@@ -205,6 +205,13 @@ class TextEncoder(nn.Module):
         """
         if cfg.arch.startswith(WordEncoder.ARCH):
             return WordEncoder.from_arch(cfg.arch)
+        if cfg.arch.startswith(hf_text.ARCH_PREFIX):
+            try:
+                return hf_text.HFTextEncoder.from_name(
+                    cfg.arch[len(hf_text.ARCH_PREFIX) :], cfg.pretrained or None
+                )
+            except hf_text.HFTextError as e:
+                raise TextEncoderError(str(e)) from None
         p = cfg.pretrained
         if p and (Path(p, CONFIG_NAME).is_file() or Path(p).with_name(CONFIG_NAME).is_file()):
             enc = cls.load(p)

@@ -14,6 +14,8 @@ FORBIDDEN = {
     "diffusion": ["models", "data", "text", "mesh", "pipeline", "training", "checkpoint"],
     "models": ["diffusion", "data", "text", "checkpoint", "mesh", "pipeline", "training"],
     "text": ["models", "diffusion", "data", "mesh", "pipeline", "training"],
+    "hf_text": ["models", "diffusion", "data", "mesh", "pipeline", "training", "checkpoint"],
+    "text_transfer": ["*"],
     "image": ["models", "diffusion", "data", "mesh", "pipeline", "training"],
     "mesh": ["models", "diffusion", "data", "text", "pipeline", "training"],
     "data": ["models", "diffusion", "text", "mesh", "pipeline", "training"],

