@@ -1,7 +1,7 @@
 """Select objects of named shape classes from shard directories into a new shard directory.
 
     .venv/bin/python -m data_tools.select_classes runs/data/sweethome3d --out runs/data/ship \
-        [--holdout-groups stool desk]
+        [--holdout-groups stool desk] [--others]
 
 A class is matched by keywords on the object's name (Sweet Home 3D), else on its caption words.
 In a name the *head noun* decides: the rightmost keyword before the first preposition ("Desk
@@ -38,6 +38,9 @@ CLASSES: dict[str, list[str]] = {
 }
 
 
+#: the category of objects of no class, kept with ``--others``.
+OTHER = "other"
+
 #: name words that mark an object as not of the class its other words name.
 EXCLUDE = {"fan", "bat", "shoes", "room"}
 #: a name's head noun comes before these ("Table on trestles", "Chair with cushion").
@@ -69,17 +72,21 @@ def classify(entry: dict) -> str | None:
     return None
 
 
-def select(roots: list[Path], out: Path, holdout_groups: list[str]) -> dict:
+def select(roots: list[Path], out: Path, holdout_groups: list[str], others: bool = False) -> dict:
+    """Write the objects of ``CLASSES`` (and with ``others`` every other object, as category
+    ``OTHER`` in split ``train``: more shapes and words to learn from, never evaluated)."""
     records = []
     for root in roots:
         reader = ShardReader(root)
         for i, e in enumerate(reader.entries):
             cls = classify(e)
-            if cls is None:
+            if cls is None and not others:
                 continue
             rec = {k: v for k, v in e.items() if k not in ("shard", "row")}
-            rec["category"] = cls
-            if _words(e.get("name", e["caption"])) & set(holdout_groups):
+            rec["category"] = cls or OTHER
+            if cls is None:
+                rec["split"] = "train"
+            elif _words(e.get("name", e["caption"])) & set(holdout_groups):
                 rec["split"] = "test_group"
             for key in ("coords", "colors", "sdf_points", "sdf_values"):
                 rec[key] = reader.get(i, key)
@@ -93,8 +100,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("roots", nargs="+", type=Path, help="shard directories (data_tools output)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--holdout-groups", nargs="*", default=[], help="name words held out whole")
+    ap.add_argument(
+        "--others", action="store_true",
+        help=f"keep objects of no class too (category {OTHER!r}, all in split train)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
-    meta = select(args.roots, args.out, args.holdout_groups)
+    meta = select(args.roots, args.out, args.holdout_groups, args.others)
     counts: dict[str, dict[str, int]] = {}
     with open(args.out / "index.jsonl") as f:
         for line in f:
@@ -102,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
             counts.setdefault(e["category"], {}).setdefault(e["split"], 0)
             counts[e["category"]][e["split"]] += 1
     print(f"{meta['num_objects']} objects -> {args.out}")
-    for cls in CLASSES:
+    for cls in [*CLASSES, OTHER]:
         print(f"  {cls:8s} {counts.get(cls, {})}")
 
 

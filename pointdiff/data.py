@@ -188,6 +188,7 @@ class PointCloudDataset(torch.utils.data.Dataset):
 
     Items: ``{"points": [num_points, 6], "caption": str, "index": int}`` plus ``"text_emb"``
     [D] once ``set_text_embeddings`` was called (per-caption cache, computed once per caption).
+    An object with a ``captions`` list gets one of them per item, drawn from (seed, epoch, index).
 
     Augmentation (``augment=True``): a random rotation about the up axis (then the bbox is
     re-normalised, keeping xyz in [-0.5, 0.5]) and a scale jitter in [1 - scale_jitter, 1].
@@ -229,8 +230,14 @@ class PointCloudDataset(torch.utils.data.Dataset):
 
     @property
     def captions(self) -> list[str]:
-        """The distinct captions of this split, sorted."""
-        return sorted({self.entry(i)["caption"] for i in range(len(self))})
+        """The distinct captions of this split (every caption of every object), sorted."""
+        return sorted({c for i in range(len(self)) for c in self.captions_of(i)})
+
+    def captions_of(self, i: int) -> list[str]:
+        """Object ``i``'s captions: its ``captions`` list (``data_tools captions``), else
+        ``[caption]``."""
+        e = self.entry(i)
+        return e.get("captions") or [e["caption"]]
 
     def entry(self, i: int) -> dict:
         return self.reader.entries[self.rows[i]]
@@ -266,7 +273,11 @@ class PointCloudDataset(torch.utils.data.Dataset):
             coords, _, _ = normalize_bbox(rotate_z(coords, g.uniform(0, 2 * math.pi)))
             coords = coords * g.uniform(1 - self.scale_jitter, 1.0)
         points = to_model_space(torch.from_numpy(coords).float(), torch.from_numpy(colors))
-        item = {"points": points, "caption": self.entry(i)["caption"], "index": i}
+        # One caption per step when an object has several; its own stream, so objects with one
+        # caption see the same points as before captions lists existed.
+        caps = self.captions_of(i)
+        pick = np.random.default_rng([self.seed, self.epoch, i, 1]).integers(len(caps))
+        item = {"points": points, "caption": caps[int(pick)], "index": i}
         if self._text is not None:
             item["text_emb"] = self._text[item["caption"]]
         return item

@@ -119,3 +119,30 @@ def test_transfer_condition_keeps_the_layer_output():
     assert torch.allclose(out["text_proj.weight"] @ u, w @ (a @ u), atol=1e-5)
     assert out["text_bias.weight"].shape == (8, 12) and out["other"] is state["other"]
     assert state["text_proj.weight"] is w  # the input is not modified
+
+
+def test_dataset_draws_one_of_several_captions_per_step(tmp_path):
+    """``captions`` lists: every caption is embedded once and drawn by (seed, epoch, index);
+    an object with one caption gets it (and the same points as before lists existed)."""
+    import numpy as np
+
+    from pointdiff.data import PointCloudDataset, write_shards
+
+    rng = np.random.default_rng(0)
+    recs = [
+        {"id": f"o{i}", "caption": f"a thing {i}", "source": "t", "licence": "CC0",
+         "split": "train", "coords": rng.uniform(-0.5, 0.5, (64, 3)).astype(np.float32),
+         "colors": rng.integers(0, 256, (64, 3), dtype=np.uint8)}
+        for i in range(2)
+    ]  # fmt: skip
+    recs[0]["captions"] = ["a thing 0", "a red thing", "a small red thing"]
+    write_shards(recs, tmp_path / "d")
+    ds = PointCloudDataset(tmp_path / "d", num_points=32, subsample="first")
+    assert ds.captions == sorted({"a thing 0", "a red thing", "a small red thing", "a thing 1"})
+    seen = set()
+    for epoch in range(12):
+        ds.set_epoch(epoch)
+        seen.add(ds[0]["caption"])
+        assert ds[1]["caption"] == "a thing 1"
+        assert ds[0]["caption"] == ds[0]["caption"]  # deterministic within an epoch
+    assert seen == set(recs[0]["captions"])
