@@ -3,51 +3,94 @@
 Commands: shapenet, objaverse, sweethome3d, folder (convert), merge (pack after a job array),
 preview (PNG contact sheet). Every conversion writes OUT/{meta.json,index.jsonl,shard-*},
 OUT/errors.jsonl, OUT/summary.json and resumable per-object work files in OUT/work/.
+``captions SHARD_DIR`` adds natural captions to a converted index (data_tools/captions.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
-from data_tools import folder, objaverse, runner, shapenet, sweethome3d
+from data_tools import captions, folder, objaverse, runner, shapenet, sweethome3d
 from data_tools.jobs import DEFAULT_SPLIT, Settings, SourceError
 from data_tools.preview import preview
+
+
+def _positive(text: str) -> int:
+    """argparse type: an integer ≥ 1 (argparse names the option in its error)."""
+    return _int_at_least(text, 1)
+
+
+def _non_negative(text: str) -> int:
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low:
+        what = "positive" if low == 1 else f"at least {low}"
+        raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """argparse type: a finite number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
+    return value
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, help="output directory (shards, work files, logs)")
-    g.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    g.add_argument("--limit", type=int, help="convert only N objects (a seeded random subset)")
-    g.add_argument("--seed", type=int, default=0, help="seed for sampling, splits and --limit")
-    g.add_argument("--shard-index", type=int, default=0, help="this task's part (job arrays)")
+    g.add_argument("--workers", type=_positive, default=1, help="worker processes (default 1)")
+    g.add_argument(
+        "--limit", type=_positive, help="convert only N objects (a seeded random subset)"
+    )
+    g.add_argument(
+        "--seed", type=_non_negative, default=0, help="seed for sampling, splits and --limit"
+    )
+    g.add_argument(
+        "--shard-index", type=_non_negative, default=0, help="this task's part (job arrays)"
+    )
     g.add_argument(
         "--num-shards",
-        type=int,
+        type=_positive,
         default=1,
         help="parts in the job array; >1 skips packing: run `merge` at the end",
     )
     g.add_argument("--retry-failed", action="store_true", help="retry objects that failed before")
-    g.add_argument("--objects-per-shard", type=int, default=256)
+    g.add_argument("--objects-per-shard", type=_positive, default=256)
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     c = p.add_argument_group("conversion (stored in OUT/work/settings.json)")
-    c.add_argument("--num-points", type=int, default=4096, help="points per cloud (after FPS)")
-    c.add_argument("--oversample", type=int, default=32768, help="surface points before FPS")
+    c.add_argument(
+        "--num-points", type=_positive, default=4096, help="points per cloud (after FPS)"
+    )
+    c.add_argument("--oversample", type=_positive, default=32768, help="surface points before FPS")
     c.add_argument(
         "--views",
-        type=int,
+        type=_non_negative,
         default=20,
         help="viewpoints for visible-surface filtering (0: keep hidden surfaces)",
     )
-    c.add_argument("--sdf-queries", type=int, default=8192, help="SDF samples per object (0: none)")
+    c.add_argument(
+        "--sdf-queries", type=_non_negative, default=8192, help="SDF samples per object (0: none)"
+    )
     c.add_argument(
         "--max-disagree",
-        type=float,
+        type=_fraction,
         default=0.05,
         help="sign-test disagreement above which sdf_reliable is false",
     )
-    c.add_argument("--max-faces", type=int, default=4_000_000, help="fail larger meshes")
+    c.add_argument("--max-faces", type=_positive, default=4_000_000, help="fail larger meshes")
     c.add_argument(
         "--allow-missing-assets",
         action="store_true",
@@ -112,17 +155,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("merge", help="pack all work files of OUT (after --num-shards tasks)")
     p.add_argument("out")
-    p.add_argument("--objects-per-shard", type=int, default=256)
+    p.add_argument("--objects-per-shard", type=_positive, default=256)
 
     p = sub.add_parser("preview", help="PNG grid of converted clouds with captions")
     p.add_argument("shards", help="shard directory")
     p.add_argument("--png", required=True, help="output PNG path")
-    p.add_argument("--count", type=int, default=24)
-    p.add_argument("--cols", type=int, default=4)
-    p.add_argument("--views", type=int, default=2, help="azimuths per tile")
-    p.add_argument("--size", type=int, default=192, help="pixels per view")
+    p.add_argument("--count", type=_positive, default=24)
+    p.add_argument("--cols", type=_positive, default=4)
+    p.add_argument("--views", type=_positive, default=2, help="azimuths per tile")
+    p.add_argument("--size", type=_positive, default=192, help="pixels per view")
     p.add_argument("--split", help="only objects of this split")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_non_negative, default=0)
+
+    p = sub.add_parser("captions", help="add natural captions to index.jsonl")
+    p.add_argument("shards", help="shard directory (its index.jsonl is rewritten)")
+    p.add_argument("--dry-run", action="store_true", help="print 20 objects' captions only")
+    p.add_argument("--seed", type=int, default=0, help="added to each object's seed")
     return parser
 
 
@@ -147,8 +195,16 @@ def _jobs(args) -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "num_points", 0) > getattr(args, "oversample", 0):
+        parser.error(f"--oversample ({args.oversample}) must be ≥ --num-points ({args.num_points})")
     try:
+        if args.command == "captions":
+            rows = captions.caption_shards(args.shards, args.seed, dry_run=args.dry_run)
+            captions.print_sample(rows, 20 if args.dry_run else 3, args.seed)
+            print("dry run: nothing written" if args.dry_run else f"wrote {len(rows)} rows")
+            return 0
         if args.command == "preview":
             ids = preview(
                 args.shards,
@@ -165,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "merge":
             summary = runner.merge(args.out, args.objects_per_shard)
         else:
+            runner.check_output_dir(args.out)  # before the source is listed
             settings = Settings(
                 num_points=args.num_points,
                 oversample=args.oversample,
@@ -190,12 +247,29 @@ def main(argv: list[str] | None = None) -> int:
     except (SourceError, runner.RunError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except runner.OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        print(
+            f"finished objects are kept in {args.out}/work: free space (or fix the output) "
+            "and rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 1
+    except OSError as e:  # e.g. an unreadable captions file or source folder
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(summary.table())
     if getattr(args, "num_shards", 1) > 1:
         print(
             f"part {args.shard_index}/{args.num_shards} done; when all parts are: "
             f"python -m data_tools merge {args.out}"
         )
+    elif summary.total and not summary.packed:
+        print(
+            "error: no object was converted (see the counts above and errors.jsonl)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -9,6 +9,7 @@ generator seeded by (settings.seed, crc32(id)), so a record depends only on its 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import tempfile
 import zipfile
@@ -103,6 +104,8 @@ def _extract(job: Job, tmp: Path) -> tuple[Path, Path]:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(zf.read(info))
     except (zipfile.BadZipFile, OSError) as e:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise  # a full disk is not the archive's fault: the runner stops the run
         raise MeshError("unreadable", f"{job.archive}: {e}") from None
     return tmp / member, tmp / prefix
 

@@ -7,12 +7,19 @@ else words from the file name (``WaterBottle`` → ``a water bottle``; generic s
 ``model`` use the parent folder's name). An OBJ with UVs but no ``mtllib`` gets the
 texture image found next to it (``<stem>.png|jpg``, ``<name>_texture.*``, or the folder's only
 image), as Spot needs. Up axis: ``auto`` = Z for STL (CAD/printing convention), Y otherwise.
+
+Ids are ``<name>/<relative path without suffix>``; files that would share one (``a.obj`` and
+``a.ply``, a model as ``.gltf`` and ``.glb``) keep their suffix instead (``<name>/a.obj``), with a
+note on stderr. Dangling symlinks become jobs too, so they are reported (``missing_file``)
+rather than skipped in silence.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import sys
+from collections import Counter
 from pathlib import Path
 
 from data_tools.jobs import (
@@ -46,8 +53,11 @@ def read_caption_table(path: str | Path) -> dict[str, dict]:
 
 def _obj_texture(obj: Path) -> str | None:
     """The image for an OBJ that has UVs but no material library, if one is unambiguous."""
-    with open(obj, "rb") as f:
-        head = f.read(1 << 20)
+    try:
+        with open(obj, "rb") as f:
+            head = f.read(1 << 20)
+    except OSError:  # a dangling link or unreadable file: the conversion reports it
+        return None
     if b"mtllib" in head or b"\nvt " not in head:
         return None
     images = sorted(p for p in obj.parent.iterdir() if p.suffix.lower() in _IMAGES)
@@ -63,16 +73,22 @@ def _obj_texture(obj: Path) -> str | None:
 
 
 def mesh_files(root: Path) -> list[Path]:
-    """Mesh files under ``root``, following symlinked folders (each real folder once)."""
+    """Mesh files under ``root``, following symlinked folders (each real folder once).
+    Dangling symlinks are kept (the conversion reports them); folders that cannot be listed
+    are named on stderr."""
+
+    def note(e: OSError) -> None:
+        print(f"note: cannot list {e.filename}: {e.strerror} (skipped)", file=sys.stderr)
+
     seen, out = set(), []
-    for folder, dirs, names in os.walk(root, followlinks=True):
+    for folder, dirs, names in os.walk(root, onerror=note, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:
             dirs.clear()
             continue
         seen.add(real)
         out += [Path(folder) / n for n in names if Path(n).suffix.lower() in SUFFIXES]
-    return sorted(p for p in out if p.is_file())
+    return sorted(p for p in out if p.is_file() or p.is_symlink())
 
 
 def open_source(
@@ -90,13 +106,18 @@ def open_source(
         raise SourceError(f"{root}: not a directory")
     table = read_caption_table(captions) if captions else {}
     spec = parse_split(split)
+    meshes = mesh_files(root)
+    stems = Counter(m.relative_to(root).with_suffix("").as_posix() for m in meshes)
+    for stem, n in sorted(stems.items()):
+        if n > 1:
+            print(f"note: {n} files are named {stem}.*: their ids keep the suffix", file=sys.stderr)
     jobs = []
-    for mesh in mesh_files(root):
+    for mesh in meshes:
         rel = mesh.relative_to(root)
         stem_path = rel.with_suffix("").as_posix()
         row = table.get(rel.as_posix()) or table.get(stem_path) or table.get(mesh.stem) or {}
         label = mesh.stem if mesh.stem.lower() not in _GENERIC else mesh.parent.name
-        object_id = f"{name}/{stem_path}"
+        object_id = f"{name}/{stem_path if stems[stem_path] == 1 else rel.as_posix()}"
         axis = ("z" if mesh.suffix.lower() == ".stl" else "y") if up == "auto" else up
         texture = _obj_texture(mesh) if mesh.suffix.lower() == ".obj" else None
         caption = (row.get("caption") or "").strip()

@@ -13,17 +13,23 @@ A rerun skips objects that have a work file (or a fail file, unless ``retry_fail
 interrupted conversion resumes where it stopped; packing sorts by id, so the shards are the same
 bytes as those of an uninterrupted run. With ``num_shards`` > 1 a task converts every
 ``num_shards``-th job (starting at ``shard_index``) and leaves packing to ``merge``.
+
+Output that cannot be written (disk full, read-only) stops the run with ``OutputError``: no
+object is recorded as failed for it, no partial file keeps a final name (shards are written
+into ``OUT/.staging`` and moved into place once complete), and a rerun resumes.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import shutil
 import sys
 import time
 import traceback
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -47,6 +53,14 @@ class RunError(ValueError):
     """A run that cannot start (e.g. a work directory made with other settings)."""
 
 
+class OutputError(RuntimeError):
+    """Output that cannot be written (disk full, quota, read-only): the run stops, resumable."""
+
+
+#: errors of the machine, not of an object: they stop the run instead of failing the object.
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
 # ----------------------------------------------------------------------------------------------
 # Work files
 
@@ -59,10 +73,14 @@ def work_key(object_id: str) -> str:
 
 
 def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)  # never leave half a file behind
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _save_work(work: Path, job: Job, arrays: dict) -> None:
@@ -121,9 +139,16 @@ def _run_one(job: Job, settings: Settings, work: str, threads: int) -> tuple[str
     """Convert one job and write its work (or fail) file. Returns (id, outcome, reason)."""
     work_dir = Path(work)
     try:
-        arrays, done = convert_object(job, settings, threads)
+        try:
+            arrays, done = convert_object(job, settings, threads)
+        except OSError as e:
+            if e.errno in _OUTPUT_ERRNOS:  # e.g. a full disk while unpacking an archive
+                raise OutputError(f"converting {job.id}: {e.strerror}") from None
+            raise MeshError("unreadable", f"{Path(job.path).name}: {e}") from None
         _save_work(work_dir, done, arrays)
         return job.id, "converted", ""
+    except OutputError:  # the machine's fault, not the object's: stop, record nothing
+        raise
     except Filtered as e:
         _save_fail(work_dir, job, "filtered", e.reason, str(e))
         return job.id, "filtered", e.reason
@@ -140,34 +165,57 @@ def _run_one(job: Job, settings: Settings, work: str, threads: int) -> tuple[str
 
 
 def _run_pool(todo: list[Job], settings, work, workers, threads) -> Iterator[tuple]:
-    """Yield results from a process pool with at most ``workers`` jobs in flight. If a worker
-    dies (segfault, OOM kill), the jobs it may have held are retried once in a fresh pool, then
-    recorded as ``worker_crashed``."""
-    queue, crashes = list(reversed(todo)), Counter()
-    while queue:
+    """Yield one result per job from a process pool with at most ``workers`` jobs in flight.
+
+    A worker that dies (OOM kill, segfault) breaks the pool and fails every job in flight with
+    it. Those jobs are retried in a fresh pool one at a time, so a second death names its job:
+    that one is recorded as ``worker_crashed`` and the others carry on.
+    """
+    queue, suspects, crashes = deque(todo), deque(), Counter()
+    while queue or suspects:
         # forkserver: a clean single-threaded server imports the heavy modules once and forks
         # the workers from it (a plain fork of this process could inherit running threads).
         ctx = get_context("forkserver")
         ctx.set_forkserver_preload(["data_tools.convert"])
+        died, broken = [], False  # jobs in flight when a worker died
         with ProcessPoolExecutor(workers, ctx, _init_worker, (threads,)) as pool:
             running = {}
-            try:
-                while queue or running:
-                    while queue and len(running) < workers:
-                        job = queue.pop()
+            while (queue or suspects or running) and not broken:
+                # a job retried after a crash runs alone, until it is done
+                alone = suspects or any(crashes[j.id] for j in running.values())
+                while (suspects or queue) and len(running) < (1 if alone else workers):
+                    source = suspects or queue
+                    job = source.popleft()
+                    try:
                         running[pool.submit(_run_one, job, settings, work, threads)] = job
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        job = running.pop(fut)
-                        yield fut.result()
-            except BrokenProcessPool:
-                for job in running.values():
-                    crashes[job.id] += 1
-                    if crashes[job.id] >= 2:
-                        _save_fail(Path(work), job, "failed", "worker_crashed", "process died")
-                        yield job.id, "failed", "worker_crashed"
+                    except BrokenProcessPool:  # an idle worker died since the last wait
+                        source.appendleft(job)
+                        broken = True
+                        break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                if broken or any(isinstance(f.exception(), BrokenProcessPool) for f in done):
+                    broken = True
+                    done, _ = wait(running)  # the rest fail (or finish) with the pool
+                for fut in done:
+                    job = running.pop(fut)
+                    if isinstance(fut.exception(), BrokenProcessPool):
+                        died.append(job)
                     else:
-                        queue.append(job)
+                        yield fut.result()  # re-raises OutputError: the run stops
+        if died:
+            ids = ", ".join(j.id for j in died)
+            print(f"note: a worker process died while converting {ids}", file=sys.stderr)
+        for job in died:
+            crashes[job.id] += 1
+            if crashes[job.id] < 2:
+                suspects.append(job)
+                continue
+            message = (
+                "the worker process died twice while converting this object (killed, e.g. by "
+                "the out-of-memory killer, or crashed in native code)"
+            )
+            _save_fail(Path(work), job, "failed", "worker_crashed", message)
+            yield job.id, "failed", "worker_crashed"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,14 +294,19 @@ def run(
 
     out = Path(out)
     work = out / "work"
-    work.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create {work}: {e.strerror or e}") from None
     _check_settings(work, settings)
-    ids = [j.id for j in jobs]
-    if len(set(ids)) != len(ids):
-        dup = [k for k, v in Counter(ids).items() if v > 1][:3]
-        raise RunError(f"duplicate object ids, e.g. {dup}")
+    jobs, duplicates = _unique(jobs)
     jobs = select_shard(jobs, shard_index, num_shards)
-    summary = Summary(total=len(jobs))
+    ids = {j.id for j in jobs}
+    duplicates = [j for j in duplicates if j.id in ids]  # counted in the part of their id
+    summary = Summary(total=len(jobs) + len(duplicates))
+    for _ in duplicates:
+        _count(summary, "filtered", "duplicate_id")
     todo = []
     for job in jobs:
         key = work / work_key(job.id)
@@ -299,6 +352,34 @@ def run(
     return summary
 
 
+def check_output_dir(out: str | os.PathLike) -> None:
+    """Refuse an output path that is, or lies under, something other than a directory."""
+    out = Path(out)
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is" if p == out else f"lies under {p}, which is"
+                raise RunError(f"--out {out} {what} a file, not a directory")
+            return
+
+
+def _unique(jobs: list[Job]) -> tuple[list[Job], list[Job]]:
+    """(first job of each id, the later ones): sources give distinct ids, but should two files
+    still claim one id, the run goes on with the first and names the others."""
+    seen, kept, dropped = {}, [], []
+    for job in jobs:
+        if job.id in seen:
+            dropped.append(job)
+            print(
+                f"note: {job.path} has the id {job.id} of {seen[job.id]}: skipped",
+                file=sys.stderr,
+            )
+        else:
+            seen[job.id] = job.path
+            kept.append(job)
+    return kept, dropped
+
+
 def _count(summary: Summary, outcome: str, reason: str) -> None:
     if outcome == "filtered":
         summary.filtered += 1
@@ -338,7 +419,21 @@ def pack(work: Path, out: Path, ids: list[str] | None = None, objects_per_shard:
     entries.sort()
     if not entries:
         return 0
-    write_shards((load_work(f) for _, f in entries), out, objects_per_shard)
+    # Write into a staging folder, then move the complete set in (meta.json last, as readers
+    # start from it): a full disk leaves the previous shards, or none, never part of a set.
+    staging = out / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        meta = write_shards((load_work(f) for _, f in entries), staging, objects_per_shard)
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(f"cannot write shards into {out}: {e.strerror or e}") from None
+    for name in (*meta["shards"], "index.jsonl", "meta.json"):
+        os.replace(staging / name, out / name)
+    for stale in out.glob("shard-*.safetensors"):
+        if stale.name not in meta["shards"]:
+            stale.unlink()
+    shutil.rmtree(staging, ignore_errors=True)
     return len(entries)
 
 
