@@ -2,6 +2,7 @@
 clear error (exit code and message), never a traceback, a silent loss or a partial shard."""
 
 import base64
+import dataclasses
 import errno
 import json
 import struct
@@ -234,7 +235,7 @@ def test_same_named_files_get_distinct_ids(tmp_path, capsys):
 
 def test_runner_keeps_the_first_of_two_jobs_with_one_id(tmp_path, good_folder, capsys):
     jobs = folder.open_source(good_folder)
-    twin = jobs[0].__class__(**{**jobs[0].__dict__, "path": str(good_folder / "crate.ply")})
+    twin = dataclasses.replace(jobs[0], path=str(good_folder / "crate.ply"))
     summary = runner.run([*jobs, twin], tmp_path / "out", SETTINGS, progress=False)
     assert summary.converted == 3 and summary.by_reason == {"filtered:duplicate_id": 1}
     assert f"{good_folder / 'crate.ply'} has the id {jobs[0].id}" in capsys.readouterr().err
@@ -313,9 +314,7 @@ def _trapped_jobs(root: Path, trap) -> list:
     index is the same with or without one)."""
     jobs = folder.open_source(root)
     return [
-        j.__class__(
-            **{**j.__dict__, "extras": {**j.extras, "trap": trap if "crate" in j.id else None}}
-        )
+        dataclasses.replace(j, extras={**j.extras, "trap": trap if "crate" in j.id else None})
         for j in jobs
     ]
 
