@@ -15,10 +15,16 @@ renamed into place (``os.replace``), so a crash never leaves a half-written chec
 name; only the last ``keep_last`` are kept. A *release* directory (``checkpoints/<name>/``) holds
 ``model.safetensors`` (EMA weights, fp16 by default) + ``config.json`` (+ the text files), as
 written by ``export_for_release``. Weights never go through pickle.
+
+A release directory's ``config.json`` also holds ``"sha256": {file name: hex digest}`` for its
+weight files (``record_hashes``); ``load_weights`` checks them, so a corrupted or edited weights
+file is an error that names it instead of a model that loads and samples garbage. Directories
+without hashes (older exports, training checkpoints) load unchecked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -38,6 +44,7 @@ from pointdiff.models import build_model
 FORMAT = "pointdiff-checkpoint"
 VERSION = 1
 LATEST = "latest.json"
+HASHES = "sha256"  # config.json key: {file name: SHA-256 hex digest} of the files beside it
 _CKPT_RE = re.compile(r"^ckpt-(\d{7,})$")
 
 
@@ -89,9 +96,9 @@ def _cpu_state(module: nn.Module, dtype: torch.dtype | None = None) -> dict[str,
     return out
 
 
-def _atomic_json(path: Path, obj) -> None:
+def _atomic_json(path: Path, obj, sort_keys: bool = True) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=sort_keys))
     os.replace(tmp, path)
 
 
@@ -193,6 +200,70 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 
 # ----------------------------------------------------------------------------------------------
+# File hashes (release directories)
+
+
+def hash_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def record_hashes(folder: str | os.PathLike, names: list[str] | None = None) -> dict[str, str]:
+    """Store the SHA-256 of files in ``folder`` in its ``config.json`` under ``"sha256"``,
+    keeping the rest of the JSON as it is.
+
+    Call it last, after every file of the directory is written (and again after changing one on
+    purpose).
+
+    :param names: the files to hash (default: the ``*.safetensors`` weight files; the JSON
+        files beside them are text, whose line endings git may rewrite on checkout).
+    :return: ``{file name: hex digest}``.
+    """
+    folder = Path(folder)
+    cfg_file = folder / "config.json"
+    meta = json.loads(cfg_file.read_text())
+    if names is None:
+        names = sorted(p.name for p in folder.glob("*.safetensors") if p.is_file())
+    meta[HASHES] = {name: hash_file(folder / name) for name in names}
+    _atomic_json(cfg_file, meta, sort_keys=False)
+    return meta[HASHES]
+
+
+def verify_hashes(folder: str | os.PathLike) -> int:
+    """Check the files of ``folder`` against the hashes in its ``config.json``.
+
+    :return: how many files were checked (0 for a directory without recorded hashes).
+    :raises CheckpointError: naming the first file that is missing or whose hash differs.
+    """
+    folder = Path(folder)
+    cfg_file = folder / "config.json"
+    try:
+        hashes = json.loads(cfg_file.read_text()).get(HASHES, {}) if cfg_file.is_file() else {}
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise CheckpointError(f"{cfg_file}: unreadable ({e})") from e
+    if not isinstance(hashes, dict):
+        raise CheckpointError(f"{cfg_file}: {HASHES!r} must map file names to SHA-256 digests")
+    for name, want in sorted(hashes.items()):
+        path = folder / name
+        restore = f"restore it (`git checkout -- {path}` in a clone, or download it again)"
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing, but {cfg_file} lists it; {restore}")
+        got = hash_file(path)
+        if got != want:
+            raise CheckpointError(
+                f"{path}: SHA-256 mismatch (expected {str(want)[:12]}…, got {got[:12]}…, "
+                f"recorded in {cfg_file}): the file is corrupt or was changed; {restore} or "
+                "re-export the checkpoint (after an intentional change, record the new hashes "
+                "with pointdiff.checkpoint.record_hashes)"
+            )
+    return len(hashes)
+
+
+# ----------------------------------------------------------------------------------------------
 # Loading
 
 
@@ -240,9 +311,14 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_weights(path: str | os.PathLike, use_ema: bool = True) -> tuple[dict, dict]:
-    """(state_dict, configs) of a checkpoint; EMA weights when present and ``use_ema``."""
+    """(state_dict, configs) of a checkpoint; EMA weights when present and ``use_ema``.
+
+    Every file of the directory with a hash in its ``config.json`` is checked first
+    (``verify_hashes``), a text tower's weights beside a base model included.
+    """
     ckpt = resolve(path)
     configs = load_configs(ckpt)
+    verify_hashes(ckpt)
     name = "ema.safetensors" if use_ema and (ckpt / "ema.safetensors").is_file() else None
     return _load_safetensors(ckpt / (name or "model.safetensors")), configs
 
@@ -323,7 +399,8 @@ def init_from_checkpoint(
 def export_for_release(
     ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: torch.dtype = torch.float16
 ) -> Path:
-    """Write a shipped checkpoint: EMA weights (cast to ``dtype``) + config.json (+ text files).
+    """Write a shipped checkpoint: EMA weights (cast to ``dtype``) + config.json (+ text files),
+    with the SHA-256 of each file in config.json (``record_hashes``).
 
     :return: ``out_dir``, written atomically.
     """
@@ -352,6 +429,7 @@ def export_for_release(
         )
         save_file(cast(_load_safetensors(text)), str(tmp / "text.safetensors"))
         shutil.copyfile(ckpt / "text_config.json", tmp / "text_config.json")
+    record_hashes(tmp)
     out.parent.mkdir(parents=True, exist_ok=True)
     _replace_dir(tmp, out)
     return out

@@ -3,10 +3,76 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "pointdiff-small"
+
+
+MAX_PROMPT_CHARS = 300  # about CLIP's 77 tokens; far longer than any training caption
+MAX_NUM_SAMPLES = 1000
+MAX_STEPS = 1000
+MAX_GUIDANCE = 100.0
+MAX_SEED = 2**63 - 1  # seed + i seeds sample i's torch.Generator (at most 2**64 - 1)
+
+
+def _number_parser(
+    kind: type, lo: float | None = None, hi: float | None = None, finite: bool = True
+):
+    """An argparse ``type``: an int or float in [lo, hi] (NaN never; ±inf only if not ``finite``);
+    argparse reports a failure as ``argument --name: <message>`` with exit code 2."""
+    name = "an integer" if kind is int else "a number"
+    lo_, hi_ = (f"{b}" if kind is int else f"{b:g}" for b in (lo or 0, hi or 0))
+    bounds = (f"from {lo_} to {hi_}" if lo is not None and hi is not None
+              else f">= {lo_}" if lo is not None else f"<= {hi_}" if hi is not None else "")  # fmt: skip
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {name} {bounds}, got {text!r}") from None
+        if math.isnan(value) or (finite and math.isinf(value)):
+            raise argparse.ArgumentTypeError(f"must be a finite number {bounds}, got {text!r}")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be {name} {bounds}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse's fallback message names the type
+    return parse
+
+
+def _parse_prompt(text: str) -> str:
+    """An argparse ``type``: a text prompt, non-blank and at most ``MAX_PROMPT_CHARS`` long."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"every prompt must be a non-empty string, got {text!r}")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise argparse.ArgumentTypeError(f"a prompt may have at most {MAX_PROMPT_CHARS} "
+                                         f"characters, got {len(text)} ({text[:40]!r}...)")  # fmt: skip
+    return text
+
+
+def check_device(text: str) -> str:
+    """An argparse ``type``: a torch device string that names a device this machine has."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r} (cpu, cuda, cuda:N or mps)")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available on this machine "
+                                             "(no GPU, driver or CUDA build of torch); use cpu")  # fmt: skip
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {count} CUDA "
+                                             f"device(s), cuda:0 to cuda:{count - 1}")  # fmt: skip
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available on this machine; use cpu")
+    return text
 
 
 def _add_sample(sub) -> None:
@@ -14,30 +80,45 @@ def _add_sample(sub) -> None:
         "sample",
         help="text -> coloured point cloud (-> mesh)",
         description="Sample coloured point clouds (and meshes) from text prompts. Writes, per "
-        "sample, OUT/<nn>_<prompt>/cloud.ply, cloud.npz, cloud.png and (with an SDF stage) "
-        "mesh.glb, mesh.ply, mesh.png.",
+        "sample, OUT/<nn>_<prompt>/cloud.ply, cloud.npz, cloud.png, prompt.txt and (with an SDF "
+        "stage) mesh.glb, mesh.ply, mesh.png. OUT must be empty or new unless --overwrite.",
     )
-    p.add_argument("prompts", nargs="*", help="one or more text prompts (batched together)")
+    p.add_argument("prompts", nargs="*", type=_parse_prompt,
+                   help=f"one or more text prompts (batched together; at most {MAX_PROMPT_CHARS} "
+                        "characters each)")  # fmt: skip
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
                    help="pipeline or model directory (default: the shipped checkpoint)")  # fmt: skip
-    p.add_argument("--out", default="runs/samples", help="output directory")
-    p.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: checkpoint's)")
+    p.add_argument("--out", default="runs/samples",
+                   help="output directory; must be empty or not exist yet, unless --overwrite "
+                        "(default: runs/samples)")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty OUT: first remove the sample folders of earlier "
+                        "runs (<nn>_<prompt>/ holding a prompt.txt), so no stale file stays "
+                        "beside the new ones; other files in OUT are kept")  # fmt: skip
+    p.add_argument("--num-samples", type=_number_parser(int, 1, MAX_NUM_SAMPLES), default=1,
+                   help=f"samples per prompt (1 to {MAX_NUM_SAMPLES})")  # fmt: skip
+    p.add_argument("--steps", type=_number_parser(int, 1, MAX_STEPS), default=None,
+                   help=f"sampler steps, 1 to {MAX_STEPS} (default: checkpoint's)")  # fmt: skip
     p.add_argument("--sampler", choices=["heun", "euler", "dpmpp_2m"], default=None)
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
-    p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-                   help="guide only where LO < sigma <= HI, conditional elsewhere (default: "
-                        "checkpoint's)")  # fmt: skip
-    p.add_argument("--stray-ratio", type=float, default=None,
+    p.add_argument("--guidance", type=_number_parser(float, 0, MAX_GUIDANCE), default=None,
+                   help=f"classifier-free guidance scale, 0 to {MAX_GUIDANCE:g} (1: conditional "
+                        "model only; default: checkpoint's)")  # fmt: skip
+    p.add_argument("--guidance-interval", type=_number_parser(float, 0, finite=False), nargs=2,
+                   default=None, metavar=("LO", "HI"),
+                   help="guide only where LO < sigma <= HI (0 <= LO < HI; HI may be inf), "
+                        "conditional elsewhere (default: checkpoint's)")  # fmt: skip
+    p.add_argument("--stray-ratio", type=_number_parser(float, 0), default=None,
                    help="move points farther than this × the median neighbour spacing onto the "
                         "cloud after each stage (default: checkpoint's; 0: keep them)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=_number_parser(int, 0, MAX_SEED), default=0,
                    help="sample i of the batch uses seed + i (independent of the other prompts)")  # fmt: skip
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", type=check_device, default="cpu",
+                   help="cpu, cuda, cuda:1, mps (must be available)")  # fmt: skip
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (fast on AMX CPUs and GPUs)")
     p.add_argument("--stop-after", choices=["base", "upsampler"], default=None,
                    help="stop after this stage (no mesh)")  # fmt: skip
-    p.add_argument("--grid-size", type=int, default=64, help="marching-cubes grid for the mesh")
+    p.add_argument("--grid-size", type=_number_parser(int, 8, 512), default=64,
+                   help="marching-cubes grid for the mesh (8 to 512)")  # fmt: skip
     p.add_argument("--no-mesh", action="store_true", help="skip meshing")
     g = p.add_argument_group(
         "point-e checkpoints",
@@ -57,13 +138,37 @@ def _add_sample(sub) -> None:
                    help="point-e's floored sigma->t bridge (bit parity) instead of continuous t")  # fmt: skip
 
 
+def _sample_usage_error(args) -> str | None:
+    """The first problem with arguments of ``sample`` that argparse cannot see alone (checked
+    before any model is loaded), as ``argument --name: why``; None when there is none."""
+    if bool(args.prompts) == bool(args.image) or (args.image and not args.pointe_dir):
+        return "give text prompts or --image FILE (with --pointe-dir), not both"
+    lo, hi = args.guidance_interval or (0, math.inf)
+    if not lo < hi:
+        return f"argument --guidance-interval: LO must be below HI, got {lo:g} {hi:g}"
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        return f"argument --out: {out} exists and is not a directory"
+    if out.is_dir() and not args.overwrite:
+        try:
+            entries = sorted(e.name for e in out.iterdir())
+        except OSError as e:
+            return f"argument --out: cannot read {out} ({e.strerror})"
+        if entries:
+            shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+            n = f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
+            return (f"argument --out: {out} is not empty ({n}: {shown}); "
+                    "choose a new folder or pass --overwrite to replace its sample folders")  # fmt: skip
+    return None
+
+
 def _run_sample(args) -> int:
     from pointdiff.compat.pointe_pipeline import load_pointe_pipeline
-    from pointdiff.pipeline import load_pipeline, write_sample
+    from pointdiff.pipeline import load_pipeline, remove_samples, write_sample
 
-    if bool(args.prompts) == bool(args.image) or (args.image and not args.pointe_dir):
-        print("pointdiff sample: error: give text prompts or --image FILE (with --pointe-dir), "
-              "not both", file=sys.stderr)  # fmt: skip
+    problem = _sample_usage_error(args)
+    if problem:
+        print(f"pointdiff sample: error: {problem}", file=sys.stderr)
         return 2
     if args.pointe_dir:
         pipe = load_pointe_pipeline(
@@ -73,6 +178,11 @@ def _run_sample(args) -> int:
         )  # fmt: skip
     else:
         pipe = load_pipeline(args.checkpoint, device=args.device)
+    stages = [s.name for s in pipe.stages]
+    if args.stop_after is not None and args.stop_after not in stages:
+        print(f"pointdiff sample: error: argument --stop-after: {args.checkpoint} has no "
+              f"{args.stop_after!r} stage (stages: {', '.join(stages)})", file=sys.stderr)  # fmt: skip
+        return 2
     inputs = args.image or args.prompts
     prompts = [p for p in inputs for _ in range(args.num_samples)]
     for prompt in args.prompts:  # empty for --image
@@ -90,6 +200,11 @@ def _run_sample(args) -> int:
                  "guidance_interval": None if args.guidance_interval is None else tuple(args.guidance_interval)}  # fmt: skip
     clouds = pipe.sample_clouds(prompts, seed=args.seed, stop_after=args.stop_after,
                                 overrides=overrides, bf16=args.bf16)  # fmt: skip
+    if args.overwrite:  # only now: a failed run leaves the earlier samples in place
+        removed = remove_samples(Path(args.out))
+        if removed:
+            print(f"note: --overwrite: removed {len(removed)} sample folder(s) of an earlier run "
+                  f"from {args.out}", file=sys.stderr)  # fmt: skip
     make_mesh = not args.no_mesh and args.stop_after is None
     for i, (prompt, cloud) in enumerate(zip(prompts, clouds, strict=True)):
         mesh = _mesh_with_notes(pipe, cloud, args.grid_size) if make_mesh else None

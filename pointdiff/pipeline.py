@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import re
+import shutil
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -347,26 +350,59 @@ def _slug(text: str, n: int = 40) -> str:
 
 
 def write_sample(out: Path, index: int, prompt: str, cloud: PointCloud, mesh=None) -> Path:
-    """Write ``cloud.ply``, ``cloud.npz``, ``cloud.png`` (+ ``mesh.glb/.ply/.png``) to a folder.
+    """Write ``cloud.ply``, ``cloud.npz``, ``cloud.png`` (+ ``mesh.glb/.ply/.png``) and
+    ``prompt.txt`` to a folder, replacing any folder of that name whole: the files are written to
+    a hidden temporary folder that is then renamed into place, so a sample folder never mixes two
+    runs' files (a mesh of another seed beside a new cloud) nor shows a half-written sample.
 
     :return: the folder ``out/<index>_<prompt slug>``.
     """
     from pointdiff.render import render_mesh_views, render_views
 
     folder = Path(out) / f"{index:02d}_{_slug(prompt)}"
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
     except OSError as e:
         raise PipelineError(f"cannot create output folder {folder}: {e.strerror}") from None
-    cloud.save(folder / "cloud.ply")
-    cloud.save(folder / "cloud.npz")
-    render_views(cloud).save(folder / "cloud.png")
-    if mesh is not None:
-        mesh.save(folder / "mesh.glb")
-        mesh.save(folder / "mesh.ply")
-        render_mesh_views(mesh.verts, mesh.faces, mesh.colors).save(folder / "mesh.png")
-    (folder / "prompt.txt").write_text(prompt + "\n")
+    try:
+        cloud.save(tmp / "cloud.ply")
+        cloud.save(tmp / "cloud.npz")
+        render_views(cloud).save(tmp / "cloud.png")
+        if mesh is not None:
+            mesh.save(tmp / "mesh.glb")
+            mesh.save(tmp / "mesh.ply")
+            render_mesh_views(mesh.verts, mesh.faces, mesh.colors).save(tmp / "mesh.png")
+        (tmp / "prompt.txt").write_text(prompt + "\n")
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder)
+        elif folder.exists() or folder.is_symlink():
+            folder.unlink()
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # only left when writing failed
     return folder
+
+
+_SAMPLE_DIR = re.compile(r"^\d{2,}_[a-z0-9_]+$")
+
+
+def remove_samples(out: Path) -> list[Path]:
+    """Remove the sample folders ``write_sample`` wrote into ``out`` (``<nn>_<slug>/`` holding a
+    ``prompt.txt``), so a new run's samples are not mixed with an earlier run's; other files and
+    folders are kept.
+
+    :return: the folders removed.
+    """
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    found = sorted(p for p in out.iterdir() if p.is_dir() and not p.is_symlink()
+                   and _SAMPLE_DIR.match(p.name) and (p / "prompt.txt").is_file())  # fmt: skip
+    for folder in found:
+        shutil.rmtree(folder)
+    return found
 
 
 def mesh_cloud_file(
@@ -431,14 +467,15 @@ def export_pipeline(
     Layout: ``pipeline.json`` + ``base/`` (+ ``upsampler/``, ``sdf/``), each a release directory;
     ``sample`` (the measured default sampler settings) is stored in the stage's config, and
     ``captions`` (what the base model was trained on) in ``base/captions.json``, ``aliases``
-    (``lexicon.build_aliases`` of those captions) in ``base/lexicon.json``.
+    (``lexicon.build_aliases`` of those captions) in ``base/lexicon.json``. Each stage's
+    ``config.json`` records the SHA-256 of its weight files (checked when loading).
 
     :param points: per stage, model point counts to ship instead of the trained ones, e.g.
         ``{"base": {"num_points": 1024}}`` for a model trained on 256-point subsets (the
         denoisers have no positional embedding, so a set size is a sampling choice, not a
         weight shape).
     """
-    from pointdiff.checkpoint import export_for_release
+    from pointdiff.checkpoint import export_for_release, record_hashes
     from pointdiff.config import to_dict
 
     out = Path(out_dir)
@@ -462,4 +499,7 @@ def export_pipeline(
         (out / "base" / "captions.json").write_text(json.dumps(sorted(set(captions)), indent=0))
     if aliases is not None:
         save_lexicon(out / "base", aliases)
+    for name, src in stages.items():  # last, once every file of the stage is written
+        if src is not None:
+            record_hashes(out / name)
     return out

@@ -123,14 +123,15 @@ def test_cli_sample_writes_cloud_mesh_and_previews(tiny_pipeline, tmp_path, caps
     cloud = PointCloud.load(folder / "cloud.ply")
     assert len(cloud) == 256
     first = (folder / "cloud.npz").read_bytes()
-    assert main(args) == 0  # same seed -> same bytes
+    assert main(args + ["--overwrite"]) == 0  # same seed -> same bytes
     assert (folder / "cloud.npz").read_bytes() == first
     # an interval holding every sigma is plain guidance: same bytes again
-    assert main(args + ["--guidance-interval", "0", "1e9"]) == 0
+    assert main(args + ["--overwrite", "--guidance-interval", "0", "1e9"]) == 0
     assert (folder / "cloud.npz").read_bytes() == first
     # bad input gives one clear line and exit code 2, no traceback
-    assert main(["sample", " ", "--checkpoint", str(tiny_pipeline), "--out", str(tmp_path)]) == 2
-    assert "non-empty string" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # argparse's own check of each prompt
+        main(["sample", " ", "--checkpoint", str(tiny_pipeline), "--out", str(tmp_path)])
+    assert e.value.code == 2 and "non-empty string" in capsys.readouterr().err
     assert main(["sample", "x", "--checkpoint", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
 

@@ -5,6 +5,9 @@
         --sampler dpmpp_2m --steps 24 --guidance 3 --captions-from runs/data/ship --wordnet \
         [--base-points 1024 --up-points 1024 3072]   # models trained on point subsets
 
+Each stage's config.json records the SHA-256 of its weight files ("sha256"); loading checks them,
+so a corrupt or changed file is named instead of sampled from.
+
 --wordnet also writes base/lexicon.json: every WordNet noun mapped to the nearest word of the
 training captions (pointdiff.lexicon), so prompts with words the model never saw ("a desk") are
 read as words it knows ("a table"). It needs Debian's wordnet-base (`make sysdeps`) at export

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pointdiff.checkpoint import record_hashes, verify_hashes
 from pointdiff.pointcloud import farthest_point_sample
 
 
@@ -231,6 +232,7 @@ def save_classifier(
     meta = {"config": asdict(model.cfg), **(extra or {})}
     (out / "config.json.tmp").write_text(json.dumps(meta, indent=1))
     os.replace(out / "config.json.tmp", out / "config.json")
+    record_hashes(out)  # the weights' SHA-256 in config.json, checked by load_classifier
 
 
 def load_classifier(path: str | os.PathLike, device: str = "cpu") -> PointNet2Classifier:
@@ -241,6 +243,7 @@ def load_classifier(path: str | os.PathLike, device: str = "cpu") -> PointNet2Cl
     if not (root / "config.json").is_file() or not (root / "model.safetensors").is_file():
         raise ClassifierError(f"{root}: expected model.safetensors and config.json (train one with "
                               "train/train_classifier.py, or load point-e's with load_pointe_evaluator)")  # fmt: skip
+    verify_hashes(root)  # a CheckpointError naming a corrupt or changed file
     d = json.loads((root / "config.json").read_text())["config"]
     for k in ("num_centroids", "radii", "num_neighbors", "class_names"):
         d[k] = tuple(d[k])
