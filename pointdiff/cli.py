@@ -223,15 +223,19 @@ def _add_mesh(sub) -> None:
         "cloud's own coordinates.",
     )
     p.add_argument("cloud", help=".ply or .npz point cloud")
-    p.add_argument("-o", "--out", required=True, help="mesh file: .glb, .ply or .obj")
+    p.add_argument("-o", "--out", required=True,
+                   help="mesh file: .glb, .ply or .obj, in an existing writable directory")  # fmt: skip
     p.add_argument("--method", choices=["auto", "sdf", "poisson"], default="auto")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
                    help="pipeline directory holding the SDF head (for --method sdf)")  # fmt: skip
-    p.add_argument("--grid-size", type=int, default=128)
+    p.add_argument("--grid-size", type=_number_parser(int, 8, MAX_MESH_GRID), default=128,
+                   help=f"marching-cubes samples per axis, 8 to {MAX_MESH_GRID} (memory grows "
+                        "with its cube)")  # fmt: skip
     p.add_argument("--no-snap", action="store_true",
                    help="keep the SDF surface as marching cubes gives it (default: vertices "
                    "projected onto the cloud's local planes)")  # fmt: skip
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=check_device, default="cpu",
+                   help="cpu, cuda, cuda:1, mps (must be available)")  # fmt: skip
 
 
 def _mesh_with_notes(pipe, cloud, grid_size: int):
@@ -246,12 +250,52 @@ def _mesh_with_notes(pipe, cloud, grid_size: int):
     return mesh
 
 
+# ----------------------------------------------------------------------------------------------
+# mesh: checks of the arguments before any file is read or model loaded
+
+MAX_MESH_GRID = 512  # 512³ float32 samples are 0.5 GB before marching cubes' own copies
+
+
+def _mesh_usage_error(args) -> str | None:
+    """The first problem with ``mesh``'s arguments that argparse cannot see alone, as
+    ``argument --name: why``; None when there is none. Runs before the work, so a typo in the
+    output path costs nothing."""
+    from pointdiff.mesh import MeshError, check_mesh_output
+
+    try:
+        out = check_mesh_output(args.out)
+    except MeshError as e:
+        return f"argument -o/--out: {e}"
+    if out.resolve() == Path(args.cloud).resolve():
+        return f"argument -o/--out: {out} is the input cloud; writing the mesh would replace it"
+    if args.method != "poisson" and not Path(args.checkpoint).is_dir():
+        return (f"argument --checkpoint: {args.checkpoint} is not a directory (the SDF head is "
+                "needed unless --method poisson)")  # fmt: skip
+    return None
+
+
 def _run_mesh(args) -> int:
+    import warnings
+
     from pointdiff.pipeline import mesh_cloud_file
 
-    out = mesh_cloud_file(args.cloud, args.out, method=args.method, checkpoint=args.checkpoint,
-                          grid_size=args.grid_size, device=args.device,
-                          snap=not args.no_snap)  # fmt: skip
+    problem = _mesh_usage_error(args)
+    if problem:
+        print(f"pointdiff mesh: error: {problem}", file=sys.stderr)
+        return 2
+    with warnings.catch_warnings(record=True) as caught:  # notes (Poisson fallback, subsampling)
+        warnings.simplefilter("always")
+        try:
+            out = mesh_cloud_file(args.cloud, args.out, method=args.method,
+                                  checkpoint=args.checkpoint, grid_size=args.grid_size,
+                                  device=args.device, snap=not args.no_snap)  # fmt: skip
+        except MemoryError:
+            print(f"pointdiff mesh: error: out of memory meshing {args.cloud} (try a smaller "
+                  "--grid-size, or --method poisson)", file=sys.stderr)  # fmt: skip
+            return 1
+        finally:
+            for w in caught:
+                print(f"note: {w.message}", file=sys.stderr)
     print(out)
     return 0
 
