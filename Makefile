@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 sample: $(STAMP)
-	$(BIN)/pointdiff sample "$(PROMPT)" --out runs/demo
+	$(BIN)/pointdiff sample "$(PROMPT)" --out runs/demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

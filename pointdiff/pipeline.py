@@ -268,10 +268,7 @@ def _stage_from_dir(path: Path, name: str, device: torch.device) -> tuple[Stage,
 def _text_encoder_for(path: Path, configs: dict, device: torch.device) -> TextEncoder | None:
     if (path / "text.safetensors").is_file():
         return TextEncoder.load(path).to(device).eval()
-    tcfg = configs.get("text", TextConfig())
-    if tcfg.arch.startswith(WordEncoder.ARCH):
-        return WordEncoder.from_arch(tcfg.arch).to(device).eval()
-    return TextEncoder.from_pretrained(tcfg.arch, tcfg.pretrained).to(device).eval()
+    return TextEncoder.from_text_config(configs.get("text", TextConfig())).to(device).eval()
 
 
 def load_pipeline(checkpoint: str | Path, device: str = "cpu") -> TextTo3D:

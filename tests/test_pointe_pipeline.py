@@ -285,11 +285,12 @@ def test_convert_infers_name_or_says_which(pointe_dir, tmp_path, capsys):
 
 
 def test_cli_errors(tmp_path, capsys, photo):
-    assert main(["sample", "a corgi", "--pointe-dir", str(tmp_path), "--no-mesh"]) == 2
+    out = ["--out", str(tmp_path / "out")]  # not the default runs/samples, which may hold files
+    assert main(["sample", "a corgi", "--pointe-dir", str(tmp_path), "--no-mesh", *out]) == 2
     err = capsys.readouterr().err
     assert "base40M-textvec.pt, upsample.pt into" in err and "CLIP" in err
     assert main(["sample", "--image", str(photo), "--pointe-dir", str(tmp_path),
-                 "--stop-after", "base", "--clip-weights", "/nonexistent.pt"]) == 2  # fmt: skip
+                 "--stop-after", "base", "--clip-weights", "/nonexistent.pt", *out]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert "base40M.pt into" in err and "upsample.pt" not in err and "/nonexistent.pt" in err
     assert main(["sample", "a corgi", "--image", str(photo), "--pointe-dir", "x"]) == 2
