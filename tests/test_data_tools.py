@@ -43,12 +43,16 @@ def _records(out: Path) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def mixed_folder(tmp_path_factory, shared_data) -> Path:
-    """Three small good meshes: a textured GLB, a plain OBJ box and the cow."""
+def mixed_folder(tmp_path_factory, synthetic_meshes) -> Path:
+    """Three small good meshes: a vertex-coloured GLB torus, a plain OBJ box and an OBJ cone."""
     root = tmp_path_factory.mktemp("mixed")
-    shutil.copy(shared_data / "gltf_samples/Duck/Duck.glb", root)
+    torus = synthetic_meshes["torus"].copy()
+    top = torus.vertices[:, 2:] > 0  # two-tone: orange above z = 0, blue below
+    rgba = np.where(top, [200, 120, 40, 255], [40, 120, 200, 255])
+    torus.visual.vertex_colors = rgba.astype(np.uint8)
+    torus.export(root / "Torus.glb")
     (root / "box.obj").write_text(BOX_OBJ)
-    shutil.copy(shared_data / "classic_meshes/cow/cow.obj", root)
+    synthetic_meshes["cone"].export(root / "cone.obj")
     return root
 
 
@@ -169,11 +173,11 @@ def test_sweethome3d_small_catalog(tmp_path):
 # Robustness and reproducibility
 
 
-def test_corrupted_inputs_are_reported(shared_data, tmp_path):
+def test_corrupted_inputs_are_reported(synthetic_meshes, tmp_path):
     root = tmp_path / "bad"
     root.mkdir()
     (root / "good.obj").write_text(BOX_OBJ)
-    glb = (shared_data / "gltf_samples/Duck/Duck.glb").read_bytes()
+    glb = synthetic_meshes["torus"].export(file_type="glb")
     (root / "truncated.glb").write_bytes(glb[: len(glb) // 2])
     (root / "no_mtl.obj").write_text("mtllib missing.mtl\nusemtl m\n" + BOX_OBJ)
     (root / "no_tex.mtl").write_text("newmtl m\nKd 1 1 1\nmap_Kd missing.png\n")
@@ -206,7 +210,7 @@ def test_determinism_across_runs_and_workers(clean_run, mixed_folder, tmp_path):
     _convert("folder", str(mixed_folder), "--out", str(again), "--workers", "2")
     assert _files(again) == _files(clean_run)
     recs = _records(clean_run)
-    assert len(recs) == 3 and recs["folder/Duck"]["caption"] == "a duck"
+    assert len(recs) == 3 and recs["folder/Torus"]["caption"] == "a torus"
 
 
 def test_resume_after_interruption_matches_clean_run(clean_run, mixed_folder, tmp_path):

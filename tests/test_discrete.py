@@ -1,6 +1,6 @@
 """The discrete-time ε adapter (point-e's released weights) and its schedules.
 
-Golden fixtures come from point-e's own code (../shared/reference/pointe_fixtures, meta.json);
+Golden fixtures come from point-e's own code (tests/data/pointe_fixtures, meta.json);
 the rest are properties: the adapter serving the Bayes-optimal discrete ε-model must be the
 closed-form optimal continuous denoiser, and point-e's floored bridge must not be.
 """
@@ -20,26 +20,22 @@ from pointdiff.diffusion import (
     sample_heun,
 )
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "pointe_fixtures"
+FIXTURES = Path(__file__).resolve().parent / "data" / "pointe_fixtures"
 
 
 def _fixture(name: str) -> dict[str, torch.Tensor]:
-    path = FIXTURES / f"{name}.safetensors"
-    if not path.is_file():
-        pytest.skip(f"point-e fixture not found at {path}")
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    return load_file(str(FIXTURES / f"{name}.safetensors"))
 
 
 @pytest.fixture(scope="module")
 def textvec_tiny():
     """point-e's tiny textvec fixture model, converted by pointdiff.compat."""
-    pointe = pytest.importorskip("pointdiff.compat.pointe")
+    from pointdiff.compat.pointe import load_pointe_model
+
     weights = FIXTURES / "textvec_tiny.weights.safetensors"
-    if not weights.is_file():
-        pytest.skip(f"point-e fixture not found at {weights}")
-    return pointe.load_pointe_model(weights, "base40M-textvec", heads=2, num_points=64)
+    return load_pointe_model(weights, "base40M-textvec", heads=2, num_points=64)
 
 
 # ----------------------------------------------------------------------------------------------

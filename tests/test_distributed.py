@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from pointdiff.data import ResumableSampler, write_shards
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # each test runs several 2-process jobs (~1 min each on 2 cores)
 
 WORKER = r"""
 import json, os, sys
@@ -69,18 +70,11 @@ dist.shutdown()
 
 
 @pytest.fixture(scope="module")
-def shards(shared_data, tmp_path_factory):
-    """12 real clouds (fixtures + ShapeNet airplanes), distinct captions."""
-    recs = []
-    for name, key in (("fixtures_pc4096.npz", "label"),
-                      ("shapenet_core_v2_subset_pc4096/02691156_airplane.npz", "model_id")):  # fmt: skip
-        d = np.load(shared_data / name)
-        for i in range(6):
-            recs.append({"id": f"{name}:{i}", "caption": f"{d[key][i]} {i}", "source": "shared",
-                         "licence": "see shared/data/README.md", "split": "train",
-                         "coords": d["xyz"][i].astype(np.float32), "colors": d["rgb"][i]})  # fmt: skip
+def shards(synthetic_clouds, tmp_path_factory):
+    """12 clouds (conftest's synthetic shapes), distinct captions."""
+    assert len(synthetic_clouds) == 12
     out = tmp_path_factory.mktemp("dshards")
-    write_shards(recs, out)
+    write_shards(synthetic_clouds, out)
     return out
 
 

@@ -158,8 +158,8 @@ def test_bad_files_raise_mesh_error(tmp_path, name, content, reason):
         assert err.value.reason == reason
 
 
-def test_truncated_glb(shared_data, tmp_path):
-    data = (shared_data / "gltf_samples/Duck/Duck.glb").read_bytes()
+def test_truncated_glb(synthetic_meshes, tmp_path):
+    data = synthetic_meshes["torus"].export(file_type="glb")
     path = tmp_path / "cut.glb"
     path.write_bytes(data[: len(data) // 3])
     with pytest.raises(MeshError):

@@ -136,15 +136,18 @@ def test_cli_sample_writes_cloud_mesh_and_previews(tiny_pipeline, tmp_path, caps
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_cli_mesh_any_cloud(tiny_pipeline, tmp_path, shared_data):
-    out = tmp_path / "corgi.glb"
-    corgi = shared_data / "point_e_examples" / "pc_corgi.npz"
-    assert main(["mesh", str(corgi), "-o", str(out), "--checkpoint", str(tiny_pipeline),
+def test_cli_mesh_any_cloud(tiny_pipeline, tmp_path, synthetic_clouds):
+    out = tmp_path / "torus.glb"
+    torus = synthetic_clouds[0]
+    cloud = tmp_path / "torus.npz"  # point-e's layout: coords and R, G, B channels in [0, 1]
+    r, g, b = torus["colors"].T / np.float32(255)
+    np.savez(cloud, coords=torus["coords"], R=r, G=g, B=b)
+    assert main(["mesh", str(cloud), "-o", str(out), "--checkpoint", str(tiny_pipeline),
                  "--grid-size", "20"]) == 0  # fmt: skip
     assert out.stat().st_size > 0
-    assert main(["mesh", str(corgi), "-o", str(tmp_path / "m.stl")]) == 2
+    assert main(["mesh", str(cloud), "-o", str(tmp_path / "m.stl")]) == 2
     # a cloud in other units and place: the mesh comes back in the cloud's own frame
-    src = PointCloud.load(corgi)
+    src = PointCloud.load(cloud)
     moved = PointCloud(src.coords * 10 + np.float32([5, 0, -3]), src.colors)
     moved.save(tmp_path / "moved.ply")
     for method in ("poisson", "auto"):

@@ -20,8 +20,7 @@ from pointdiff.compat.pointe import (
 )
 from pointdiff.pointcloud import to_model_space
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-FIXTURES = REFERENCE / "pointe_fixtures"
+DATA = Path(__file__).resolve().parent / "data"  # made by point-e's own code: data/README.md
 
 # The fixtures' models are point-e's classes at test sizes; shapes give width/depth, the
 # rest of each config (heads, context sizes) comes from meta.json.
@@ -34,9 +33,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def fixtures() -> Path:
-    if not FIXTURES.is_dir():
-        pytest.skip(f"point-e fixtures not found at {FIXTURES}")
-    return FIXTURES
+    return DATA / "pointe_fixtures"
 
 
 def _weights(fixtures: Path, tiny: str) -> dict[str, torch.Tensor]:
@@ -94,7 +91,7 @@ def test_sdf_tiny_reproduces_pointe(fixtures):
 
 @pytest.mark.parametrize("name", list(POINTE_MODELS))
 def test_every_released_model_converts(name):
-    ref = json.loads((REFERENCE / "pointe_state_dict_shapes.json").read_text())[name]
+    ref = json.loads((DATA / "pointe_state_dict_shapes.json").read_text())[name]
     sd = {k: torch.empty(s, device="meta") for k, s in ref["state_dict"].items()}
     if "channel_scales" in sd:  # buffers whose values are checked
         sd["channel_scales"] = torch.tensor(ref["config"]["channel_scales"])

@@ -1,4 +1,4 @@
-"""SDF head: shapes, cached K/V = uncached, point-e names, bad input, and overfitting real shapes."""
+"""SDF head: shapes, cached K/V = uncached, point-e names, bad input, and overfitting two shapes."""
 
 import dataclasses
 import json
@@ -17,7 +17,7 @@ from pointdiff.sdf_training import SDFDataset, SDFLoss, sdf_inputs, volumetric_i
 
 TINY = get_preset("sdf_tiny")
 PERCEIVER = dataclasses.replace(TINY, num_latents=16)
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+DATA = Path(__file__).resolve().parent / "data"  # made by point-e's own code: data/README.md
 
 
 def _model(cfg=TINY, seed=0) -> SDFModel:
@@ -79,7 +79,7 @@ def test_query_fn_matches_forward():
 
 
 def test_parameter_names_and_count_match_pointe():
-    ref = json.loads((REFERENCE / "pointe_state_dict_shapes.json").read_text())["sdf"]
+    ref = json.loads((DATA / "pointe_state_dict_shapes.json").read_text())["sdf"]
     with torch.device("meta"):
         model = SDFModel(get_preset("sdf_pointe"))
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
@@ -132,7 +132,7 @@ def test_loss_is_clamped_and_sign_balanced():
 
 
 # ----------------------------------------------------------------------------------------------
-# Training: a tiny head overfits two real shapes (volumetric IoU >= 0.9)
+# Training: a tiny head overfits two closed shapes (volumetric IoU >= 0.9)
 
 # SDF samples come from pointdiff.surface (open3d ray casting) in a child process: open3d's
 # thread pool, once started, slows torch's CPU kernels in the same process several-fold.
@@ -144,10 +144,10 @@ from pointdiff.meshio import load_mesh
 from pointdiff.pointcloud import normalize_bbox
 from pointdiff.surface import MeshRaycaster, sample_sdf_queries, sample_surface
 
-shared, out = sys.argv[1], sys.argv[2]
+out, names = sys.argv[1], sys.argv[2:]
 records, evals = [], {}
-for name in ("spot/spot_triangulated.obj", "teapot/teapot.obj"):
-    soup = load_mesh(f"{shared}/classic_meshes/{name}", up="y", strict=False)
+for name in names:
+    soup = load_mesh(f"{out}/{name}.obj", up="z", strict=False)
     flat, _, _ = normalize_bbox(soup.triangles.reshape(-1, 3))
     soup = soup.transformed(flat.reshape(-1, 3, 3).astype(np.float64))
     rng = np.random.default_rng(0)
@@ -156,9 +156,9 @@ for name in ("spot/spot_triangulated.obj", "teapot/teapot.obj"):
     queries = sample_sdf_queries(surface.points, 16384, rng, uniform_fraction=0.5)
     values, _ = caster.signed_distance(queries, rng=rng)
     uniform = rng.uniform(-0.5, 0.5, (8000, 3)).astype(np.float32)  # held-out IoU points
-    evals[name.split("/")[0]], _ = caster.signed_distance(uniform, rng=rng)
-    evals[name.split("/")[0] + "_points"] = uniform
-    records.append(dict(id=name, caption=name, source="classic", licence="test", split="train",
+    evals[name], _ = caster.signed_distance(uniform, rng=rng)
+    evals[name + "_points"] = uniform
+    records.append(dict(id=name, caption=name, source="synthetic", licence="test", split="train",
                         coords=surface.points, colors=surface.colors,
                         sdf_points=queries, sdf_values=values))
 write_shards(records, out)
@@ -166,17 +166,22 @@ np.savez(f"{out}/eval.npz", **evals)
 """
 
 
+SHAPES = ("torus", "cone")  # a hole and a sharp rim: neither is a blob
+
+
 @pytest.fixture(scope="module")
-def real_shapes(shared_data, tmp_path_factory) -> Path:
+def closed_shapes(synthetic_meshes, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sdf_shapes")
-    subprocess.run([sys.executable, "-c", _MAKE_SHAPES, str(shared_data), str(out)], check=True)
+    for name in SHAPES:
+        synthetic_meshes[name].export(out / f"{name}.obj")
+    subprocess.run([sys.executable, "-c", _MAKE_SHAPES, str(out), *SHAPES], check=True)
     return out
 
 
-def test_sdf_dataset_items_and_augmentation(real_shapes):
-    clean = SDFDataset(real_shapes, split=None, num_points=256, num_queries=64, noise=0.0,
+def test_sdf_dataset_items_and_augmentation(closed_shapes):
+    clean = SDFDataset(closed_shapes, split=None, num_points=256, num_queries=64, noise=0.0,
                        dropout=0.0, rotate=False)  # fmt: skip
-    aug = SDFDataset(real_shapes, split=None, num_points=256, num_queries=64)
+    aug = SDFDataset(closed_shapes, split=None, num_points=256, num_queries=64)
     item = clean[0]
     assert item["points"].shape == (256, 3) and item["queries"].shape == (64, 3)
     assert item["sdf"].shape == (64,) and item["index"] == 0
@@ -189,10 +194,10 @@ def test_sdf_dataset_items_and_augmentation(real_shapes):
     assert x0.shape == (1, 256, 3) and set(extra) == {"queries", "sdf"}
 
 
-def test_sdf_dataset_outliers_scatter_a_few_points(real_shapes):
+def test_sdf_dataset_outliers_scatter_a_few_points(closed_shapes):
     kw = dict(split=None, num_points=1024, num_queries=64, noise=0.0, dropout=0.0, rotate=False)
-    clean = SDFDataset(real_shapes, **kw)
-    strays = SDFDataset(real_shapes, outliers=0.2, **kw)
+    clean = SDFDataset(closed_shapes, **kw)
+    strays = SDFDataset(closed_shapes, outliers=0.2, **kw)
     for i in range(len(clean)):
         a, b = clean[i]["points"], strays[i]["points"]
         moved = (a - b).norm(dim=-1) > 0
@@ -201,12 +206,13 @@ def test_sdf_dataset_outliers_scatter_a_few_points(real_shapes):
         torch.testing.assert_close(strays[i]["queries"], clean[i]["queries"])  # targets unchanged
 
 
-def test_tiny_head_overfits_two_real_shapes(real_shapes, tmp_path):
+@pytest.mark.slow
+def test_tiny_head_overfits_two_shapes(closed_shapes, tmp_path, one_thread):
     from pointdiff.training import train
 
     torch.manual_seed(0)
     model = build_model(TINY)
-    data = SDFDataset(real_shapes, split=None, num_points=TINY.num_points, num_queries=2048,
+    data = SDFDataset(closed_shapes, split=None, num_points=TINY.num_points, num_queries=2048,
                       noise=0.0, dropout=0.0, rotate=False)  # fmt: skip
     cfg = TrainConfig(batch_size=2, lr=3e-3, weight_decay=0.0, warmup_steps=20, max_steps=400,
                       min_lr_ratio=0.05, grad_clip=0.0, ema_decay=0.0, log_every=50,
@@ -214,9 +220,9 @@ def test_tiny_head_overfits_two_real_shapes(real_shapes, tmp_path):
     out = train(tmp_path / "run", model, SDFLoss(0.1), data, cfg, {"model": TINY},
                 batch_to_inputs=sdf_inputs, device="cpu")  # fmt: skip
     assert out["step"] == 400
-    ev = np.load(real_shapes / "eval.npz")
+    ev = np.load(closed_shapes / "eval.npz")
     model.eval()
-    for i, name in enumerate(("spot", "teapot")):
+    for i, name in enumerate(SHAPES):
         cloud = torch.from_numpy(data.readers[0].get(i, "coords"))
         with torch.no_grad():
             pred = model.query_fn(cloud[:: 4096 // TINY.num_points])(
@@ -255,13 +261,13 @@ def test_local_sdf_head_cached_queries_match_forward_and_need_latents():
         model.predict_sdf(model.encode(pts).tokens, q)
 
 
-def test_train_sdf_cli_trains_and_init_from_starts_from_ema(real_shapes, tmp_path):
+def test_train_sdf_cli_trains_and_init_from_starts_from_ema(closed_shapes, tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
     from train_sdf import main
 
     from pointdiff.checkpoint import load_weights
 
-    common = ["--data", str(real_shapes), "--preset", "sdf_tiny", "--split", "all",
+    common = ["--data", str(closed_shapes), "--preset", "sdf_tiny", "--split", "all",
               "--num-queries", "64", "--outliers", "0.05", "--batch_size=2", "--log_every=1"]  # fmt: skip
     out = main([*common, "--out", str(tmp_path / "a"), "--max_steps=2", "--ckpt_every=2"])
     assert out["step"] == 2
