@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/eval_shipped.py --checkpoint checkpoints/pointdiff-small \
         --data runs/data/ship --classifier runs/ship/classifier --seeds 0 1 2 --out runs/eval_ship
     .venv/bin/python benchmarks/eval_shipped.py ... --sweep "heun:64 dpmpp_2m:16 dpmpp_2m:24"
+    .venv/bin/python benchmarks/eval_shipped.py --only natural --data runs/data/ship3 \
+        --classifier checkpoints/pointdiff-small/classifier --seeds 0 1 2
 
 For every held-out object (splits ``--splits``) its caption is the prompt and its shape class the
 prompted category. Reported, per seed and as mean ± std:
@@ -21,6 +23,23 @@ the first seed runs the whole pipeline (upsampler + meshes), the other seeds the
 * meshes (first seed): share of clouds whose SDF mesh has one main connected component (>= 90 %
   of the faces) and share whose main component is watertight; mesh Chamfer-L1 (bbox protocol,
   4096 surface samples) to the held-out object's cloud.
+* surface spread (``metrics.surface``; 0 = a surface, ≈ 0.87 = a volume): of the base clouds
+  (every seed) and the final clouds (first seed), beside the held-out clouds' own
+  (``surface_spread_real_<points>``: FPS subsets at the base count, and as stored).
+
+``--natural [TSV]`` (default ``benchmarks/natural_prompts.tsv``) also samples every prompt of a
+natural-prompt suite (``evaluation.natural``: prompts as people type them, e.g. "a navy sofa",
+each with its expected class and, where it names one, its basic colour) for every seed, and
+reports per seed and as mean ± std: category accuracy (top-1 of 11) by the classifier and by the
+nearest-reference judge, overall and per class; colour accuracy on the prompts that name a
+colour (a hit when the named colour is among the one or two words ``colours.describe_colours``
+gives for the base cloud; the named colour's mean share of the points beside it); surface
+spread (base, and final on the first seed). ``--only natural`` skips the held-out captions.
+
+``--data``: shard directory. Its ``train`` split are the nearest-reference judge's references
+and its held-out splits the prompts; an object's class is its ``category`` when that is a
+classifier class, else (shards not yet selected, e.g. all of Sweet Home 3D) the class
+``data_tools.select_classes`` gives its name; objects of no class are left out.
 
 ``--sweep`` instead times samplers/steps/guidance scales on the first seed (quality vs seconds), to choose the
 default. ``--sheet`` writes a PNG of prompts -> clouds -> meshes.
@@ -30,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -37,21 +57,49 @@ import numpy as np
 import torch
 
 from pointdiff.data import ShardReader
-from pointdiff.evaluation.alignment import category_r_precision, nearest_reference_accuracy
+from pointdiff.evaluation.alignment import (
+    category_r_precision,
+    nearest_reference_accuracy,
+    nearest_reference_categories,
+)
 from pointdiff.evaluation.classifier import load_classifier
+from pointdiff.evaluation.natural import (
+    colour_scores,
+    hit_rates,
+    load_natural_prompts,
+    natural_table,
+)
 from pointdiff.metrics.distances import chamfer_l1
 from pointdiff.metrics.sets import compute_set_metrics, normalize_clouds
+from pointdiff.metrics.surface import surface_spread
 from pointdiff.pipeline import load_pipeline
 from pointdiff.pointcloud import PointCloud, farthest_point_sample
 from pointdiff.render import render_cloud, render_grid, render_mesh_views
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # data_tools is a top-level package of the repository
+NATURAL_PROMPTS = ROOT / "benchmarks" / "natural_prompts.tsv"
 
 
 def _words(text: str) -> set[str]:
     return set("".join(c if c.isalnum() else " " for c in text.lower()).split())
 
 
-def load_split(reader: ShardReader, splits: list[str]) -> list[int]:
-    return [i for i, e in enumerate(reader.entries) if e["split"] in splits]
+def object_class(entry: dict, names: list[str]) -> str | None:
+    """The entry's class among the classifier's ``names``: its ``category``, or for shards not
+    selected into classes the class ``data_tools.select_classes`` reads from its name."""
+    if entry.get("category") in names:
+        return entry["category"]
+    from data_tools.select_classes import classify as name_class
+
+    cls = name_class(entry)
+    return cls if cls in names else None
+
+
+def load_split(reader: ShardReader, splits: list[str], names: list[str] | None = None) -> list[int]:
+    """Rows of ``splits`` (with ``names``: only objects of a class among them)."""
+    return [i for i, e in enumerate(reader.entries) if e["split"] in splits
+            and (names is None or object_class(e, names) is not None)]  # fmt: skip
 
 
 def baseline_rows(reader, prompts, train_rows, seed) -> list[int]:
@@ -78,11 +126,16 @@ def classify(model, clouds: list[PointCloud]) -> torch.Tensor:
 NEAREST_POINTS = 512  # the nearest-reference judge compares 512-point FPS subsets
 
 
-def training_references(reader: ShardReader, train_rows: list[int]) -> tuple[np.ndarray, list[str]]:
-    """The training clouds (``NEAREST_POINTS`` FPS points) and their categories: the references of
-    the nearest-reference judge (``evaluation.alignment.nearest_reference_accuracy``)."""
+def training_references(
+    reader: ShardReader, train_rows: list[int], names: list[str] | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """The training clouds (``NEAREST_POINTS`` FPS points) and their categories (with ``names``:
+    ``object_class``): the references of the nearest-reference judge
+    (``evaluation.alignment.nearest_reference_accuracy``)."""
     coords = np.stack([reader.get(i, "coords") for i in train_rows]).astype(np.float32)
-    return fps_np(coords, NEAREST_POINTS), [reader.entries[i]["category"] for i in train_rows]
+    cats = [reader.entries[i]["category"] if names is None else object_class(reader.entries[i], names)
+            for i in train_rows]  # fmt: skip
+    return fps_np(coords, NEAREST_POINTS), cats
 
 
 def fps_np(coords: np.ndarray, k: int) -> np.ndarray:
@@ -125,6 +178,92 @@ def mesh_stats(pipe, clouds, refs, grid) -> dict:
             "meshes": meshes}  # fmt: skip
 
 
+def sample(pipe, prompts, seed, base_overrides, full, bf16) -> tuple[list[PointCloud], float]:
+    """One cloud per prompt (all stages with ``full``, else the base stage) and seconds per
+    sample."""
+    t0 = time.perf_counter()
+    clouds = pipe.sample_clouds(prompts, seed=seed, bf16=bf16, stop_after=None if full else "base",
+                                stage_overrides={"base": base_overrides})  # fmt: skip
+    return clouds, (time.perf_counter() - t0) / len(prompts)
+
+
+def save_clouds(path: Path, clouds: list[PointCloud], n: int, **meta) -> None:
+    """The base clouds (``coords``, ``colors``: their first ``n`` points), the final ones when
+    more stages ran (``final_coords``, ``final_colors``) and per-cloud ``meta`` arrays."""
+    arrays = {"coords": np.stack([c.coords[:n] for c in clouds]),
+              "colors": np.stack([c.colors[:n] for c in clouds])}  # fmt: skip
+    if len(clouds[0]) > n:
+        arrays["final_coords"] = np.stack([c.coords for c in clouds])
+        arrays["final_colors"] = np.stack([c.colors for c in clouds])
+    np.savez_compressed(path, **arrays, **{k: np.array(v) for k, v in meta.items()})
+
+
+def spread_of(clouds: list[PointCloud], n: int) -> dict:
+    """Surface spread of the base clouds (first ``n`` points) and, when sampled, the final ones."""
+    out = {"surface_spread_base": surface_spread([c.coords[:n] for c in clouds])["surface_spread"]}
+    if len(clouds[0]) > n:
+        out["surface_spread_final"] = surface_spread([c.coords for c in clouds])["surface_spread"]
+    return out
+
+
+def summarise(rows: list[dict], keys: list[str]) -> dict:
+    """(mean, std) over the rows that have each key (e.g. final-cloud values: first seed only)."""
+    out = {}
+    for k in keys:
+        vals = [r[k] for r in rows if k in r]
+        if vals:
+            out[k] = (float(np.mean(vals)), float(np.std(vals)))
+    return out
+
+
+def natural_seed(clf, names, suite, clouds, n, nn_refs, nn_cats) -> dict:
+    """Metrics of one seed's clouds of a natural-prompt suite (module docstring)."""
+    cats = [p.category for p in suite]
+    base = [PointCloud(c.coords[:n], c.colors[:n]) for c in clouds]
+    logits = classify(clf, base).numpy()
+    acc = category_r_precision(logits, cats, names)  # top-1 among all classes
+    nn_pred = nearest_reference_categories(
+        fps_np(np.stack([c.coords for c in base]), NEAREST_POINTS), nn_refs, nn_cats)  # fmt: skip
+    nn_acc, nn_per = hit_rates(nn_pred, cats)
+    col = colour_scores([c.colors for c in base], [p.colour for p in suite])
+    described = iter(col["described"])
+    predictions = [{"prompt": p.prompt, "class": p.category, "classifier": names[int(k)],
+                    "nearest": r, "colour": p.colour,
+                    "described": next(described) if p.colour else None}
+                   for p, k, r in zip(suite, logits.argmax(1), nn_pred, strict=True)]  # fmt: skip
+    return {"accuracy": acc["r_precision"], "per_category": acc["per_category"],
+            "nn_accuracy": nn_acc, "nn_per_category": nn_per,
+            "colour_accuracy": col["accuracy"], "colour_share": col["share"],
+            "colour_count": col["count"], "colour_per_colour": col["per_colour"],
+            **spread_of(clouds, n), "predictions": predictions}  # fmt: skip
+
+
+NATURAL_KEYS = ["accuracy", "nn_accuracy", "colour_accuracy", "colour_share",
+                "surface_spread_base", "surface_spread_final", "s_per_sample"]  # fmt: skip
+
+
+def write_sheet(path, prompts, clouds, meshes) -> None:
+    from PIL import Image
+
+    k = min(16, len(clouds))
+    pick = np.linspace(0, len(clouds) - 1, k).round().astype(int)
+    items, caps = [], []
+    for i in pick:
+        items.append(render_cloud(clouds[i], size=192))
+        m = meshes[i]
+        items.append(render_mesh_views(m.verts, m.faces, m.colors, views=1, size=192)
+                     if m is not None else np.full((192, 192, 3), 255, np.uint8))  # fmt: skip
+        caps += [prompts[i][:40], "mesh"]
+    imgs = [Image.fromarray(np.asarray(x)) for x in items]
+    render_grid(imgs, caps, cols=8).save(path)
+
+
+def _evenly(items: list, limit: int | None) -> list:
+    if not limit or limit >= len(items):
+        return items
+    return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--checkpoint", default="checkpoints/pointdiff-small")
@@ -155,36 +294,63 @@ def main() -> None:
         help="guide only where LO < sigma <= HI (default: the checkpoint's; 0 1e9: every sigma)",
     )
     ap.add_argument(
-        "--limit", type=int, default=None, help="only N held-out prompts (evenly spaced)"
-    )
+        "--limit", type=int, default=None,
+        help="only N held-out prompts and N natural prompts (evenly spaced)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--natural", nargs="?", const=str(NATURAL_PROMPTS), default=None, metavar="TSV",
+        help=f"also evaluate a natural-prompt suite (default TSV: {NATURAL_PROMPTS.name})",
+    )  # fmt: skip
+    ap.add_argument(
+        "--only", choices=["heldout", "natural"], default=None,
+        help="only the held-out captions, or only the natural prompts (implies --natural)",
+    )  # fmt: skip
     ap.add_argument("--mesh-grid", type=int, default=48)
-    ap.add_argument("--no-mesh", action="store_true")
+    ap.add_argument("--no-mesh", action="store_true", help="base stage only on every seed")
     ap.add_argument("--sheet", default=None, help="PNG of 16 prompts -> clouds -> meshes")
     ap.add_argument("--out", default="runs/eval_ship")
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument(
         "--save-clouds", action="store_true",
-        help="also write each run's base clouds to OUT/clouds-<sampler>-<steps>-<guidance>[-gi<lo>-<hi>]-seed<k>.npz "
-             "(coords, colors, prompts, categories), so other classifiers can score them",
+        help="also write each run's clouds to OUT/[natural-]clouds-<sampler>-<steps>-<guidance>[-gi<lo>-<hi>]-seed<k>.npz "
+             "(coords, colors: base; final_coords, final_colors where all stages ran; prompts, "
+             "categories[, colours]), so other classifiers can score them",
     )  # fmt: skip
     args = ap.parse_args()
+    heldout = args.only != "natural"
+    natural_path = args.natural or (str(NATURAL_PROMPTS) if args.only == "natural" else None)
+    natural_path = None if args.only == "heldout" else natural_path
 
     pipe = load_pipeline(args.checkpoint)
     clf = load_classifier(args.classifier).eval()
     names = list(clf.cfg.class_names)
     reader = ShardReader(args.data)
-    rows = load_split(reader, args.splits)
-    if args.limit and args.limit < len(rows):
-        rows = [rows[i] for i in np.linspace(0, len(rows) - 1, args.limit).round().astype(int)]
-    train_rows = load_split(reader, ["train"])
-    nn_refs, nn_cats = training_references(reader, train_rows)
-    prompts = [reader.entries[i]["caption"] for i in rows]
-    cats = [reader.entries[i]["category"] for i in rows]
-    row_splits = [reader.entries[i]["split"] for i in rows]
-    refs4096 = np.stack([reader.get(i, "coords") for i in rows]).astype(np.float32)
+    train_rows = load_split(reader, ["train"], names)
+    nn_refs, nn_cats = training_references(reader, train_rows, names)
+    n = pipe.stages[0].num_points  # metrics on the base clouds (the upsampler keeps them)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"{len(prompts)} held-out prompts ({', '.join(args.splits)}), classes {names}")
+    print(f"classes {names}; nearest-reference judge: {len(train_rows)} training clouds of "
+          f"{args.data}")  # fmt: skip
+    suite = []
+    if natural_path:
+        suite = _evenly(load_natural_prompts(natural_path), args.limit)
+        unknown = sorted({p.category for p in suite} - set(names))
+        if unknown:
+            raise SystemExit(f"{natural_path}: classes {unknown} are not classifier classes")
+        print(f"{len(suite)} natural prompts ({natural_path}), "
+              f"{sum(p.colour is not None for p in suite)} name a colour")  # fmt: skip
+    if heldout:
+        rows = _evenly(load_split(reader, args.splits, names), args.limit)
+        prompts = [reader.entries[i]["caption"] for i in rows]
+        cats = [object_class(reader.entries[i], names) for i in rows]
+        row_splits = [reader.entries[i]["split"] for i in rows]
+        refs4096 = np.stack([reader.get(i, "coords") for i in rows]).astype(np.float32)
+        # the held-out clouds' own surface spread, at the base and the full point count
+        real_spread = {f"surface_spread_real_{len(c[0])}": surface_spread(c)["surface_spread"]
+                       for c in (fps_np(refs4096, n), refs4096)}  # fmt: skip
+        print(f"{len(prompts)} held-out prompts ({', '.join(args.splits)}); "
+              f"{json.dumps(real_spread)}")  # fmt: skip
 
     runs = [(args.sampler, args.steps, args.guidance)]
     if args.sweep:  # sampler:steps[:guidance]
@@ -201,27 +367,36 @@ def main() -> None:
         sampler = sampler if sampler is not None else base_defaults.sampler
         steps = steps if steps is not None else base_defaults.steps
         guidance = guidance if guidance is not None else base_defaults.guidance
-        per_seed = []
+        overrides = {"sampler": sampler, "steps": steps, "guidance": guidance,
+                     "stray_ratio": args.stray_ratio, "guidance_interval": interval}  # fmt: skip
+        settings = {"sampler": sampler, "steps": steps, "guidance": guidance,
+                    "stray_ratio": stray, "guidance_interval": interval}  # fmt: skip
+        name = f"{sampler}-{steps}-{guidance}{tag}"
+        per_seed, natural_rows = [], []
         for seed in args.seeds if not args.sweep else args.seeds[:1]:
             # the whole pipeline (upsampler, meshes) on the first seed; the base stage elsewhere
             full = seed == args.seeds[0] and not args.no_mesh and not args.sweep
-            t0 = time.perf_counter()
-            clouds = pipe.sample_clouds(
-                prompts, seed=seed, bf16=args.bf16, stop_after=None if full else "base",
-                stage_overrides={"base": {"sampler": sampler, "steps": steps,
-                                          "guidance": guidance, "stray_ratio": args.stray_ratio,
-                                          "guidance_interval": interval}},
-            )  # fmt: skip
-            sec = (time.perf_counter() - t0) / len(prompts)
-            n = pipe.stages[0].num_points  # metrics on the base clouds (the upsampler keeps them)
+            if natural_path:
+                texts = [p.prompt for p in suite]
+                clouds, sec = sample(pipe, texts, seed, overrides, full, args.bf16)
+                if args.save_clouds:
+                    save_clouds(out / f"natural-clouds-{name}-seed{seed}.npz", clouds, n,
+                                prompts=texts, categories=[p.category for p in suite],
+                                colours=[p.colour or "" for p in suite])  # fmt: skip
+                row = {"seed": seed, **settings, "s_per_sample": sec,
+                       "sampled": "all stages" if full else "base", "points": len(clouds[0]),
+                       **natural_seed(clf, names, suite, clouds, n, nn_refs, nn_cats)}  # fmt: skip
+                print("natural " + json.dumps({k: v for k, v in row.items() if not isinstance(v, dict | list)}),
+                      flush=True)  # fmt: skip
+                natural_rows.append(row)
+            if not heldout:
+                continue
+            clouds, sec = sample(pipe, prompts, seed, overrides, full, args.bf16)
             base_clouds = [PointCloud(c.coords[:n], c.colors[:n]) for c in clouds]
             gen = np.stack([c.coords for c in base_clouds])
             if args.save_clouds:
-                np.savez_compressed(
-                    out / f"clouds-{sampler}-{steps}-{guidance}{tag}-seed{seed}.npz", coords=gen,
-                    colors=np.stack([c.colors for c in base_clouds]), prompts=np.array(prompts),
-                    categories=np.array(cats),
-                )  # fmt: skip
+                save_clouds(out / f"clouds-{name}-seed{seed}.npz", clouds, n, prompts=prompts,
+                            categories=cats)  # fmt: skip
             refs = fps_np(refs4096, n) if n < refs4096.shape[1] else refs4096
             logits = classify(clf, base_clouds).numpy()
             rp = category_r_precision(logits, cats, names)
@@ -238,13 +413,11 @@ def main() -> None:
             bm = compute_set_metrics(base, refs, protocol="bbox", metrics=("cd",), with_jsd=False)
             bm["r_precision"] = category_r_precision(
                 classify(clf, base_pc).numpy(), cats, names)["r_precision"]  # fmt: skip
-            row = {"seed": seed, "sampler": sampler, "steps": steps, "guidance": guidance,
-                   "stray_ratio": stray, "guidance_interval": interval,
-                   "s_per_sample": sec,
+            row = {"seed": seed, **settings, "s_per_sample": sec,
                    "sampled": "all stages" if full else "base", "points": len(clouds[0]),
                    "r_precision": rp["r_precision"], **by_split, "per_category": rp["per_category"],
                    "nn_accuracy": nn["accuracy"], "nn_per_category": nn["per_category"],
-                   **{k: sm[k] for k in ("1nna_cd", "cov_cd", "mmd_cd")},
+                   **{k: sm[k] for k in ("1nna_cd", "cov_cd", "mmd_cd")}, **spread_of(clouds, n),
                    **{f"baseline_{k}": bm[k] for k in ("r_precision", "1nna_cd", "cov_cd", "mmd_cd")}}  # fmt: skip
             print(json.dumps({k: v for k, v in row.items() if not k.endswith("per_category")}),
                   flush=True)  # fmt: skip
@@ -255,30 +428,30 @@ def main() -> None:
                 row["mesh"] = ms
                 print(json.dumps(ms), flush=True)
                 if args.sheet:
-                    k = min(16, len(clouds))
-                    pick = np.linspace(0, len(clouds) - 1, k).round().astype(int)
-                    items, caps = [], []
-                    for i in pick:
-                        items.append(render_cloud(clouds[i], size=192))
-                        m = meshes[i]
-                        items.append(render_mesh_views(m.verts, m.faces, m.colors, views=1, size=192)
-                                     if m is not None else np.full((192, 192, 3), 255, np.uint8))  # fmt: skip
-                        caps += [prompts[i][:40], "mesh"]
-                    from PIL import Image
-
-                    imgs = [Image.fromarray(np.asarray(x)) for x in items]
-                    render_grid(imgs, caps, cols=8).save(args.sheet)
-        keys = ["r_precision", *(k for k in per_seed[0] if k.startswith("r_precision_")), "nn_accuracy", "1nna_cd", "cov_cd", "mmd_cd", "baseline_r_precision", "baseline_1nna_cd",
-                "baseline_cov_cd", "baseline_mmd_cd"] + ["s_per_sample"] * bool(args.sweep)  # fmt: skip
-        summary = {k: (float(np.mean([r[k] for r in per_seed])), float(np.std([r[k] for r in per_seed])))
-                   for k in keys}  # fmt: skip
-        cats_all = sorted({c for r in per_seed for c in r["per_category"]})
-        for key in ("per_category", "nn_per_category"):
-            summary[key] = {c: float(np.mean([r[key][c] for r in per_seed])) for c in cats_all}
-        results.append({"sampler": sampler, "steps": steps, "guidance": guidance,
-                        "guidance_interval": interval, "seeds": per_seed, "summary": summary})  # fmt: skip
-        print(f"== {sampler}:{steps}:{guidance}{tag}: " + ", ".join(
-            f"{k} {v[0]:.4g}±{v[1]:.2g}" for k, v in summary.items() if not k.endswith("per_category")))  # fmt: skip
+                    write_sheet(args.sheet, prompts, clouds, meshes)
+        result = {**settings, "seeds": per_seed}
+        if heldout:
+            keys = ["r_precision", *(k for k in per_seed[0] if k.startswith("r_precision_")), "nn_accuracy", "1nna_cd", "cov_cd", "mmd_cd", "baseline_r_precision", "baseline_1nna_cd",
+                    "baseline_cov_cd", "baseline_mmd_cd", "surface_spread_base", "surface_spread_final"] + ["s_per_sample"] * bool(args.sweep)  # fmt: skip
+            summary = {**summarise(per_seed, keys), **real_spread}
+            cats_all = sorted({c for r in per_seed for c in r["per_category"]})
+            for key in ("per_category", "nn_per_category"):
+                summary[key] = {c: float(np.mean([r[key][c] for r in per_seed])) for c in cats_all}
+            result["summary"] = summary
+            print(f"== {sampler}:{steps}:{guidance}{tag}: " + ", ".join(
+                f"{k} {v[0]:.4g}±{v[1]:.2g}" for k, v in summary.items() if isinstance(v, tuple)))  # fmt: skip
+        if natural_path:
+            ns = summarise(natural_rows, NATURAL_KEYS)
+            for key in ("per_category", "nn_per_category", "colour_per_colour"):
+                ns[key] = {c: float(np.mean([r[key][c] for r in natural_rows]))
+                           for c in natural_rows[0][key]}  # fmt: skip
+            result["natural"] = {"suite": natural_path, "prompts": len(suite),
+                                 "seeds": natural_rows, "summary": ns}  # fmt: skip
+            print(f"== natural {sampler}:{steps}:{guidance}{tag} ({len(suite)} prompts, "
+                  f"seeds {[r['seed'] for r in natural_rows]}): " + ", ".join(
+                f"{k} {v[0]:.4g}±{v[1]:.2g}" for k, v in ns.items() if isinstance(v, tuple)))  # fmt: skip
+            print(natural_table(ns, suite))
+        results.append(result)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
     print(f"wrote {out / 'results.json'}")
 
