@@ -33,7 +33,8 @@ each with its expected class and, where it names one, its basic colour) for ever
 reports per seed and as mean ± std: category accuracy (top-1 of 11) by the classifier and by the
 nearest-reference judge, overall and per class; colour accuracy on the prompts that name a
 colour (a hit when the named colour is among the one or two words ``colours.describe_colours``
-gives for the base cloud; the named colour's mean share of the points beside it); surface
+gives for the base cloud; beside it the named colour's mean share of the points, and the chance
+level: the hit rate with the named colours shuffled among the clouds); surface
 spread (base, and final on the first seed). ``--only natural`` skips the held-out captions.
 
 ``--data``: shard directory. Its ``train`` split are the nearest-reference judge's references
@@ -233,12 +234,13 @@ def natural_seed(clf, names, suite, clouds, n, nn_refs, nn_cats) -> dict:
                    for p, k, r in zip(suite, logits.argmax(1), nn_pred, strict=True)]  # fmt: skip
     return {"accuracy": acc["r_precision"], "per_category": acc["per_category"],
             "nn_accuracy": nn_acc, "nn_per_category": nn_per,
-            "colour_accuracy": col["accuracy"], "colour_share": col["share"],
+            "colour_accuracy": col["accuracy"], "colour_chance": col["chance"],
+            "colour_share": col["share"],
             "colour_count": col["count"], "colour_per_colour": col["per_colour"],
             **spread_of(clouds, n), "predictions": predictions}  # fmt: skip
 
 
-NATURAL_KEYS = ["accuracy", "nn_accuracy", "colour_accuracy", "colour_share",
+NATURAL_KEYS = ["accuracy", "nn_accuracy", "colour_accuracy", "colour_chance", "colour_share",
                 "surface_spread_base", "surface_spread_final", "s_per_sample"]  # fmt: skip
 
 

@@ -97,6 +97,7 @@ def test_colour_scores():
     assert out["count"] == 2 and out["hits"] == [True, False]
     assert out["accuracy"] == 0.5 and out["per_colour"] == {"red": 0.5}
     assert out["share"] == pytest.approx(0.5, abs=0.02)
+    assert out["chance"] == 0.5  # red named twice, described once of two clouds
     assert np.isnan(colour_scores([red], [None])["accuracy"])
 
 

@@ -9,8 +9,8 @@ the prompt names none); ``benchmarks/natural_prompts.tsv`` is the shipped one. S
 * colour (prompts that name one): a hit when the named colour is among the one or two words
   ``colours.describe_colours`` gives for the generated cloud — what a person would call the
   object, so "a red sofa" that comes out mostly red with grey legs counts, a brown sofa with a
-  few red points does not. ``colour_share`` (the named colour's share of the points) is
-  reported beside it as a graded score.
+  few red points does not. Beside it: the named colour's mean share of the points (a graded
+  score) and the chance level, the hit rate with the named colours shuffled among the clouds.
 """
 
 from __future__ import annotations
@@ -72,7 +72,9 @@ def colour_scores(colors: Sequence[np.ndarray], named: Sequence[str | None]) -> 
     :param colors: per cloud, [N, 3] float sRGB in [0, 1].
     :param named: per cloud, the expected basic colour or None.
     :return: {"accuracy": hit rate (describe_colours rule), "share": mean share of the named
-        colour, "per_colour": {colour: hit rate}, "described": per scored cloud its words,
+        colour, "chance": the hit rate were the named colours shuffled among the scored clouds
+        (mean over all cloud/colour pairs: what a model that ignores colour words scores),
+        "per_colour": {colour: hit rate}, "described": per scored cloud its words,
         "hits": per scored cloud bool, "count": clouds scored}; NaN rates when none is scored.
     """
     if len(colors) != len(named):
@@ -83,9 +85,11 @@ def colour_scores(colors: Sequence[np.ndarray], named: Sequence[str | None]) -> 
     shares = [colour_shares(colors[i]).get(named[i], 0.0) for i in pick]
     expected = np.array([named[i] for i in pick])
     per = {c: float(hits[expected == c].mean()) for c in sorted(set(expected.tolist()))}
+    chance = np.mean([[e in w for e in expected] for w in words]) if pick else float("nan")
     nan = float("nan")
     return {"accuracy": float(hits.mean()) if pick else nan,
-            "share": float(np.mean(shares)) if pick else nan, "per_colour": per,
+            "share": float(np.mean(shares)) if pick else nan, "chance": float(chance),
+            "per_colour": per,
             "described": words, "hits": hits.tolist(), "count": len(pick)}  # fmt: skip
 
 
