@@ -31,6 +31,7 @@ import torch
 
 from pointdiff.checkpoint import CheckpointError, load_model
 from pointdiff.config import DiffusionConfig, SampleConfig, TextConfig
+from pointdiff.densify import project_to_surface, upsample_on_surface
 from pointdiff.diffusion.guidance import clamp_denoised, classifier_free_guidance
 from pointdiff.diffusion.precond import KarrasDenoiser
 from pointdiff.diffusion.samplers import SAMPLERS, randn_rows
@@ -71,6 +72,17 @@ class Stage:
     uses_text: bool = True
     cond_key: str = "text_emb"
     guide: Callable | None = None
+
+
+@dataclass
+class SurfaceUpsampler:
+    """An upsampler stage without weights: ``num_points`` new points along the surface of the
+    cloud so far (``densify.upsample_on_surface``). It cannot add detail the cloud lacks, nor
+    points off its surface."""
+
+    num_points: int
+    name: str = "upsampler"
+    uses_text: bool = False
 
 
 @dataclass
@@ -145,6 +157,10 @@ class TextTo3D:
         return [PointCloud.from_tensor(x) for x in x_prev]
 
     def _run_stage(self, stage, batch, text_emb, low_res, g, overrides, bf16) -> torch.Tensor:
+        if isinstance(stage, SurfaceUpsampler):
+            if low_res is None:
+                raise PipelineError("the upsampler stage needs a base stage before it")
+            return upsample_on_surface(low_res, stage.num_points, g)
         text_only = ("guidance", "guidance_interval")
         cfg = replace(stage.sample, **{k: v for k, v in overrides.items()
                                        if v is not None and (k not in text_only or stage.uses_text)})  # fmt: skip
@@ -180,7 +196,8 @@ class TextTo3D:
             kwargs.update(s_churn=cfg.s_churn, generator=g)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             out = SAMPLERS[cfg.sampler](model, x, sigmas, **kwargs)
-        return relocate_strays(out.float(), cfg.stray_ratio, context=low_res)
+        out = relocate_strays(out.float(), cfg.stray_ratio, context=low_res)
+        return project_to_surface(out, cfg.surface_projection)
 
     # ------------------------------------------------------------------------------------------
 
@@ -265,6 +282,16 @@ def _stage_from_dir(path: Path, name: str, device: torch.device) -> tuple[Stage,
     return stage, configs
 
 
+def _surface_upsampler(entry: dict, root: Path) -> SurfaceUpsampler:
+    n = entry.get("surface")
+    if set(entry) != {"surface"} or not isinstance(n, int) or n < 1:
+        raise CheckpointError(
+            f"{root}/pipeline.json: an upsampler entry is a directory or {{\"surface\": N}} "
+            f"with N > 0 new points, got {entry!r}"
+        )
+    return SurfaceUpsampler(num_points=n)
+
+
 def _text_encoder_for(path: Path, configs: dict, device: torch.device) -> TextEncoder | None:
     if (path / "text.safetensors").is_file():
         return TextEncoder.load(path).to(device).eval()
@@ -286,7 +313,9 @@ def load_pipeline(checkpoint: str | Path, device: str = "cpu") -> TextTo3D:
         raise CheckpointError(f"{root}/pipeline.json names no 'base' stage")
     stages, base_cfg = [], None
     for name in ("base", "upsampler"):
-        if name in entries:
+        if isinstance(entries.get(name), dict):  # {"surface": N}: no weights
+            stages.append(_surface_upsampler(entries[name], root))
+        elif name in entries:
             stage, configs = _stage_from_dir(root / entries[name], name, dev)
             stages.append(stage)
             base_cfg = base_cfg or configs
@@ -458,6 +487,7 @@ def export_pipeline(
     dtype: torch.dtype = torch.float16,
     points: dict[str, dict[str, int]] | None = None,
     aliases: dict[str, str] | None = None,
+    surface_upsampler: int | None = None,
 ) -> Path:
     """Write a shipped pipeline directory from training checkpoints (EMA weights, ``dtype``).
 
@@ -471,7 +501,11 @@ def export_pipeline(
         ``{"base": {"num_points": 1024}}`` for a model trained on 256-point subsets (the
         denoisers have no positional embedding, so a set size is a sampling choice, not a
         weight shape).
+    :param surface_upsampler: instead of a trained ``upsampler``, add this many points along
+        the base cloud's surface (``SurfaceUpsampler``).
     """
+    if upsampler is not None and surface_upsampler is not None:
+        raise ValueError("give a trained upsampler or a surface upsampler, not both")
     from pointdiff.checkpoint import export_for_release, record_hashes
     from pointdiff.config import to_dict
 
@@ -491,6 +525,8 @@ def export_pipeline(
             meta["configs"]["sample"] = to_dict(settings[name])
         (out / name / "config.json").write_text(json.dumps(meta, indent=1))
     spec = {"stages": {k: k for k, v in stages.items() if v is not None}}
+    if surface_upsampler is not None:
+        spec["stages"]["upsampler"] = {"surface": int(surface_upsampler)}
     (out / "pipeline.json").write_text(json.dumps(spec, indent=1) + "\n")
     if captions is not None:
         (out / "base" / "captions.json").write_text(json.dumps(sorted(set(captions)), indent=0))

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from pointdiff.cli import main
 from pointdiff.config import DiffusionConfig, SampleConfig, get_preset
 from pointdiff.mesh import TriMesh
 from pointdiff.models import build_model
-from pointdiff.pipeline import PipelineError, load_pipeline
+from pointdiff.pipeline import PipelineError, SurfaceUpsampler, load_pipeline
 from pointdiff.pointcloud import PointCloud
 from pointdiff.text import TextEncoder
 
@@ -281,3 +282,29 @@ def test_a_lexicon_reads_unknown_words_as_known_ones(tiny_pipeline, tmp_path, ca
     err = capsys.readouterr().err
     assert "'desk' as 'table'" in err and "warning" not in err
     assert (tmp_path / "out" / "00_a_desk" / "cloud.ply").is_file()  # files keep the user's prompt
+
+
+def test_pipeline_with_a_surface_upsampler(tiny_pipeline, tmp_path):
+    pipe_dir = tmp_path / "pipe"
+    shutil.copytree(tiny_pipeline, pipe_dir)
+    shutil.rmtree(pipe_dir / "upsampler")
+    (pipe_dir / "pipeline.json").write_text(
+        json.dumps({"stages": {"base": "base", "upsampler": {"surface": 192}, "sdf": "sdf"}})
+    )
+    pipe = load_pipeline(pipe_dir)
+    assert isinstance(pipe.stages[1], SurfaceUpsampler)
+    base = pipe.sample_clouds(["a chair", "a table"], seed=3, stop_after="base")
+    full = pipe.sample_clouds(["a chair", "a table"], seed=3)
+    assert len(full[0]) == 64 + 192
+    np.testing.assert_array_equal(full[0].coords[:64], base[0].coords)
+    again = pipe.sample_clouds(["a table"], seed=4)
+    np.testing.assert_array_equal(again[0].coords, full[1].coords)
+    proj = pipe.sample_clouds(["a chair"], seed=3, stop_after="base",
+                              overrides={"surface_projection": 1.0})  # fmt: skip
+    assert not np.array_equal(proj[0].coords, base[0].coords)
+    np.testing.assert_array_equal(proj[0].colors, base[0].colors)
+    (pipe_dir / "pipeline.json").write_text(
+        json.dumps({"stages": {"base": "base", "upsampler": {"surface": -1}}})
+    )
+    with pytest.raises(CheckpointError, match="surface"):
+        load_pipeline(pipe_dir)

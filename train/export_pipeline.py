@@ -1,7 +1,7 @@
 """Export training checkpoints as a shipped pipeline directory (fp16 EMA weights + configs).
 
     .venv/bin/python train/export_pipeline.py checkpoints/pointdiff-small \
-        --base runs/ship/base --sdf runs/ship/sdf [--upsampler runs/ship/up] \
+        --base runs/ship/base --sdf runs/ship/sdf [--upsampler runs/ship/up | --surface-upsampler 3072] \
         --sampler dpmpp_2m --steps 24 --guidance 3 --captions-from runs/data/ship --wordnet \
         [--base-points 1024 --up-points 1024 3072]   # models trained on point subsets
 
@@ -45,6 +45,14 @@ if __name__ == "__main__":
         metavar=("LO", "HI"),
         help="base stage: guide only where LO < sigma <= HI (default: every sigma)",
     )
+    ap.add_argument(
+        "--surface-projection", type=float, default=0.0, metavar="S",
+        help="base stage: move points S (0..1) of the way onto their local plane (0: off)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--surface-upsampler", type=int, default=None, metavar="N",
+        help="instead of --upsampler: add N points along the base cloud's surface (no weights)",
+    )  # fmt: skip
     ap.add_argument("--up-sampler", default="dpmpp_2m")
     ap.add_argument("--up-steps", type=int, default=16)
     ap.add_argument("--base-points", type=int, default=None, help="ship the base at N points")
@@ -62,7 +70,8 @@ if __name__ == "__main__":
     a = ap.parse_args()
     captions = aliases = None
     if a.captions_from:
-        captions = [e["caption"] for e in read_index(a.captions_from) if e["split"] == "train"]
+        captions = [c for e in read_index(a.captions_from) if e["split"] == "train"
+                    for c in e.get("captions") or [e["caption"]]]  # fmt: skip
     if a.wordnet is not None:
         if captions is None:
             ap.error("--wordnet needs --captions-from (the lexicon maps onto the captions' words)")
@@ -78,6 +87,7 @@ if __name__ == "__main__":
         s_churn=a.s_churn,
         stray_ratio=a.stray_ratio,
         guidance_interval=None if a.guidance_interval is None else tuple(a.guidance_interval),
+        surface_projection=a.surface_projection,
     )
     up = SampleConfig(sampler=a.up_sampler, steps=a.up_steps, guidance=1.0, s_churn=0.0)
     points = {}
@@ -86,7 +96,7 @@ if __name__ == "__main__":
     if a.up_points:
         points["upsampler"] = {"num_cond_points": a.up_points[0], "num_points": a.up_points[1]}
     out = export_pipeline(a.out, a.base, a.upsampler, a.sdf, sample, up, captions, points=points,
-                          aliases=aliases)  # fmt: skip
+                          aliases=aliases, surface_upsampler=a.surface_upsampler)  # fmt: skip
     if a.captions_from:  # CC-BY asks for attribution of every model the weights were trained on
         rows = [e for e in read_index(a.captions_from) if e["split"] == "train"]
         lines = ["# Attribution: training objects", "",
