@@ -38,9 +38,7 @@ def _planes(xyz: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return mu, vecs[:, :, 0].to(xyz.dtype)
 
 
-def project_to_surface(
-    x: torch.Tensor, strength: float, k: int = PLANE_NEIGHBOURS
-) -> torch.Tensor:
+def project_to_surface(x: torch.Tensor, strength: float, k: int = PLANE_NEIGHBOURS) -> torch.Tensor:
     """Move each point ``strength`` ∈ [0, 1] of its distance to its neighbours' plane.
 
     :param x: [B, N, 6] model-space clouds (colours are kept).

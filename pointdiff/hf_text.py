@@ -119,7 +119,9 @@ class HFTextEncoder(nn.Module):
         self.spec = {"arch": ARCH_PREFIX + name, "pretrained": "sha256:" + sha256}
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            self.model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True)
+            self.model = AutoModel.from_pretrained(
+                path, local_files_only=True, use_safetensors=True
+            )
         except (OSError, ValueError) as e:
             raise HFTextError(f"{path}: cannot load a Hugging Face text model there: {e}") from None
         self.spec["embed_dim"] = int(self.model.config.hidden_size)

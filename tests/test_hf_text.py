@@ -29,14 +29,18 @@ def tiny_bert(tmp_path_factory):
         intermediate_size=64, max_position_embeddings=64,
     )  # fmt: skip
     torch.manual_seed(0)
-    transformers.BertModel(cfg, add_pooling_layer=False).save_pretrained(out, safe_serialization=True)
+    transformers.BertModel(cfg, add_pooling_layer=False).save_pretrained(
+        out, safe_serialization=True
+    )
     return out
 
 
 def test_local_dir_embeds_pooled_normalised(tiny_bert):
     enc = hf_text.HFTextEncoder.from_name(str(tiny_bert))
     assert enc.dim == 32 and not enc.trainable
-    assert enc.spec["pretrained"] == "sha256:" + hf_text.file_sha256(tiny_bert / "model.safetensors")
+    assert enc.spec["pretrained"] == "sha256:" + hf_text.file_sha256(
+        tiny_bert / "model.safetensors"
+    )
     e = enc.embed(["a red sofa", "a chair", "a red sofa"])
     assert e.shape == (3, 32) and torch.allclose(e.norm(dim=-1), torch.ones(3), atol=1e-5)
     assert torch.equal(e[0], e[2])
