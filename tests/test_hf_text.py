@@ -3,7 +3,6 @@ its hash checks and offline errors, and moving a model's condition to a new enco
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
