@@ -116,8 +116,8 @@ class SampleConfig:
     stray_ratio: float = 0.0
     #: guide only where lo < σ ≤ hi, conditional elsewhere (Kynkäänniemi et al. 2024); None: all σ
     guidance_interval: tuple[float, float] | None = None
-    #: after sampling, move each point this fraction of its distance onto the plane of its 16
-    #: nearest neighbours (``densify.project_to_surface``); 0 = off (point-e's behaviour)
+    #: after sampling, passes that pull each point onto the plane of its 16 nearest neighbours
+    #: (``densify.project_to_surface``; 0.5 = half-way once, 2 = fully twice); 0 = off (point-e)
     surface_projection: float = 0.0
 
 

@@ -5,7 +5,7 @@ Both work on model-space batches ``[B, N, 6]`` (xyz × 2, rgb × 2 − 1) and fi
 point's ``k`` nearest neighbours (the eigenvector of the smallest eigenvalue of their
 covariance is the normal, as in Hoppe et al. 1992).
 
-* ``project_to_surface``: move each point ``strength`` of the way onto its neighbours' plane.
+* ``project_to_surface``: move each point onto its neighbours' plane (repeatedly: ``passes``).
   A diffusion sample's residual noise is mostly along the normal (it makes the surface
   "thick"); this removes that part and leaves the tangential layout.
 * ``upsample_on_surface``: new points between a point and one of its nearest neighbours, on the
@@ -14,6 +14,8 @@ covariance is the normal, as in Hoppe et al. 1992).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -38,22 +40,31 @@ def _planes(xyz: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return mu, vecs[:, :, 0].to(xyz.dtype)
 
 
-def project_to_surface(x: torch.Tensor, strength: float, k: int = PLANE_NEIGHBOURS) -> torch.Tensor:
-    """Move each point ``strength`` ∈ [0, 1] of its distance to its neighbours' plane.
+def project_to_surface(x: torch.Tensor, passes: float, k: int = PLANE_NEIGHBOURS) -> torch.Tensor:
+    """Pull each point onto its neighbours' plane, ``passes`` times.
+
+    A pass moves every point onto the plane fitted to its ``k`` nearest neighbours (all points
+    at once; the planes are refitted each pass); a fractional last pass moves it that fraction
+    of the way (``0.5``: half-way once, ``2``: fully twice). Each pass removes part of the
+    noise along the normal, so a diffuse shell thins towards a surface.
 
     :param x: [B, N, 6] model-space clouds (colours are kept).
-    :return: [B, N, 6]; ``strength`` 0 returns ``x`` itself.
+    :return: [B, N, 6]; ``passes`` 0 returns ``x`` itself.
     """
-    if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"surface projection strength must be in [0, 1], got {strength}")
-    if strength == 0.0 or x.shape[1] < 4:
+    if not (passes >= 0.0 and math.isfinite(passes)):
+        raise ValueError(f"surface projection passes must be a finite number >= 0, got {passes}")
+    if passes == 0.0 or x.shape[1] < 4:
         return x
     out = x.clone()
     for b in range(x.shape[0]):
         xyz = x[b, :, :3].float()
-        mu, n = _planes(xyz, k)
-        off = ((xyz - mu) * n).sum(-1, keepdim=True)
-        out[b, :, :3] = (xyz - strength * off * n).to(x.dtype)
+        left = passes
+        while left > 0:
+            mu, n = _planes(xyz, k)
+            off = ((xyz - mu) * n).sum(-1, keepdim=True)
+            xyz = xyz - min(left, 1.0) * off * n
+            left -= 1.0
+        out[b, :, :3] = xyz.to(x.dtype)
     return out
 
 

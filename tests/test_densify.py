@@ -20,13 +20,17 @@ def test_projection_removes_the_normal_noise_and_keeps_the_layout():
     assert project_to_surface(x, 0.0) is x
     full = project_to_surface(x, 1.0)
     half = project_to_surface(x, 0.5)
+    twice = project_to_surface(x, 2.0)
     thick = lambda c: c[0, :, 2].std().item()  # noqa: E731
     assert thick(full) < 0.5 * thick(x) and thick(full) < thick(half) < thick(x)
+    assert thick(twice) < thick(full)
+    assert torch.allclose(project_to_surface(full, 1.0), twice)  # a pass refits the planes
     # tangential coordinates barely move; colours are untouched
     assert (full[0, :, :2] - x[0, :, :2]).abs().max() < 0.02
     assert torch.equal(full[..., 3:], x[..., 3:])
-    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
-        project_to_surface(x, 1.5)
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="finite number >= 0"):
+            project_to_surface(x, bad)
 
 
 def test_projection_is_rotation_equivariant():

@@ -47,7 +47,7 @@ if __name__ == "__main__":
     )
     ap.add_argument(
         "--surface-projection", type=float, default=0.0, metavar="S",
-        help="base stage: move points S (0..1) of the way onto their local plane (0: off)",
+        help="base stage: S passes pulling points onto their local plane (0.5: half-way; 0: off)",
     )  # fmt: skip
     ap.add_argument(
         "--surface-upsampler", type=int, default=None, metavar="N",
