@@ -5,7 +5,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-PROMPT  ?= a table (living room)
+PROMPT  ?= a red sofa
 
 .PHONY: sample test sysdeps setup bench clean
 

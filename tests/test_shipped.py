@@ -42,17 +42,14 @@ def test_shipped_pipeline_samples_deterministically(path):
     assert pipe.prompt_warnings(["a quantum spaceship"]) and not pipe.prompt_warnings([prompt])
 
 
-# One training caption per category of the shipped model. The issue's bar: its samples are
-# classified as the prompted category (target >= 80 % top-1). On these 11 prompts (seed 0) the
-# session-8 pointdiff-small gets 9 of 11 (bottle -> cabinet, plant -> lamp; session 7: 10 of 11),
-# a plain guard since session 7 (it was a strict xfail while 6 of 11 held). The issue's measure proper, R-precision on
-# held-out objects' prompts over 3 seeds, is in the model card.
+# One plain prompt per category, written as a user would (none is a training caption). The
+# issue's bar: samples classified as the prompted category, >= 80 % top-1; the model card has
+# the measure proper (152 natural prompts, 3 seeds).
 CATEGORY_PROMPTS = {
-    "bed": "a bed (bedroom)", "bottle": "a bottle (bathroom)", "cabinet": "a wardrobe (bedroom)",
-    "chair": "a chair, seat (office)", "door": "a garage door (doors and windows)",
-    "lamp": "a lamp (lights)", "person": "a male, human, people (characters)",
-    "plant": "a palm tree, outdoor, garden (exterior)", "sofa": "a couch, sofa (living room)",
-    "table": "a table (living room)", "window": "a window shutter (doors and windows)",
+    "bed": "a double bed", "bottle": "a glass bottle", "cabinet": "a white wardrobe",
+    "chair": "a black office chair", "door": "a white interior door", "lamp": "a floor lamp",
+    "person": "a man standing", "plant": "a green houseplant", "sofa": "a red sofa",
+    "table": "a wooden dining table", "window": "a large window",
 }  # fmt: skip
 
 
@@ -73,6 +70,8 @@ def _classify_samples(path: Path, categories: tuple[str, ...]) -> list[str]:
 
 
 @pytest.mark.slow  # samples the shipped models (the 11-prompt batch is cached)
+@pytest.mark.xfail(strict=True, reason="pointdiff-small 2 gets 7 of 11 plain prompts (64 %); "
+                   "natural-prompt accuracy 3 seeds in the model card")  # fmt: skip
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_shipped_samples_are_classified_as_the_prompted_category(path):
     got = _classify_samples(path, tuple(CATEGORY_PROMPTS))
@@ -80,12 +79,10 @@ def test_shipped_samples_are_classified_as_the_prompted_category(path):
     assert np.mean(hits) >= 0.8, dict(zip(CATEGORY_PROMPTS, got, strict=True))
 
 
-# The issue's guard, for the categories the shipped model gets right: the sample of a known
-# prompt with a fixed seed (the 11-prompt batch above, prompt i with seed i, base stage) is
-# classified as the prompted category. Which categories: those the evaluation classifier puts in
-# the prompted class with probability >= 0.5 (model card, "Guarded prompts"); a broken or
-# prompt-blind model fails at least one of them.
-GUARDED = ("bed", "cabinet", "chair", "door", "person", "table", "window")
+# The guard: plain prompts of the categories the shipped model gets right at least half the time
+# on the natural-prompt suite (model card, per class over 3 seeds) land in their category (the
+# 11-prompt batch above, prompt i with seed i, base stage); a broken or prompt-blind model fails.
+GUARDED = ("chair", "door", "lamp", "table", "window")
 
 
 @pytest.mark.slow  # samples the shipped models (the 11-prompt batch is cached)
@@ -96,8 +93,8 @@ def test_shipped_samples_of_guarded_prompts_are_classified_as_their_category(pat
 
 
 # A floor that holds even for a weak model: the prompt controls the sample. What a broken or
-# prompt-blind model cannot do (the session-2 shipped model: almost every sample "plant") is
-# spread the 11 prompts over several classes. Today: 9 classes (session 7's model: 10).
+# prompt-blind model cannot do (an early model gave "plant" for almost every prompt) is spread
+# the 11 prompts over several classes. Today: 9 classes.
 @pytest.mark.slow  # samples the shipped models (the 11-prompt batch is cached)
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_shipped_prompts_steer_samples_to_different_classes(path):
@@ -106,17 +103,14 @@ def test_shipped_prompts_steer_samples_to_different_classes(path):
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
-def test_shipped_lexicon_is_wordnet_rebuilt_from_the_shipped_captions(path):
-    """base/lexicon.json is what `export_pipeline.py --wordnet` builds from base/captions.json,
-    and the pipeline reads a held-out name group's words ("desk", "stool") as trained ones."""
-    from pointdiff.lexicon import WordNet, build_aliases, load_lexicon, vocab_counts
+def test_shipped_text_encoder_is_named_and_hashed(path):
+    """The base model's text encoder is rebuilt from its config: a named, hash-checked frozen
+    encoder (no path of the machine that trained it)."""
+    from pointdiff.checkpoint import load_configs
+    from pointdiff.hf_text import ARCH_PREFIX, KNOWN_SHA256, MINILM
 
-    pipe = load_pipeline(path)
-    assert pipe.aliases == load_lexicon(path / "base") and len(pipe.aliases) > 1000
-    assert pipe.read_prompt("a desk (office)") == ("a table (office)", {"desk": "table"})
-    assert pipe.read_prompt("a stool (kitchen)") == ("a chair (kitchen)", {"stool": "chair"})
-    assert not set(pipe.aliases) & set(vocab_counts(pipe.known_captions))  # known words stay
-    if not Path("/usr/share/wordnet/data.noun").is_file():
-        pytest.skip("Debian's wordnet-base is not installed (`make test` installs it)")
-    rebuilt = build_aliases(WordNet.load("/usr/share/wordnet"), vocab_counts(pipe.known_captions))
-    assert rebuilt == pipe.aliases
+    text = load_configs(path / "base")["text"]
+    if not text.arch.startswith(ARCH_PREFIX):
+        pytest.skip(f"{path.name} reads text with {text.arch}")
+    assert text.arch == ARCH_PREFIX + MINILM and not text.trainable
+    assert text.pretrained == "sha256:" + KNOWN_SHA256[MINILM]
