@@ -36,7 +36,7 @@ from pointdiff.evaluation.classifier_train import (
     train_classifier,
 )
 
-# generated clouds measured in session 4: out-of-plane σ ≈ 0.011–0.015, 2–4 % strays
+# generated clouds as measured on pointdiff-small 1: out-of-plane σ ≈ 0.011–0.015, 2–4 % strays
 NOISY_SIGMA, NOISY_STRAYS = 0.015, 0.03
 
 
