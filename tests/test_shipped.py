@@ -46,7 +46,7 @@ def test_shipped_pipeline_samples_deterministically(path):
 # issue's bar: samples classified as the prompted category, >= 80 % top-1; the model card has
 # the measure proper (152 natural prompts, 3 seeds).
 CATEGORY_PROMPTS = {
-    "bed": "a double bed", "bottle": "a glass bottle", "cabinet": "a white wardrobe",
+    "bed": "a double bed", "bottle": "a glass bottle", "cabinet": "a white armoire",
     "chair": "a black office chair", "door": "a white interior door", "lamp": "a floor lamp",
     "person": "a man standing", "plant": "a green houseplant", "sofa": "a red sofa",
     "table": "a wooden dining table", "window": "a large window",
