@@ -35,6 +35,10 @@ class DenoiserConfig:
     # Also add Linear(condition) to every point token (zero-init; not in point-e). The single
     # condition token alone was not learned in CPU-scale training (see PointTransformer.__init__).
     cond_bias: bool = False
+    # Per-token conditioning: besides the pooled vector, the text encoder's first ``text_tokens``
+    # token states ([B, 1 + text_tokens, cond_dim] condition; padding is zeros) become extra
+    # condition tokens through ``token_proj`` (LayerNorm + zero-init Linear). 0 = pooled only.
+    text_tokens: int = 0
 
 
 @dataclass(frozen=True)

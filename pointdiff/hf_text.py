@@ -3,8 +3,10 @@
 
 ``HFTextEncoder.embed(prompts) -> [B, D]``: the sentence embedding (mean of the last hidden
 states over the prompt's tokens, L2-normalised: sentence-transformers' pooling for MiniLM).
-``embed_tokens(prompts) -> ([B, L, D], [B, L] mask)``: the per-token states, for models that
-condition on a sequence.
+``embed_tokens(prompts) -> ([B, L, D], [B, L] mask)``: the per-token states;
+``condition(prompts, tokens) -> [B, 1 + tokens, D]``: the pooled vector then the first ``tokens``
+token states (zeros past the prompt's end), for models that condition on a sequence
+(``DenoiserConfig.text_tokens``).
 
 Where the weights come from (``resolve_hf_dir``), never the network unless ``download=True``:
 
@@ -188,6 +190,18 @@ class HFTextEncoder(nn.Module):
             for p, e in zip(chunk, pooled.cpu(), strict=True):
                 self._cache[p] = e
         return torch.stack([self._cache[p] for p in prompts]).to(self._device())
+
+    def condition(self, prompts: list[str], tokens: int, batch_size: int = 64) -> torch.Tensor:
+        """[B, 1 + tokens, D] float32: the pooled embedding (``embed``) then the first ``tokens``
+        last hidden states of each prompt ([CLS] first), zero rows past its last token."""
+        pooled = self.embed(prompts, batch_size)
+        out = torch.zeros(len(prompts), 1 + tokens, self.dim, device=pooled.device)
+        out[:, 0] = pooled
+        for i in range(0, len(prompts), batch_size):
+            states, mask = self.embed_tokens(list(prompts[i : i + batch_size]))
+            states = (states * mask.unsqueeze(-1))[:, :tokens]  # [b, ≤tokens, D]
+            out[i : i + len(states), 1 : 1 + states.shape[1]] = states.to(out.device)
+        return out
 
     def save(self, out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
         """Nothing to write: the encoder is named and hashed in the base model's ``TextConfig``."""

@@ -179,14 +179,15 @@ def main(stage: str, argv: list[str] | None = None) -> dict:
 
 def _init_from(path: Path, model, text, dataset) -> None:
     """Load a checkpoint's EMA weights into ``model`` (and a trainable text tower). A
-    ``--cond_bias=True`` model may start from one without it (its zero-init bias stays zero).
+    ``--cond_bias=True`` (``--text_tokens=T``) model may start from one without that bias (those
+    token layers): zero-initialised, they leave the start model's output unchanged.
     A checkpoint trained with another frozen text encoder has its condition layers mapped to
     this one (``text_transfer``, fitted on the dataset's captions)."""
     old_text = load_configs(path).get("text")
     if text is not None and old_text is not None and old_text.arch != text.spec["arch"]:
         _init_with_new_text(path, model, text, TextEncoder.from_text_config(old_text), dataset)
         return
-    ckpt = init_from_checkpoint(model, path, keep_missing=("text_bias.",))
+    ckpt = init_from_checkpoint(model, path, keep_missing=("text_bias.", "token_proj."))
     if text is not None and text.trainable:
         name = next((n for n in ("text_ema.safetensors", "text.safetensors")
                      if (ckpt / n).is_file()), None)  # fmt: skip

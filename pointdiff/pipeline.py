@@ -39,7 +39,7 @@ from pointdiff.diffusion.schedules import get_sigmas_karras
 from pointdiff.lexicon import LexiconError, load_lexicon, rewrite, save_lexicon, vocab_counts
 from pointdiff.mesh import MeshError, TriMesh, mesh_from_cloud, surface_fit
 from pointdiff.pointcloud import PointCloud, relocate_strays
-from pointdiff.text import TextEncoder, WordEncoder
+from pointdiff.text import TextEncoder, WordEncoder, text_condition
 
 
 class PipelineError(ValueError):
@@ -72,6 +72,7 @@ class Stage:
     uses_text: bool = True
     cond_key: str = "text_emb"
     guide: Callable | None = None
+    text_tokens: int = 0  # per-token text states the stage's model takes (DenoiserConfig)
 
 
 @dataclass
@@ -146,7 +147,8 @@ class TextTo3D:
                 if self.image_encoder is not None
                 else [self.read_prompt(p)[0] for p in prompts]
             )
-            text_emb = encoder.embed(read).to(self.device)
+            tokens = max(getattr(s, "text_tokens", 0) for s in self.stages if s.uses_text)
+            text_emb = text_condition(encoder, read, tokens).to(self.device)
         x_prev = None
         for stage in self.stages:
             ov = {**(overrides or {}), **(stage_overrides or {}).get(stage.name, {})}
@@ -169,8 +171,10 @@ class TextTo3D:
         if cfg.steps < 1:
             raise PipelineError(f"steps must be >= 1, got {cfg.steps}")
         cond = {}
-        if stage.uses_text:
-            cond[stage.cond_key] = text_emb
+        if stage.uses_text:  # text_emb has the most token states any stage takes: cut to this one's
+            n = stage.text_tokens
+            cond[stage.cond_key] = text_emb if text_emb.ndim == 2 else (
+                text_emb[:, 0] if n == 0 else text_emb[:, : 1 + n])  # fmt: skip
         if stage.name == "upsampler":
             if low_res is None:
                 raise PipelineError("the upsampler stage needs a base stage before it")
@@ -278,6 +282,7 @@ def _stage_from_dir(path: Path, name: str, device: torch.device) -> tuple[Stage,
         sigma_max=dcfg.sigma_max,
         rho=dcfg.rho,
         uses_text=net.cfg.cond_dim > 0,
+        text_tokens=getattr(net.cfg, "text_tokens", 0),
     )
     return stage, configs
 

@@ -386,6 +386,19 @@ class WordEncoder(nn.Module):
         return F.normalize(torch.stack(rows), dim=-1).to(self._probe.device)
 
 
+def text_condition(encoder, prompts: list[str], tokens: int = 0) -> torch.Tensor:
+    """The condition a text model takes: [B, D] pooled (``tokens == 0``), or
+    [B, 1 + tokens, D] pooled then per-token states (encoders with ``condition``: ``hf:``)."""
+    if tokens == 0:
+        return encoder.embed(prompts)
+    if not hasattr(encoder, "condition"):
+        raise TextEncoderError(
+            f"the model takes {tokens} per-token text states, which only hf: encoders give; "
+            f"got {type(encoder).__name__}"
+        )
+    return encoder.condition(prompts, tokens)
+
+
 # Words that carry no shape: dropped by ``WordEncoder`` and by the pipeline's prompt check.
 STOPWORDS = frozenset(
     {"a", "an", "the", "of", "with", "and", "in", "on", "for", "to", "3d", "model"}

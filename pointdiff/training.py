@@ -45,6 +45,7 @@ from pointdiff.config import DiffusionConfig, TrainConfig, to_dict
 from pointdiff.data import ResumableSampler
 from pointdiff.diffusion.precond import KarrasDenoiser
 from pointdiff.pointcloud import farthest_point_sample
+from pointdiff.text import text_condition
 
 
 class TrainError(ValueError):
@@ -56,7 +57,8 @@ class TrainError(ValueError):
 
 
 def denoiser_inputs(batch: dict) -> tuple[torch.Tensor, dict]:
-    """Base model: x0 = the cloud [B, N, 6]; condition ``text_emb`` [B, D] when present."""
+    """Base model: x0 = the cloud [B, N, 6]; condition ``text_emb`` [B, D] (or [B, 1+T, D]
+    for ``text_tokens`` models) when present."""
     extra = {"text_emb": batch["text_emb"]} if "text_emb" in batch else {}
     return batch["points"], extra
 
@@ -247,7 +249,8 @@ def train(
         text_encoder.to(device)
         if not text_trainable:  # frozen: each caption once, outside the graph
             captions = dataset.captions
-            table = text_encoder.embed(captions).cpu()
+            tokens = getattr(configs["model"], "text_tokens", 0)
+            table = text_condition(text_encoder, captions, tokens).cpu()
             dataset.set_text_embeddings(dict(zip(captions, table, strict=True)))
     modules = [model, text_encoder] if text_trainable else [model]
     sharded = cfg.fsdp and world > 1  # one process: nothing to shard

@@ -149,3 +149,55 @@ def test_dataset_draws_one_of_several_captions_per_step(tmp_path):
         assert ds[1]["caption"] == "a thing 1"
         assert ds[0]["caption"] == ds[0]["caption"]  # deterministic within an epoch
     assert seen == set(recs[0]["captions"])
+
+
+def test_condition_is_pooled_then_token_states_zero_padded(tiny_bert):
+    enc = hf_text.HFTextEncoder.from_name(str(tiny_bert))
+    prompts = ["a red sofa", "a tall small wooden white black chair"]
+    c = enc.condition(prompts, tokens=5)
+    assert c.shape == (2, 6, 32)
+    assert torch.allclose(c[:, 0], enc.embed(prompts))
+    states, mask = enc.embed_tokens(["a red sofa"])  # [CLS] a red sofa [SEP]: 5 tokens
+    assert int(mask.sum()) == 5 and torch.allclose(c[0, 1:6], states[0, :5], atol=1e-5)
+    long_states, _ = enc.embed_tokens([prompts[1]])  # 9 tokens, cut to 5
+    assert torch.allclose(c[1, 1:], long_states[0, :5], atol=1e-5)
+    c8 = enc.condition(["a red sofa"], tokens=8)
+    assert torch.all(c8[0, 6:] == 0) and torch.all(c8[0, 1:6].abs().sum(-1) > 0)
+
+
+def test_text_tokens_model_starts_as_its_pooled_parent():
+    """Zero-init token layers: a text_tokens model with a pooled model's weights ignores the token
+    states (its extra tokens are constant) and stays close to its parent; once the token layers
+    move, the states change the output; all-zero rows are the null condition."""
+    from dataclasses import replace
+
+    from pointdiff.config import DenoiserConfig
+    from pointdiff.models import build_model
+    from pointdiff.text import text_condition
+
+    cfg = DenoiserConfig(width=32, depth=2, heads=2, num_points=16, cond_dim=32, cond_bias=True)
+    torch.manual_seed(0)
+    pooled = build_model(cfg).eval()
+    seq = build_model(replace(cfg, text_tokens=4)).eval()
+    missing, unexpected = seq.load_state_dict(pooled.state_dict(), strict=False)
+    assert sorted(missing) == ["token_proj.0.bias", "token_proj.0.weight",
+                               "token_proj.1.bias", "token_proj.1.weight"] and not unexpected  # fmt: skip
+    for p in pooled.output_proj.parameters():  # a trained-looking, non-zero output layer
+        torch.nn.init.normal_(p, std=0.1)
+    seq.output_proj.load_state_dict(pooled.output_proj.state_dict())
+    x, t = torch.randn(2, 16, 6), torch.tensor([10.0, 200.0])
+    cond = torch.randn(2, 5, 32)
+    no_states = cond.clone()
+    no_states[:, 1:] = 0
+    with torch.no_grad():
+        start = seq(x, t, text_emb=cond)
+        assert torch.equal(start, seq(x, t, text_emb=no_states))
+        parent = pooled(x, t, text_emb=cond[:, 0])
+        assert (start - parent).abs().max() < 0.05 * parent.abs().max()
+        torch.nn.init.normal_(seq.token_proj[1].weight, std=0.5)
+        assert not torch.allclose(seq(x, t, text_emb=cond), start, atol=1e-3)
+        assert torch.equal(seq(x, t), seq(x, t, text_emb=torch.zeros_like(cond)))
+    with pytest.raises(ValueError, match=r"1 \+ 4 tokens"):
+        seq(x, t, text_emb=cond[:, 0])
+    with pytest.raises(TextEncoderError, match="per-token"):
+        text_condition(TextEncoder.from_config("tiny", seed=0).freeze(), ["a chair"], tokens=4)

@@ -56,6 +56,12 @@ class PointTransformer(nn.Module):
                 # learn to attend to its one token (which a 5 M model trained for a few thousand
                 # steps never did: its output was the same for every prompt).
                 self.text_bias = zero_init(nn.Linear(cfg.cond_dim, w))
+            if getattr(cfg, "text_tokens", 0) > 0:
+                # Per-token states of the text encoder, one condition token each. Zero-init, so
+                # a model fine-tuned from a pooled-only checkpoint starts as that model did.
+                self.token_proj = nn.Sequential(
+                    nn.LayerNorm(cfg.cond_dim), zero_init(nn.Linear(cfg.cond_dim, w))
+                )
         if cfg.grid_tokens > 0:
             # Image patch grid (CLIP ViT-L/14, before its final norm): LayerNorm + Linear per token.
             self.grid_embed = nn.Sequential(nn.LayerNorm(cfg.grid_dim), nn.Linear(cfg.grid_dim, w))
@@ -101,11 +107,15 @@ class PointTransformer(nn.Module):
         """
         cfg = self.cfg
         ref = self.input_proj.weight
+        n_tok = getattr(cfg, "text_tokens", 0)
         if text_emb is not None:
             _check(cfg.cond_dim > 0, "this model is unconditional (cond_dim=0); got text_emb")
+            want = (batch, cfg.cond_dim) if n_tok == 0 else (batch, 1 + n_tok, cfg.cond_dim)
             _check(
-                text_emb.shape == (batch, cfg.cond_dim),
-                f"text_emb must be [B={batch}, {cfg.cond_dim}], got {tuple(text_emb.shape)}",
+                text_emb.shape == want,
+                f"text_emb must be {list(want)} ([B, D]"
+                + (f", or [B, 1 + {n_tok} tokens, D]: pooled then per-token states" * (n_tok > 0))
+                + f"), got {tuple(text_emb.shape)}",
             )
         if grid is not None:
             _check(cfg.grid_tokens > 0, "this model takes no image grid (grid_tokens=0); got grid")
@@ -120,19 +130,26 @@ class PointTransformer(nn.Module):
         if self.training and cfg.cond_drop_prob > 0 and (text_emb is not None or grid is not None):
             keep = torch.rand(batch, device=ref.device) >= cfg.cond_drop_prob
             if text_emb is not None:
-                text_emb = text_emb * keep[:, None].to(ref.dtype)
+                shape = (batch,) + (1,) * (text_emb.ndim - 1)
+                text_emb = text_emb * keep.view(shape).to(ref.dtype)
             if grid is not None:
                 grid = grid * keep[:, None, None].to(ref.dtype)
 
         tokens, bias = [], None
         if cfg.cond_dim > 0:
             if text_emb is None:
-                text_emb = torch.zeros(batch, cfg.cond_dim, device=ref.device, dtype=ref.dtype)
+                shape = (batch, cfg.cond_dim) if n_tok == 0 else (batch, 1 + n_tok, cfg.cond_dim)
+                text_emb = torch.zeros(shape, device=ref.device, dtype=ref.dtype)
+            per_token = text_emb[:, 1:] if n_tok > 0 else None  # [B, T, D]
+            pooled = text_emb[:, 0] if n_tok > 0 else text_emb  # [B, D]
             # F.normalize keeps the null (zero) vector at zero.
-            text = F.normalize(text_emb, dim=-1) * math.sqrt(cfg.cond_dim)
+            text = F.normalize(pooled, dim=-1) * math.sqrt(cfg.cond_dim)
             tokens.append(self.text_proj(text)[:, None])
             if hasattr(self, "text_bias"):
                 bias = self.text_bias(text)[:, None]
+            if per_token is not None:
+                real = (per_token.abs().sum(-1, keepdim=True) > 0).to(ref.dtype)  # [B, T, 1]
+                tokens.append(self.token_proj(per_token) * real)  # padding / null: zero tokens
         time = timestep_embedding(c_noise, cfg.width).to(ref.dtype)
         tokens.append(self.time_embed(time)[:, None])
         if cfg.grid_tokens > 0:
