@@ -74,7 +74,9 @@ def build_text(spec: str, clip_weights: str | None, download: bool, freeze: bool
     if spec.startswith(hf_text.ARCH_PREFIX):
         cfg = TextConfig(arch=spec, pretrained="", trainable=False)
         enc = TextEncoder.from_text_config(cfg)
-        return enc, dataclasses.replace(cfg, arch=enc.spec["arch"], pretrained=enc.spec["pretrained"])
+        return enc, dataclasses.replace(
+            cfg, arch=enc.spec["arch"], pretrained=enc.spec["pretrained"]
+        )
     if spec in SCRATCH_CONFIGS:
         cfg = TextConfig(arch=spec, pretrained="", trainable=not freeze)
         return TextEncoder.from_text_config(cfg, seed=0), cfg

@@ -291,7 +291,7 @@ def _surface_upsampler(entry: dict, root: Path) -> SurfaceUpsampler:
     n = entry.get("surface")
     if set(entry) != {"surface"} or not isinstance(n, int) or n < 1:
         raise CheckpointError(
-            f"{root}/pipeline.json: an upsampler entry is a directory or {{\"surface\": N}} "
+            f'{root}/pipeline.json: an upsampler entry is a directory or {{"surface": N}} '
             f"with N > 0 new points, got {entry!r}"
         )
     return SurfaceUpsampler(num_points=n)
