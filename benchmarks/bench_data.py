@@ -80,9 +80,9 @@ def _baseline(path: Path) -> np.ndarray:
 
 
 def bench_convert(repeats: int, threads: int) -> None:
+    from data_tools import surface_sampling as surface
     from data_tools.convert import convert_object
     from data_tools.jobs import Job, Settings
-    from pointdiff import surface
 
     print(f"\n## Per-object conversion (median of {repeats}; open3d threads={threads})\n")
     print("| object | faces | full convert s | load | sample+colour | visibility | FPS | SDF |"
@@ -105,7 +105,7 @@ def bench_convert(repeats: int, threads: int) -> None:
 
 def _stage_times(job, threads: int, surface) -> dict[str, float]:
     """One conversion's stages timed separately (same calls as convert_object)."""
-    from pointdiff.meshio import load_mesh
+    from data_tools.mesh_reader import load_mesh
     from pointdiff.pointcloud import farthest_point_sample, normalize_bbox
 
     t, out = time.perf_counter(), {}
@@ -131,9 +131,9 @@ def _stage_times(job, threads: int, surface) -> dict[str, float]:
 
 
 def bench_binvox() -> None:
-    from pointdiff.binvox import read_binvox
-    from pointdiff.meshio import load_mesh
-    from pointdiff.surface import MeshRaycaster, sample_sdf, sample_surface
+    from data_tools.binvox import read_binvox
+    from data_tools.mesh_reader import load_mesh
+    from data_tools.surface_sampling import MeshRaycaster, sample_sdf, sample_surface
 
     rows = []
     for obj in sorted((SHARED / "shapenet_core_v2_subset").glob("*/*/models/model_normalized.obj")):

@@ -1,4 +1,4 @@
-"""Training throughput of the real loop (``pointdiff.training.train``), fp32 vs bf16 autocast.
+"""Training throughput of the real loop (``pointdiff.training.loop.train``), fp32 vs bf16 autocast.
 
     .venv/bin/python benchmarks/bench_train.py                       # CPU: small + base40M, ~3 min
     .venv/bin/python benchmarks/bench_train.py --device cuda --presets base40M,upsample40M \
@@ -34,7 +34,7 @@ from torch import nn
 from pointdiff.config import TrainConfig, get_preset
 from pointdiff.diffusion.precond import EDMLoss
 from pointdiff.models import build_model, count_params
-from pointdiff.training import train
+from pointdiff.training.loop import train
 
 PEAKS = {("cpu", "fp32"): 166e9, ("cpu", "bf16"): 333e9, ("cuda", "fp32"): 67e12,
          ("cuda", "bf16"): 989e12}  # fmt: skip

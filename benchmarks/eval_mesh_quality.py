@@ -22,7 +22,7 @@ reference mesh, nearest neighbours by KD-tree:
 
 ``--noise`` and ``--outliers`` make the inputs look like a small generator's samples (Gaussian
 jitter on every point; a fraction of the points scattered by a further σ = 0.05, as
-``pointdiff.sdf_training`` augments), seeded, the same for every method.
+``pointdiff.training.sdf`` augments), seeded, the same for every method.
 
 Every SDF head is also reported "+ snap": its marching-cubes mesh with each vertex projected onto
 the plane of its 16 nearest cloud points (``mesh.snap_to_cloud``; topology unchanged).
@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pointdiff.mesh import TriMesh, marching_cubes, poisson_mesh, snap_to_cloud
+from pointdiff.meshing.mesh import TriMesh, marching_cubes, poisson_mesh, snap_to_cloud
 from pointdiff.pointcloud import STRAY_SIGMA, PointCloud, y_up_to_z_up
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

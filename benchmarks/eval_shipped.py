@@ -404,8 +404,10 @@ def main() -> None:
             rp = category_r_precision(logits, cats, names)
             by_split = {  # held-out objects vs held-out name groups: reported apart
                 f"r_precision_{sp}": category_r_precision(
-                    logits[idx], [cats[j] for j in idx], names)["r_precision"]  # fmt: skip
-                for sp in args.splits if (idx := [j for j, s in enumerate(row_splits) if s == sp])
+                    logits[idx], [cats[j] for j in idx], names
+                )["r_precision"]  # fmt: skip
+                for sp in args.splits
+                if (idx := [j for j, s in enumerate(row_splits) if s == sp])
             }
             nn = nearest_reference_accuracy(fps_np(gen, NEAREST_POINTS), cats, nn_refs, nn_cats)
             sm = compute_set_metrics(gen, refs, protocol="bbox", metrics=("cd",), with_jsd=False)

@@ -1,6 +1,6 @@
 """One object: mesh file → normalised coloured 4096-point cloud + SDF samples (a record).
 
-Steps: load (``pointdiff.meshio``, Z-up) → normalise on the mesh bbox → area-weighted surface
+Steps: load (``data_tools.mesh_reader``, Z-up) → normalise on the mesh bbox → area-weighted surface
 sample (``oversample`` points) → keep points visible from ``views`` viewpoints → farthest point
 sampling to ``num_points`` → SDF queries with robust signs. Every random draw comes from a
 generator seeded by (settings.seed, crc32(id)), so a record depends only on its inputs.
@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from data_tools.jobs import Job, Settings, id_hash
-from pointdiff.meshio import MeshError, gltf_asset_extras, load_mesh
+from data_tools.mesh_reader import MeshError, gltf_asset_extras, load_mesh
+from data_tools.surface_sampling import MeshRaycaster, sample_sdf, sample_surface
 from pointdiff.pointcloud import farthest_point_sample, normalize_bbox
-from pointdiff.surface import MeshRaycaster, sample_sdf, sample_surface
 
 
 class Filtered(Exception):

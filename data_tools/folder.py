@@ -31,7 +31,7 @@ from data_tools.jobs import (
     with_article,
     words_from_name,
 )
-from pointdiff.meshio import SUFFIXES
+from data_tools.mesh_reader import SUFFIXES
 
 _IMAGES = (".png", ".jpg", ".jpeg", ".bmp", ".tga", ".webp")
 _GENERIC = {"model", "mesh", "scene", "object", "model_normalized", "untitled", "export"}

@@ -43,8 +43,8 @@ from safetensors.numpy import save_file
 
 from data_tools.convert import Filtered, convert_object, default_threads
 from data_tools.jobs import Job, Settings, id_hash
+from data_tools.mesh_reader import MeshError
 from pointdiff.data import write_shards
-from pointdiff.meshio import MeshError
 
 _ARRAYS = ("coords", "colors", "sdf_points", "sdf_values")
 

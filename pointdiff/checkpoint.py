@@ -139,7 +139,7 @@ def save_checkpoint(
     """Write ``run_dir/ckpt-{step:07d}`` atomically, point ``latest.json`` at it, prune old ones.
 
     Call on rank 0 only (others ``barrier()``). ``model``/``ema`` are plain modules (unwrap DDP
-    first). ``text_encoder`` needs a ``save(dir)`` method (``pointdiff.text.TextEncoder``).
+    first). ``text_encoder`` needs a ``save(dir)`` method (``pointdiff.conditioning.text.TextEncoder``).
 
     :param configs: ``{"model": <model config>, ...}`` config objects (or ``to_dict`` dicts).
     :param extra: JSON-like training state (data position, …) stored in ``state.pt``.

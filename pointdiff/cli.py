@@ -260,7 +260,7 @@ def _mesh_usage_error(args) -> str | None:
     """The first problem with ``mesh``'s arguments that argparse cannot see alone, as
     ``argument --name: why``; None when there is none. Runs before the work, so a typo in the
     output path costs nothing."""
-    from pointdiff.mesh import MeshError, check_mesh_output
+    from pointdiff.meshing.mesh import MeshError, check_mesh_output
 
     try:
         out = check_mesh_output(args.out)

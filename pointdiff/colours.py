@@ -142,14 +142,25 @@ _WHITE = _RGB_TO_XYZ.sum(axis=1)
 # Colour space
 
 
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    """sRGB-encoded values → linear RGB (IEC 61966-2-1); clipped to [0, 1], float dtype kept."""
+    c = np.clip(np.asarray(c, dtype=np.result_type(c, np.float32)), 0.0, 1.0)
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(c.dtype)
+
+
+def linear_to_srgb(c: np.ndarray) -> np.ndarray:
+    """Linear RGB → sRGB-encoded (inverse of ``srgb_to_linear``); clipped to [0, 1]."""
+    c = np.clip(np.asarray(c, dtype=np.result_type(c, np.float32)), 0.0, 1.0)
+    return np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055).astype(c.dtype)
+
+
 def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """sRGB → CIELAB (D65).
 
     :param rgb: [..., 3] float sRGB in [0, 1] (values outside are clipped).
     :return: [..., 3] float64 (L, a, b).
     """
-    c = np.clip(np.asarray(rgb, dtype=np.float64), 0.0, 1.0)
-    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    lin = srgb_to_linear(np.asarray(rgb, dtype=np.float64))
     t = (lin @ _RGB_TO_XYZ.T) / _WHITE
     eps = (6 / 29) ** 3  # CIE: cube root above, linear segment below
     f = np.where(t > eps, np.cbrt(t), t / (3 * (6 / 29) ** 2) + 4 / 29)

@@ -131,7 +131,7 @@ class SampleConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation and bookkeeping for ``pointdiff.training.train``."""
+    """Optimisation and bookkeeping for ``pointdiff.training.loop.train``."""
 
     batch_size: int = 32  # per rank, per micro-step
     grad_accum: int = 1  # micro-steps per optimizer step

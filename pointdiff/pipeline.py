@@ -30,16 +30,22 @@ from pathlib import Path
 import torch
 
 from pointdiff.checkpoint import CheckpointError, load_model
+from pointdiff.conditioning.lexicon import (
+    LexiconError,
+    load_lexicon,
+    rewrite,
+    save_lexicon,
+    vocab_counts,
+)
+from pointdiff.conditioning.text import TextEncoder, WordEncoder, text_condition
 from pointdiff.config import DiffusionConfig, SampleConfig, TextConfig
 from pointdiff.densify import project_to_surface, upsample_on_surface
 from pointdiff.diffusion.guidance import clamp_denoised, classifier_free_guidance
 from pointdiff.diffusion.precond import KarrasDenoiser
 from pointdiff.diffusion.samplers import SAMPLERS, randn_rows
 from pointdiff.diffusion.schedules import get_sigmas_karras
-from pointdiff.lexicon import LexiconError, load_lexicon, rewrite, save_lexicon, vocab_counts
-from pointdiff.mesh import MeshError, TriMesh, mesh_from_cloud, surface_fit
+from pointdiff.meshing.mesh import MeshError, TriMesh, mesh_from_cloud, surface_fit
 from pointdiff.pointcloud import PointCloud, relocate_strays
-from pointdiff.text import TextEncoder, WordEncoder, text_condition
 
 
 class PipelineError(ValueError):
@@ -453,7 +459,7 @@ def mesh_cloud_file(
     :param method: ``auto`` (the checkpoint's SDF head, Poisson where it has none or its surface
         does not fit the cloud), ``sdf`` (the SDF head, no fallback) or ``poisson``.
     """
-    from pointdiff.mesh import poisson_mesh
+    from pointdiff.meshing.mesh import poisson_mesh
     from pointdiff.pointcloud import normalize_bbox
 
     out_path = Path(out_path)

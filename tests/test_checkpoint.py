@@ -16,9 +16,9 @@ from pointdiff.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from pointdiff.conditioning.text import TextEncoder
 from pointdiff.config import DiffusionConfig, get_preset
 from pointdiff.models import build_model
-from pointdiff.text import TextEncoder
 
 
 def _randomised(cfg, seed=0):

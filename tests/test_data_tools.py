@@ -13,8 +13,8 @@ import pytest
 from data_tools import sweethome3d
 from data_tools.__main__ import main
 from data_tools.jobs import assign_split, parse_split, with_article, words_from_name
+from data_tools.mesh_reader import load_mesh
 from pointdiff.data import ShardReader, read_index
-from pointdiff.meshio import load_mesh
 
 SMALL = ["--num-points", "256", "--oversample", "4096", "--sdf-queries", "256", "--no-progress"]
 # Small ShapeNet models covering three splits, sub-synset captions and textures.

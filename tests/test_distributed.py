@@ -30,13 +30,13 @@ import json, os, sys
 from pathlib import Path
 import torch
 from safetensors.torch import save_file
-from pointdiff import dist
+from pointdiff.training import distributed as dist
 from pointdiff.config import TextConfig, TrainConfig, get_preset
 from pointdiff.data import PointCloudDataset
 from pointdiff.diffusion.precond import EDMLoss
 from pointdiff.models import build_model
-from pointdiff.text import TextEncoder
-from pointdiff.training import train
+from pointdiff.conditioning.text import TextEncoder
+from pointdiff.training.loop import train
 
 shards, run, out, batch, accum, kill_at, resume = sys.argv[1:8]
 fsdp = sys.argv[8:] == ["fsdp"]

@@ -28,15 +28,15 @@ from pointdiff.evaluation.classifier import (
     save_classifier,
     with_classes,
 )
-from pointdiff.evaluation.classifier_train import (
-    accuracy,
-    load_shapenet_subset,
-    train_classifier,
-)
 from pointdiff.evaluation.features import extract_features, frechet_distance, p_fid, p_is
 from pointdiff.evaluation.report import run_eval
 from pointdiff.metrics import MetricInputError
 from pointdiff.pointcloud import PointCloud
+from pointdiff.training.classifier import (
+    accuracy,
+    load_shapenet_subset,
+    train_classifier,
+)
 
 
 def _tiny(names=("a", "b", "c"), **kw):
@@ -381,7 +381,7 @@ def test_run_eval_on_pointe_npz_and_bad_inputs(tmp_path):
 def test_classifier_augmentation_rotation_is_bounded():
     import math
 
-    from pointdiff.evaluation.classifier_train import _augment
+    from pointdiff.training.classifier import _augment
 
     x = torch.tensor([[[0.5, 0.0, 0.0]]]).expand(512, 1, 3).contiguous()
     for limit in (0.0, 15.0, 180.0):
@@ -394,8 +394,8 @@ def test_classifier_augmentation_rotation_is_bounded():
 
 
 def test_perturb_moves_the_stated_share_of_points_and_leaves_the_input_alone():
-    from pointdiff.evaluation.classifier_train import LabelledClouds, perturb
     from pointdiff.pointcloud import STRAY_SIGMA
+    from pointdiff.training.classifier import LabelledClouds, perturb
 
     rng = np.random.default_rng(0)
     coords = rng.uniform(-0.5, 0.5, (4, 1000, 3)).astype(np.float32)
@@ -415,8 +415,8 @@ def test_perturb_moves_the_stated_share_of_points_and_leaves_the_input_alone():
 
 
 def test_classifier_augmentation_noise_and_outliers_are_bounded():
-    from pointdiff.evaluation.classifier_train import _augment
     from pointdiff.pointcloud import STRAY_SIGMA
+    from pointdiff.training.classifier import _augment
 
     x = torch.zeros(256, 512, 3)
     base = _augment(x, torch.Generator().manual_seed(0), rotation=0.0)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pointdiff import hf_text, text_transfer
+from pointdiff.conditioning import hf_text
+from pointdiff.conditioning import transfer as text_transfer
+from pointdiff.conditioning.text import TextEncoder, TextEncoderError
 from pointdiff.config import TextConfig
-from pointdiff.text import TextEncoder, TextEncoderError
 
 transformers = pytest.importorskip("transformers")
 
@@ -93,7 +94,7 @@ def test_bundled_minilm_when_installed():
 
 
 def test_launch_records_name_and_hash_not_path(tiny_bert, tmp_path):
-    from pointdiff.launch import build_text
+    from pointdiff.training.run import build_text
 
     enc, cfg = build_text(f"hf:{tiny_bert}", None, False, False)
     assert cfg.arch == f"hf:{tiny_bert}" and cfg.pretrained.startswith("sha256:")
@@ -171,9 +172,9 @@ def test_text_tokens_model_starts_as_its_pooled_parent():
     move, the states change the output; all-zero rows are the null condition."""
     from dataclasses import replace
 
+    from pointdiff.conditioning.text import text_condition
     from pointdiff.config import DenoiserConfig
     from pointdiff.models import build_model
-    from pointdiff.text import text_condition
 
     cfg = DenoiserConfig(width=32, depth=2, heads=2, num_points=16, cond_dim=32, cond_bias=True)
     torch.manual_seed(0)

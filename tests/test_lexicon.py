@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pointdiff.lexicon import (
+from pointdiff.conditioning.lexicon import (
     LexiconError,
     WordNet,
     build_aliases,
@@ -132,7 +132,11 @@ def test_aliases_are_the_nearest_known_word_in_the_hypernym_tree(wordnet):
         ("a chair (kitchen)", "a chair (kitchen)", {}),  # known words stay
         ("a xyzzy chair, qux", "a chair", {"xyzzy": "", "qux": ""}),  # no alias: noise, dropped
         ("a xyzzy", "a xyzzy", {}),
-        ("a captain's desk", "a table", {"captain": "", "desk": "table"}),  # nothing known would remain: unchanged (the pipeline warns)
+        (
+            "a captain's desk",
+            "a table",
+            {"captain": "", "desk": "table"},
+        ),  # nothing known would remain: unchanged (the pipeline warns)
         ("a desk xyzzy", "a table", {"desk": "table", "xyzzy": ""}),  # desk is the head here
     ],
 )

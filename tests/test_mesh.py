@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pointdiff.mesh import (
+from pointdiff.colours import linear_to_srgb
+from pointdiff.meshing.mesh import (
     MeshError,
     TriMesh,
     evaluate_grid,
@@ -21,7 +22,6 @@ from pointdiff.mesh import (
     surface_fit,
     vertex_colors_from_cloud,
 )
-from pointdiff.mesh_export import linear_to_srgb
 from pointdiff.pointcloud import PointCloud, PointCloudError
 
 # Analytic SDFs (negative inside), evaluated in float64 numpy so a value never depends on which

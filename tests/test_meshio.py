@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from pointdiff.meshio import MeshError, MissingAssetError, gltf_asset_extras, load_mesh
+from data_tools.mesh_reader import MeshError, MissingAssetError, gltf_asset_extras, load_mesh
 from pointdiff.pointcloud import y_up_to_z_up
 
 BOX_OBJ = """mtllib box.mtl

@@ -10,12 +10,12 @@ import torch
 
 from pointdiff.checkpoint import CheckpointError, export_for_release, save_checkpoint
 from pointdiff.cli import main
+from pointdiff.conditioning.text import TextEncoder
 from pointdiff.config import DiffusionConfig, SampleConfig, get_preset
-from pointdiff.mesh import TriMesh
+from pointdiff.meshing.mesh import TriMesh
 from pointdiff.models import build_model
 from pointdiff.pipeline import PipelineError, SurfaceUpsampler, load_pipeline
 from pointdiff.pointcloud import PointCloud
-from pointdiff.text import TextEncoder
 
 SAMPLE = SampleConfig(sampler="heun", steps=3, guidance=3.0, s_churn=1.0)
 
@@ -256,7 +256,7 @@ def test_guidance_interval_bounds_where_guidance_acts(tiny_pipeline):
 def test_a_lexicon_reads_unknown_words_as_known_ones(tiny_pipeline, tmp_path, capsys, monkeypatch):
     import shutil
 
-    from pointdiff.lexicon import save_lexicon
+    from pointdiff.conditioning.lexicon import save_lexicon
 
     plain = load_pipeline(tiny_pipeline)
     assert plain.aliases == {} and plain.read_prompt("a desk") == ("a desk", {})

@@ -27,6 +27,8 @@ from pointdiff.compat.pointe_pipeline import (
     infer_pointe_name,
     load_pointe_pipeline,
 )
+from pointdiff.conditioning.image import ImageEncoder, ImageEncoderError
+from pointdiff.conditioning.text import TextEncoder
 from pointdiff.config import DenoiserConfig, SampleConfig, SDFConfig, UpsamplerConfig
 from pointdiff.diffusion import (
     ALPHAS_CUMPROD,
@@ -37,10 +39,8 @@ from pointdiff.diffusion import (
     sample_dpmpp_2m,
     sample_heun,
 )
-from pointdiff.image import ImageEncoder, ImageEncoderError
 from pointdiff.models import build_model
 from pointdiff.pointcloud import PointCloud
-from pointdiff.text import TextEncoder
 
 N_BASE, N_UP, GRID_DIM, TEXT_DIM = 64, 192, 64, 32  # tiny: point-e's 1024 + 3072, 1024, 768
 OVERRIDES = {
@@ -322,7 +322,7 @@ def test_image_grid_is_taken_before_ln_post(image_encoder, photo):
 def test_image_encoder_loads_visual_weights_from_a_clip_file(image_encoder, photo, tmp_path):
     from safetensors.torch import save_file
 
-    from pointdiff.image import _visual_state_dict
+    from pointdiff.conditioning.image import _visual_state_dict
 
     full = {f"visual.{k}": v.clone() for k, v in image_encoder.visual.state_dict().items()}
     full["text_projection"] = torch.zeros(3, 3)  # the other tower's keys are skipped

@@ -11,9 +11,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from pointdiff import mesh as mesh_module
 from pointdiff.cli import main
-from pointdiff.mesh import vertex_colors_from_cloud
+from pointdiff.meshing import mesh as mesh_module
+from pointdiff.meshing.mesh import vertex_colors_from_cloud
 from pointdiff.pointcloud import PointCloud, PointCloudError
 
 
@@ -220,7 +220,7 @@ def test_colouring_a_large_cloud_keeps_memory_bounded():
     code = """
 import resource
 import numpy as np
-from pointdiff.mesh import vertex_colors_from_cloud
+from pointdiff.meshing.mesh import vertex_colors_from_cloud
 from pointdiff.pointcloud import PointCloud
 
 g = np.random.default_rng(0)

@@ -10,10 +10,10 @@ import torch
 
 from pointdiff.checkpoint import CheckpointError, save_checkpoint, verify_hashes
 from pointdiff.cli import main
+from pointdiff.conditioning.text import TextEncoder
 from pointdiff.config import DiffusionConfig, SampleConfig, get_preset
 from pointdiff.models import build_model
 from pointdiff.pipeline import export_pipeline, load_pipeline
-from pointdiff.text import TextEncoder
 
 SAMPLE_FILES = {"cloud.ply", "cloud.npz", "cloud.png", "prompt.txt"}
 

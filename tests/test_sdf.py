@@ -13,7 +13,7 @@ import torch
 from pointdiff.config import TrainConfig, get_preset
 from pointdiff.models import ModelInputError, build_model
 from pointdiff.models.sdf import SDFLatents, SDFModel
-from pointdiff.sdf_training import SDFDataset, SDFLoss, sdf_inputs, volumetric_iou
+from pointdiff.training.sdf import SDFDataset, SDFLoss, sdf_inputs, volumetric_iou
 
 TINY = get_preset("sdf_tiny")
 PERCEIVER = dataclasses.replace(TINY, num_latents=16)
@@ -134,15 +134,15 @@ def test_loss_is_clamped_and_sign_balanced():
 # ----------------------------------------------------------------------------------------------
 # Training: a tiny head overfits two closed shapes (volumetric IoU >= 0.9)
 
-# SDF samples come from pointdiff.surface (open3d ray casting) in a child process: open3d's
+# SDF samples come from data_tools.surface_sampling (open3d ray casting) in a child process: open3d's
 # thread pool, once started, slows torch's CPU kernels in the same process several-fold.
 _MAKE_SHAPES = """
 import sys
 import numpy as np
 from pointdiff.data import write_shards
-from pointdiff.meshio import load_mesh
+from data_tools.mesh_reader import load_mesh
 from pointdiff.pointcloud import normalize_bbox
-from pointdiff.surface import MeshRaycaster, sample_sdf_queries, sample_surface
+from data_tools.surface_sampling import MeshRaycaster, sample_sdf_queries, sample_surface
 
 out, names = sys.argv[1], sys.argv[2:]
 records, evals = [], {}
@@ -208,7 +208,7 @@ def test_sdf_dataset_outliers_scatter_a_few_points(closed_shapes):
 
 @pytest.mark.slow
 def test_tiny_head_overfits_two_shapes(closed_shapes, tmp_path, one_thread):
-    from pointdiff.training import train
+    from pointdiff.training.loop import train
 
     torch.manual_seed(0)
     model = build_model(TINY)

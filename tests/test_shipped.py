@@ -107,7 +107,7 @@ def test_shipped_text_encoder_is_named_and_hashed(path):
     """The base model's text encoder is rebuilt from its config: a named, hash-checked frozen
     encoder (no path of the machine that trained it)."""
     from pointdiff.checkpoint import load_configs
-    from pointdiff.hf_text import ARCH_PREFIX, KNOWN_SHA256, MINILM
+    from pointdiff.conditioning.hf_text import ARCH_PREFIX, KNOWN_SHA256, MINILM
 
     text = load_configs(path / "base")["text"]
     if not text.arch.startswith(ARCH_PREFIX):

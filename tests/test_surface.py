@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import trimesh
 
-from pointdiff.binvox import read_binvox
-from pointdiff.meshio import Material, TriangleSoup, load_mesh
-from pointdiff.surface import (
+from data_tools.binvox import read_binvox
+from data_tools.mesh_reader import Material, TriangleSoup, load_mesh
+from data_tools.surface_sampling import (
     MeshRaycaster,
     linear_to_srgb,
     sample_sdf,

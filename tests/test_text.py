@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from pointdiff.conditioning.text import TextEncoder, TextEncoderError, WordEncoder
 from pointdiff.config import TextConfig
-from pointdiff.text import TextEncoder, TextEncoderError, WordEncoder
 
 PROMPTS = ["a red chair", "a small wooden boat", "a red chair", ""]
 

@@ -9,14 +9,14 @@ import torch
 from safetensors.torch import load_file
 
 from pointdiff.checkpoint import CheckpointError, load_model
+from pointdiff.conditioning.text import TextEncoder
 from pointdiff.config import DiffusionConfig, TextConfig, TrainConfig, get_preset
 from pointdiff.data import PointCloudDataset, write_shards
 from pointdiff.diffusion.precond import EDMLoss, KarrasDenoiser
 from pointdiff.diffusion.samplers import sample_heun
 from pointdiff.diffusion.schedules import get_sigmas_karras
 from pointdiff.models import build_model
-from pointdiff.text import TextEncoder
-from pointdiff.training import TrainError, lr_factor, train, update_ema, upsampler_inputs
+from pointdiff.training.loop import TrainError, lr_factor, train, update_ema, upsampler_inputs
 
 # tiny models: one intra-op thread (conftest's one_thread) avoids oversubscription stalls
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -216,7 +216,7 @@ def test_frozen_text_encoder_embeds_each_caption_once(two_clouds, tmp_path):
 
 
 def test_train_cli_builds_trains_resumes_and_rejects_bad_overrides(two_clouds, tmp_path):
-    from pointdiff.launch import main
+    from pointdiff.training.run import main
 
     run = str(tmp_path / "cli")
     argv = ["tiny", "--data", str(two_clouds), "--run-dir", run, "--batch_size=2", "--max_steps=2",
@@ -238,7 +238,7 @@ def test_train_cli_builds_trains_resumes_and_rejects_bad_overrides(two_clouds, t
 
 
 def test_init_from_starts_a_new_run_from_a_checkpoints_ema_weights(two_clouds, tmp_path):
-    from pointdiff.launch import main
+    from pointdiff.training.run import main
 
     common = ["tiny", "--data", str(two_clouds), "--batch_size=2", "--ckpt_every=1",
               "--warmup_steps=1", "--lr=0"]  # fmt: skip
@@ -255,9 +255,9 @@ def test_init_from_starts_a_new_run_from_a_checkpoints_ema_weights(two_clouds, t
 
 
 def test_train_cli_with_the_words_encoder_ships_a_loadable_text_pipeline(two_clouds, tmp_path):
-    from pointdiff.launch import main
+    from pointdiff.conditioning.text import WordEncoder
     from pointdiff.pipeline import load_pipeline
-    from pointdiff.text import WordEncoder
+    from pointdiff.training.run import main
 
     run = tmp_path / "words"
     argv = ["tiny", "--data", str(two_clouds), "--run-dir", str(run), "--batch_size=2",

@@ -9,16 +9,16 @@ Each stage's config.json records the SHA-256 of its weight files ("sha256"); loa
 so a corrupt or changed file is named instead of sampled from.
 
 --wordnet also writes base/lexicon.json: every WordNet noun mapped to the nearest word of the
-training captions (pointdiff.lexicon), so prompts with words the model never saw ("a desk") are
+training captions (pointdiff.conditioning.lexicon), so prompts with words the model never saw ("a desk") are
 read as words it knows ("a table"). It needs Debian's wordnet-base (`make sysdeps`) at export
 time only.
 """
 
 import argparse
 
+from pointdiff.conditioning.lexicon import LexiconError, WordNet, build_aliases, vocab_counts
 from pointdiff.config import SampleConfig
 from pointdiff.data import read_index
-from pointdiff.lexicon import LexiconError, WordNet, build_aliases, vocab_counts
 from pointdiff.pipeline import export_pipeline
 
 if __name__ == "__main__":

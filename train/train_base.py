@@ -8,12 +8,12 @@
 
 ``--key=value`` overrides go to DenoiserConfig, TrainConfig or DiffusionConfig by field name
 (e.g. ``--width=384 --lr=3e-4 --max_steps=200000 --bf16=True``). All logic lives in
-``pointdiff.launch`` and ``pointdiff.training``.
+``pointdiff.training.run`` and ``pointdiff.training.loop``.
 """
 
 import sys
 
-from pointdiff.launch import cli
+from pointdiff.training.run import cli
 
 if __name__ == "__main__":
     cli("base", sys.argv[1:])

@@ -27,7 +27,7 @@ from pointdiff.evaluation.classifier import (
     save_classifier,
     with_classes,
 )
-from pointdiff.evaluation.classifier_train import (
+from pointdiff.training.classifier import (
     accuracy,
     concat_clouds,
     load_shapenet_subset,

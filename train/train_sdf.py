@@ -5,7 +5,7 @@
 
 ``--key=value`` overrides go to the model config (``SDFConfig`` fields, e.g. ``--width=192``) or
 the training config (``TrainConfig`` fields, e.g. ``--lr=5e-4 --max_steps=20000``). Loss and
-augmentation are documented in ``pointdiff/sdf_training.py``.
+augmentation are documented in ``pointdiff/training/sdf.py``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import dataclasses
 from pointdiff.checkpoint import init_from_checkpoint
 from pointdiff.config import SDFConfig, TrainConfig, apply_overrides, get_preset
 from pointdiff.models import build_model, count_params
-from pointdiff.sdf_training import SDFDataset, SDFLoss, sdf_inputs
-from pointdiff.training import train
+from pointdiff.training.loop import train
+from pointdiff.training.sdf import SDFDataset, SDFLoss, sdf_inputs
 
 #: training defaults for the SDF head (small data, small model): overridable with --key=value
 SDF_TRAIN = TrainConfig(

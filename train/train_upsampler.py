@@ -5,13 +5,13 @@
 
 Each training cloud of num_cond_points + num_points points (4096) is split into its
 farthest-point subset (the low-res condition, 1024) and the remaining points (the 3072 targets):
-see ``pointdiff.training.upsampler_inputs``. Overrides go to UpsamplerConfig, TrainConfig or
+see ``pointdiff.training.loop.upsampler_inputs``. Overrides go to UpsamplerConfig, TrainConfig or
 DiffusionConfig by field name (e.g. ``--low_res_noise=0.02``).
 """
 
 import sys
 
-from pointdiff.launch import cli
+from pointdiff.training.run import cli
 
 if __name__ == "__main__":
     cli("upsampler", sys.argv[1:])

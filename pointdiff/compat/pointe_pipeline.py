@@ -32,12 +32,12 @@ from pathlib import Path
 import torch
 
 from pointdiff.compat.pointe import POINTE_MODELS, load_converted, load_pointe_model, save_converted
+from pointdiff.conditioning.image import ImageEncoder, clip_cache_places, resolve_clip_weights
+from pointdiff.conditioning.text import TextEncoder
 from pointdiff.config import SampleConfig
 from pointdiff.diffusion import ALPHAS_CUMPROD, DiscreteEpsDenoiser, classifier_free_guidance
-from pointdiff.image import ImageEncoder, clip_cache_places, resolve_clip_weights
 from pointdiff.pipeline import PipelineError, Stage, TextTo3D
 from pointdiff.pointcloud import to_model_space
-from pointdiff.text import TextEncoder
 
 POINTE_URL = "https://openaipublic.azureedge.net/main/point-e/"
 #: released name -> file name in point-e's download cache (and its URL under POINTE_URL)

@@ -164,7 +164,7 @@ class HFTextEncoder(nn.Module):
 
     def embed_tokens(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """([B, L, D] last hidden states, [B, L] bool mask of real tokens), L = longest prompt."""
-        from pointdiff.text import check_prompts
+        from pointdiff.conditioning.text import check_prompts
 
         check_prompts(prompts)
         tok = self.tokenizer(
@@ -178,7 +178,7 @@ class HFTextEncoder(nn.Module):
 
     def embed(self, prompts: list[str], batch_size: int = 64) -> torch.Tensor:
         """[B, D] float32 mean-pooled, L2-normalised sentence embeddings (cached per prompt)."""
-        from pointdiff.text import check_prompts
+        from pointdiff.conditioning.text import check_prompts
 
         check_prompts(prompts)
         todo = list(dict.fromkeys(p for p in prompts if p not in self._cache))

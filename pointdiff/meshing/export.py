@@ -14,46 +14,24 @@ Axes and colours per format, chosen so common viewers show the object upright an
   from sRGB) and uint32 indices, one white, non-metallic, double-sided material so the vertex colours
   show unmodified in Blender, three.js, model-viewer and Windows 3D Viewer.
 
-Every writer goes through a temporary file and ``os.replace`` so a crash never leaves half a file.
+Every writer goes through ``pointdiff.atomic``, so a crash never leaves half a file.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import struct
 from pathlib import Path
 
 import numpy as np
 
+from pointdiff.atomic import write_bytes_atomic
+from pointdiff.colours import srgb_to_linear
+
 
 def _z_up_to_y_up(v: np.ndarray) -> np.ndarray:
     """(x, y, z) Z-up -> (x, z, -y) Y-up: the inverse of ``pointcloud.y_up_to_z_up``."""
     return np.stack([v[:, 0], v[:, 2], -v[:, 1]], axis=1)
-
-
-def srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    """sRGB in [0, 1] -> linear RGB (IEC 61966-2-1)."""
-    c = np.clip(c, 0.0, 1.0)
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-
-
-def linear_to_srgb(c: np.ndarray) -> np.ndarray:
-    """Linear RGB in [0, 1] -> sRGB (inverse of ``srgb_to_linear``)."""
-    c = np.clip(c, 0.0, 1.0)
-    return np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055)
-
-
-def _atomic_write(path: Path, chunks: list[bytes]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            for c in chunks:
-                f.write(c)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _color_bytes(colors: np.ndarray) -> np.ndarray:
@@ -85,7 +63,7 @@ def write_ply(path, verts, faces, colors=None, normals=None) -> None:
     header += [f"property {props[t]} {name}" for name, t in fields]
     header += [f"element face {len(faces)}", "property list uchar int vertex_indices"]
     header += ["end_header", ""]
-    _atomic_write(Path(path), ["\n".join(header).encode("ascii"), v.tobytes(), f.tobytes()])
+    write_bytes_atomic(Path(path), ["\n".join(header).encode("ascii"), v.tobytes(), f.tobytes()])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,9 +88,9 @@ def write_obj(path, verts, faces, colors=None, normals=None) -> None:
     if has_n:  # "f a//a b//b c//c": vertex and normal indices coincide
         idx = np.char.add(np.char.add(idx, "//"), idx)
     lines += ["f " + " ".join(r) for r in idx.tolist()]
-    _atomic_write(path, [("\n".join(lines) + "\n").encode("ascii")])
+    write_bytes_atomic(path, [("\n".join(lines) + "\n").encode("ascii")])
     mat = "newmtl vertex_colors\nKa 0 0 0\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\n"
-    _atomic_write(mtl, [mat.encode("ascii")])
+    write_bytes_atomic(mtl, [mat.encode("ascii")])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,7 +157,7 @@ def write_glb(path, verts, faces, colors=None, normals=None) -> None:
     js += b" " * (-len(js) % 4)  # JSON chunk padded with spaces, BIN chunk with zeros (spec 4.4)
     binary = b"".join(blobs)
     total = 12 + 8 + len(js) + 8 + len(binary)
-    _atomic_write(
+    write_bytes_atomic(
         Path(path),
         [
             struct.pack("<4sII", b"glTF", 2, total),

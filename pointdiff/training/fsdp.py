@@ -36,7 +36,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 #: Units of their own: our transformer blocks and open_clip's text blocks (matched by name so
-#: that only ``pointdiff.text`` imports open_clip). Only blocks entered through ``forward`` may
+#: that only ``pointdiff.conditioning.text`` imports open_clip). Only blocks entered through ``forward`` may
 #: be units: FSDP all-gathers in forward hooks, so the SDF decoder's cross-attention blocks
 #: (``project_kv`` is called from outside) stay in their parent's unit.
 BLOCK_NAMES = ("ResidualBlock", "ResidualAttentionBlock")

@@ -1,6 +1,6 @@
 """Text encoder: an open_clip text tower, pretrained (frozen CLIP) or built from scratch.
 
-With ``pointdiff.image`` and ``pointdiff.clip_files`` (finding and reading CLIP files), the
+With ``pointdiff.conditioning.image`` and ``pointdiff.conditioning.clip_weights`` (finding and reading CLIP files), the
 only modules that import open_clip for conditioning (``evaluation.alignment`` loads a full
 open_clip model lazily for CLIP R-precision). ``TextEncoder.embed(prompts) -> [B, D]`` returns pooled,
 L2-normalised embeddings (point-e's ``FrozenImageCLIP.embed_text`` convention; the denoiser
@@ -19,8 +19,8 @@ Sources of weights (``TextEncoder.from_pretrained(arch, pretrained)``):
 Only the text tower is built (open_clip's ``_build_text_tower``, the same module
 ``create_model(..., force_custom_text=True).text`` holds); the visual tower's weights are skipped
 when loading, so ViT-L-14 costs its 123M text parameters, not 428M. Extension point for the
-image-grid models: ``pointdiff.image.ImageEncoder`` shares the lookup and reading of CLIP files
-(``pointdiff.clip_files``).
+image-grid models: ``pointdiff.conditioning.image.ImageEncoder`` shares the lookup and reading of CLIP files
+(``pointdiff.conditioning.clip_weights``).
 
 Small from-scratch towers (``TextEncoder.from_config("tiny" | "small")``) are random-init and
 trainable; they serve tests and offline-trained checkpoints (``save``/``load``).
@@ -46,8 +46,8 @@ from open_clip.model import CLIPTextCfg, _build_text_tower
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pointdiff import clip_files, hf_text
-from pointdiff.clip_files import ClipFilesError
+from pointdiff.conditioning import clip_weights, hf_text
+from pointdiff.conditioning.clip_weights import ClipFilesError
 from pointdiff.config import TextConfig
 
 WEIGHTS_NAME = "text.safetensors"
@@ -157,7 +157,7 @@ class TextEncoder(nn.Module):
         """
         if arch.startswith("hf-hub:"):
             model_cfg, path = _clip_call(
-                clip_files.resolve_hf_hub, arch[len("hf-hub:") :], cache_dir, download
+                clip_weights.resolve_hf_hub, arch[len("hf-hub:") :], cache_dir, download
             )
             quick_gelu = model_cfg.get("quick_gelu", False)
         else:
@@ -174,13 +174,13 @@ class TextEncoder(nn.Module):
                 path = str(weights)
             else:
                 path = _clip_call(
-                    clip_files.resolve_weights, arch, pretrained, tag_cfg, cache_dir, download
+                    clip_weights.resolve_weights, arch, pretrained, tag_cfg, cache_dir, download
                 )
             # OpenAI's CLIP was trained with QuickGELU; open_clip records it on the tag.
             quick_gelu = (
                 model_cfg.get("quick_gelu", False)
                 or tag_cfg.get("quick_gelu", False)
-                or clip_files.is_torchscript(path)
+                or clip_weights.is_torchscript(path)
             )
         spec = {
             "arch": arch,
@@ -191,7 +191,7 @@ class TextEncoder(nn.Module):
         }
         enc = cls(spec)
         enc.tower.load_state_dict(
-            _clip_call(clip_files.tower_state_dict, path, enc.tower, "text.", "text-tower")
+            _clip_call(clip_weights.tower_state_dict, path, enc.tower, "text.", "text-tower")
         )
         return enc.freeze()
 
@@ -414,7 +414,7 @@ def _saved_arch(config_file: Path) -> str:
 
 
 def _clip_call(fn, *args):
-    """``fn(*args)`` of ``pointdiff.clip_files`` with its errors as :class:`TextEncoderError`."""
+    """``fn(*args)`` of ``pointdiff.conditioning.clip_weights`` with its errors as :class:`TextEncoderError`."""
     try:
         return fn(*args)
     except ClipFilesError as e:

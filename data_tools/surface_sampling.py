@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pointdiff.meshio import TriangleSoup
+from data_tools.mesh_reader import TriangleSoup
+from pointdiff.colours import linear_to_srgb, srgb_to_linear
 
 #: colour given to points whose face carries no colour information (sRGB 128).
 GREY = 0.5
@@ -43,18 +44,6 @@ class SurfaceSample:
 
 # ----------------------------------------------------------------------------------------------
 # Colour helpers
-
-
-def srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    """sRGB-encoded values in [0, 1] → linear (IEC 61966-2-1)."""
-    c = np.asarray(c, dtype=np.float32)
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(np.float32)
-
-
-def linear_to_srgb(c: np.ndarray) -> np.ndarray:
-    """Linear values in [0, 1] → sRGB-encoded."""
-    c = np.clip(np.asarray(c, dtype=np.float32), 0.0, 1.0)
-    return np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055).astype(np.float32)
 
 
 def _wrap_index(i: np.ndarray, n: int, mode: str) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Training the SDF head with ``pointdiff.training.train``: dataset, inputs hook, loss, IoU.
+"""Training the SDF head with ``pointdiff.training.loop.train``: dataset, inputs hook, loss, IoU.
 
 **Data.** ``SDFDataset`` reads shard directories (``pointdiff.data``: ``coords`` [P, 3] and the
 SDF samples ``sdf_points`` [Q, 3], ``sdf_values`` [Q], negative inside, object space). Objects
@@ -151,7 +151,7 @@ class SDFDataset(torch.utils.data.Dataset):
 
 
 # ----------------------------------------------------------------------------------------------
-# Hook and loss for pointdiff.training.train
+# Hook and loss for pointdiff.training.loop.train
 
 
 def sdf_inputs(batch: dict) -> tuple[torch.Tensor, dict]:

@@ -1,6 +1,6 @@
 """The training loop: one function, DiT/EDM order (batch → loss → backward → clip → step → EMA →
 log → checkpoint), distributed-aware (torchrun + DDP, or FSDP with ``TrainConfig.fsdp``; see
-``pointdiff.sharding``) and exactly resumable.
+``pointdiff.training.fsdp``) and exactly resumable.
 
 Exact resume and rank-count independence come from three rules:
 
@@ -32,7 +32,6 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pointdiff import dist, sharding
 from pointdiff.checkpoint import (
     get_rng_state,
     latest_checkpoint,
@@ -41,11 +40,13 @@ from pointdiff.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from pointdiff.conditioning.text import text_condition
 from pointdiff.config import DiffusionConfig, TrainConfig, to_dict
 from pointdiff.data import ResumableSampler
 from pointdiff.diffusion.precond import KarrasDenoiser
 from pointdiff.pointcloud import farthest_point_sample
-from pointdiff.text import text_condition
+from pointdiff.training import distributed as dist
+from pointdiff.training import fsdp
 
 
 class TrainError(ValueError):
@@ -178,9 +179,9 @@ def _save(run_dir, step, modules, emas, optimizer, scheduler, configs, position,
     so the files are those of an unsharded run."""
     rng = dist.all_gather_object(get_rng_state())  # RNG states of every rank
     if twins is not None:
-        full = [sharding.gather_module(m, t) for m, t in zip(modules + emas, twins, strict=True)]
+        full = [fsdp.gather_module(m, t) for m, t in zip(modules + emas, twins, strict=True)]
         modules, emas = full[: len(modules)], full[len(modules) :]
-        optimizer = sharding.StateDictOf(sharding.gather_optimizer_state(root, optimizer))
+        optimizer = fsdp.StateDictOf(fsdp.gather_optimizer_state(root, optimizer))
     saved = None
     if dist.is_main():
         saved = save_checkpoint(
@@ -255,10 +256,10 @@ def train(
     modules = [model, text_encoder] if text_trainable else [model]
     sharded = cfg.fsdp and world > 1  # one process: nothing to shard
     for m in modules if sharded else []:
-        sharding.broadcast_from_rank0(m)  # DDP does this itself
+        fsdp.broadcast_from_rank0(m)  # DDP does this itself
     emas = [copy.deepcopy(m).requires_grad_(False).eval() for m in modules]
     # FSDP: shape-only copies that receive the gathered full weights at checkpoints
-    twins = [sharding.meta_twin(m) for m in modules + emas] if sharded else None
+    twins = [fsdp.meta_twin(m) for m in modules + emas] if sharded else None
     sampler = ResumableSampler(
         len(dataset), world, rank, block=cfg.batch_size * cfg.grad_accum, seed=cfg.seed
     )
@@ -298,7 +299,7 @@ def train(
         sigma_data,
         batch_to_inputs,
     )
-    wrapped = sharding.wrap(objective, modules, emas, device, sharded)
+    wrapped = fsdp.wrap(objective, modules, emas, device, sharded)
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         _param_groups(modules, cfg.weight_decay),
@@ -314,7 +315,7 @@ def train(
     )
     if state is not None:  # the optimizer state is unsharded on disk; FSDP keeps its shard
         if sharded:
-            sharding.load_optimizer_state(objective, optimizer, state["optimizer"])
+            fsdp.load_optimizer_state(objective, optimizer, state["optimizer"])
         else:
             optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -349,7 +350,7 @@ def train(
                 torch.manual_seed(seed)  # model-internal randomness (condition dropout)
                 generator = torch.Generator(device).manual_seed(seed)  # σ and noise
                 sync = world == 1 or micro == cfg.grad_accum - 1
-                with nullcontext() if sync else sharding.no_grad_sync(wrapped):
+                with nullcontext() if sync else fsdp.no_grad_sync(wrapped):
                     with autocast:
                         loss = wrapped(batch, generator).float().mean() / cfg.grad_accum
                     loss.backward()
@@ -360,7 +361,7 @@ def train(
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf
             )
-            grad_norm = sharding.to_local_scalar(grad_norm)
+            grad_norm = fsdp.to_local_scalar(grad_norm)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()

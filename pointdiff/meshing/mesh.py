@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pointdiff import mesh_export
+from pointdiff.meshing import export
 from pointdiff.pointcloud import PointCloud, PointCloudError
 
 SDFFn = Callable[[torch.Tensor], "torch.Tensor | np.ndarray"]
@@ -121,7 +121,7 @@ class TriMesh:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write by suffix: ``.ply`` (binary, Z-up, uchar colours), ``.obj`` (+ ``.mtl``, Y-up,
-        ``v x y z r g b``) or ``.glb`` (glTF 2.0, Y-up, ``COLOR_0``). See ``mesh_export``."""
+        ``v x y z r g b``) or ``.glb`` (glTF 2.0, Y-up, ``COLOR_0``). See ``meshing.export``."""
         self.__post_init__()  # fields may have been reassigned since construction
         path = check_mesh_output(path)
         normals = self.vertex_normals()
@@ -133,8 +133,8 @@ class TriMesh:
             raise MeshError(f"cannot write {path}: {e}") from None
 
 
-_WRITERS = {".ply": mesh_export.write_ply, ".obj": mesh_export.write_obj}
-_WRITERS[".glb"] = mesh_export.write_glb
+_WRITERS = {".ply": export.write_ply, ".obj": export.write_obj}
+_WRITERS[".glb"] = export.write_glb
 
 
 def check_mesh_output(path: str | os.PathLike) -> Path:

@@ -1,6 +1,6 @@
 """Image encoder: CLIP's visual tower as point-e's image-grid models use it.
 
-With ``pointdiff.text`` and ``pointdiff.clip_files`` (finding and reading CLIP files), the
+With ``pointdiff.conditioning.text`` and ``pointdiff.conditioning.clip_weights`` (finding and reading CLIP files), the
 only modules that import open_clip for conditioning (``evaluation.alignment`` loads a full
 open_clip model lazily for CLIP R-precision). ``ImageEncoder.embed(images)``
 returns the **patch grid** ``[B, 256, 1024]`` of CLIP ViT-L/14 at 224 px, taken as point-e's
@@ -14,7 +14,7 @@ Preprocessing is CLIP's (open_clip ``image_transform`` for the tag: resize the s
 ``clip.load`` preprocess.
 
 Weights (``ImageEncoder.from_pretrained(arch, pretrained)``): an open_clip tag resolved from the
-LOCAL caches only (the same file and the same lookup as ``pointdiff.text``: one CLIP checkpoint
+LOCAL caches only (the same file and the same lookup as ``pointdiff.conditioning.text``: one CLIP checkpoint
 serves both towers), or a local weights file (``.safetensors``, ``.bin``/``.pt`` read with
 ``weights_only=True``, OpenAI's TorchScript ``ViT-L-14.pt``). Only the ``visual.*`` weights are
 loaded. ``ImageEncoder.from_config("tiny")`` is a random-init tower of the same token layout
@@ -34,7 +34,7 @@ from open_clip.transform import image_transform
 from PIL import Image
 from torch import nn
 
-from pointdiff.clip_files import ClipFilesError, resolve_weights, tower_state_dict
+from pointdiff.conditioning.clip_weights import ClipFilesError, resolve_weights, tower_state_dict
 
 # From-scratch towers: ViT-L/14's token layout (224 px, 14 px patches -> 16×16 grid), tiny width.
 SCRATCH_CONFIGS = {

@@ -1,6 +1,6 @@
 """CLIP weight files: finding them locally and reading one tower's state dict out of them.
 
-Shared by ``pointdiff.text`` (text tower) and ``pointdiff.image`` (visual tower): one CLIP
+Shared by ``pointdiff.conditioning.text`` (text tower) and ``pointdiff.conditioning.image`` (visual tower): one CLIP
 checkpoint serves both. Lookup never touches the network unless ``download=True``:
 
 * an open_clip tag (``"ViT-L-14", "openai"``): open_clip's ``~/.cache/clip`` for URL downloads,

@@ -26,7 +26,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
-from pointdiff.text import STOPWORDS, WordEncoder
+from pointdiff.conditioning.text import STOPWORDS, WordEncoder
 
 LEXICON_NAME = "lexicon.json"
 WORDNET_DIRS = ("/usr/share/wordnet", "/usr/local/share/wordnet")

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
-from pointdiff import dist, hf_text, text_transfer
 from pointdiff.checkpoint import init_from_checkpoint, load_configs, load_into, load_weights
+from pointdiff.conditioning import hf_text, transfer
+from pointdiff.conditioning.text import SCRATCH_CONFIGS, TextEncoder, WordEncoder
 from pointdiff.config import (
     DiffusionConfig,
     TextConfig,
@@ -38,8 +39,8 @@ from pointdiff.config import (
 from pointdiff.data import PointCloudDataset
 from pointdiff.diffusion.precond import EDMLoss
 from pointdiff.models import build_model, count_params
-from pointdiff.text import SCRATCH_CONFIGS, TextEncoder, WordEncoder
-from pointdiff.training import TrainError, train
+from pointdiff.training import distributed as dist
+from pointdiff.training.loop import TrainError, train
 
 STAGES = {"base": ("denoiser", "small"), "upsampler": ("upsampler", "upsample_small")}
 DEFAULT_TEXT = {768: "clip:ViT-L-14:openai", 512: "small", 32: "tiny", 0: "none"}
@@ -184,7 +185,7 @@ def _init_from(path: Path, model, text, dataset) -> None:
     ``--cond_bias=True`` (``--text_tokens=T``) model may start from one without that bias (those
     token layers): zero-initialised, they leave the start model's output unchanged.
     A checkpoint trained with another frozen text encoder has its condition layers mapped to
-    this one (``text_transfer``, fitted on the dataset's captions)."""
+    this one (``conditioning.transfer``, fitted on the dataset's captions)."""
     old_text = load_configs(path).get("text")
     if text is not None and old_text is not None and old_text.arch != text.spec["arch"]:
         _init_with_new_text(path, model, text, TextEncoder.from_text_config(old_text), dataset)
@@ -203,13 +204,13 @@ def _init_with_new_text(path: Path, model, text, old_text, dataset) -> None:
     if text.trainable:
         raise TrainError("--init-from with another text encoder needs a frozen one")
     captions = sorted({dataset.entry(i)["caption"] for i in range(len(dataset))})
-    a, r2 = text_transfer.fit_text_map(
-        text_transfer.model_inputs(text.embed(captions).cpu()),
-        text_transfer.model_inputs(old_text.embed(captions).cpu()),
+    a, r2 = transfer.fit_text_map(
+        transfer.model_inputs(text.embed(captions).cpu()),
+        transfer.model_inputs(old_text.embed(captions).cpu()),
     )  # fmt: skip
     state, _ = load_weights(path)
     want = model.state_dict()
-    state = text_transfer.transfer_condition(state, a)
+    state = transfer.transfer_condition(state, a)
     state.update({k: want[k] for k in want if k not in state and k.startswith("text_bias.")})
     model.load_state_dict({k: v.to(want[k].dtype) for k, v in state.items()})
     dist.print0(
