@@ -7,10 +7,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from pointdiff.conditioning.text import TextEncoder, TextEncoderError, WordEncoder
+from pointdiff.conditioning.prompts import PromptError, check_prompts
+from pointdiff.conditioning.text import TextEncoder, TextEncoderError
+from pointdiff.conditioning.words import WordEncoder
 from pointdiff.config import TextConfig
 
-PROMPTS = ["a red chair", "a small wooden boat", "a red chair", ""]
+PROMPTS = ["a red chair", "a small wooden boat", "a red chair", "the"]
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +54,6 @@ def test_trainable_encoder_has_gradients_and_no_cache():
     assert enc.tower.token_embedding.weight.grad is not None and not enc._cache
     enc.eval()
     assert not enc.embed(["a lamp"]).requires_grad
-
-
-@pytest.mark.parametrize(
-    "bad, match",
-    [([], "empty"), ("a chair", "list of strings"), (["ok", 3], "strings"), ([None], "strings")],
-)
-def test_bad_prompts_raise_clear_errors(tiny, bad, match):
-    with pytest.raises(TextEncoderError, match=match):
-        tiny.embed(bad)
 
 
 def test_missing_pretrained_weights_fail_at_once_naming_the_local_file_option(tmp_path):
@@ -142,7 +135,7 @@ def test_word_encoder_separates_prompts_by_their_words():
         "living",
         "room",
     ]
-    e = enc.embed(["a chair", "the chair!", "a wine bottle", "a chair (kitchen)", "a", ""])
+    e = enc.embed(["a chair", "the chair!", "a wine bottle", "a chair (kitchen)", "a", "of the"])
     torch.testing.assert_close(e.norm(dim=-1), torch.ones(6))
     cos = e @ e.T
     assert cos[0, 1] == pytest.approx(1.0)  # same content words, same embedding
@@ -162,7 +155,27 @@ def test_word_encoder_save_load_and_config_round_trip(tmp_path):
     assert isinstance(again, WordEncoder) and torch.equal(again.embed(PROMPTS), enc.embed(PROMPTS))
     cfg = TextConfig(arch="words-32", pretrained="", trainable=False)
     assert torch.equal(TextEncoder.from_text_config(cfg).embed(PROMPTS), enc.embed(PROMPTS))
-    with pytest.raises(TextEncoderError, match="unknown words encoder"):
+    with pytest.raises(ValueError, match="unknown words encoder"):
         WordEncoder.from_arch("words-big")
-    with pytest.raises(TextEncoderError, match="list of strings"):
-        enc.embed("a chair")
+    with pytest.raises(TextEncoderError, match="unknown words encoder"):
+        TextEncoder.from_text_config(TextConfig(arch="words-big", pretrained=""))
+
+
+@pytest.mark.parametrize(
+    "prompts, match",
+    [
+        ("a chair", "list of strings.*wrap a single prompt"),
+        ([], "empty"),
+        (["a chair", "  "], "non-empty string"),
+        (["a chair", 3], "non-empty string"),
+        ([None], "non-empty string"),
+        (None, "list of strings"),
+    ],
+)
+def test_one_prompt_check_for_every_encoder(tiny, prompts, match):
+    with pytest.raises(PromptError, match=match):
+        check_prompts(prompts)
+    for enc in (tiny, WordEncoder(8)):
+        with pytest.raises(PromptError, match=match):
+            enc.embed(prompts)
+    check_prompts(("a chair", "the"))  # tuples are lists too

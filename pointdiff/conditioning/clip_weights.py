@@ -1,7 +1,7 @@
 """CLIP weight files: finding them locally and reading one tower's state dict out of them.
 
-Shared by ``pointdiff.conditioning.text`` (text tower) and ``pointdiff.conditioning.image`` (visual tower): one CLIP
-checkpoint serves both. Lookup never touches the network unless ``download=True``:
+Shared by ``conditioning.text`` (text tower) and ``conditioning.image`` (visual tower): one
+CLIP checkpoint serves both. Lookup never touches the network unless ``download=True``:
 
 * an open_clip tag (``"ViT-L-14", "openai"``): open_clip's ``~/.cache/clip`` for URL downloads,
   the HF hub cache for hub-hosted tags; a miss fails at once naming where we looked and the

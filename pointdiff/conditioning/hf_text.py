@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pointdiff.conditioning.prompts import check_prompts
+
 ARCH_PREFIX = "hf:"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 ALIASES = {"minilm": MINILM, "all-minilm-l6-v2": MINILM}
@@ -116,7 +118,8 @@ class HFTextEncoder(nn.Module):
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()  # no "weights not initialized" chatter for pooler-less files
+        # no "weights not initialized" chatter for files without a pooler
+        hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         self.spec = {"arch": ARCH_PREFIX + name, "pretrained": "sha256:" + sha256}
         try:
@@ -164,13 +167,10 @@ class HFTextEncoder(nn.Module):
 
     def embed_tokens(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """([B, L, D] last hidden states, [B, L] bool mask of real tokens), L = longest prompt."""
-        from pointdiff.conditioning.text import check_prompts
-
         check_prompts(prompts)
         tok = self.tokenizer(
-            list(prompts), padding=True, truncation=True, max_length=MAX_TOKENS,
-            return_tensors="pt",
-        )  # fmt: skip
+            list(prompts), padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+        )
         tok = {k: v.to(self._device()) for k, v in tok.items()}
         with torch.no_grad():
             states = self.model(**tok).last_hidden_state.float()
@@ -178,8 +178,6 @@ class HFTextEncoder(nn.Module):
 
     def embed(self, prompts: list[str], batch_size: int = 64) -> torch.Tensor:
         """[B, D] float32 mean-pooled, L2-normalised sentence embeddings (cached per prompt)."""
-        from pointdiff.conditioning.text import check_prompts
-
         check_prompts(prompts)
         todo = list(dict.fromkeys(p for p in prompts if p not in self._cache))
         for i in range(0, len(todo), batch_size):

@@ -1,12 +1,12 @@
 """Image encoder: CLIP's visual tower as point-e's image-grid models use it.
 
-With ``pointdiff.conditioning.text`` and ``pointdiff.conditioning.clip_weights`` (finding and reading CLIP files), the
-only modules that import open_clip for conditioning (``evaluation.alignment`` loads a full
-open_clip model lazily for CLIP R-precision). ``ImageEncoder.embed(images)``
-returns the **patch grid** ``[B, 256, 1024]`` of CLIP ViT-L/14 at 224 px, taken as point-e's
+With ``conditioning.text`` and ``conditioning.clip_weights`` (finding and reading CLIP files),
+the only modules that import open_clip for conditioning (``evaluation.alignment`` loads a full
+open_clip model lazily for CLIP R-precision). ``ImageEncoder.embed(images)`` returns the
+**patch grid** ``[B, 256, 1024]`` of CLIP ViT-L/14 at 224 px, taken as point-e's
 ``ImageCLIP.embed_images_grid`` takes it: ``conv1`` → + class token → + positional embedding →
-``ln_pre`` → transformer, keeping the 256 patch tokens (the class token dropped) BEFORE CLIP's final
-``ln_post`` and projection. Point-e's ``base40M``/``base300M``/``base1B`` and its upsampler
+``ln_pre`` → transformer, keeping the 256 patch tokens (the class token dropped) BEFORE CLIP's
+final ``ln_post`` and projection. Point-e's ``base40M``/``base300M``/``base1B`` and its upsampler
 normalise these tokens themselves (``clip_embed = LayerNorm + Linear``).
 
 Preprocessing is CLIP's (open_clip ``image_transform`` for the tag: resize the shortest side to
@@ -14,10 +14,10 @@ Preprocessing is CLIP's (open_clip ``image_transform`` for the tag: resize the s
 ``clip.load`` preprocess.
 
 Weights (``ImageEncoder.from_pretrained(arch, pretrained)``): an open_clip tag resolved from the
-LOCAL caches only (the same file and the same lookup as ``pointdiff.conditioning.text``: one CLIP checkpoint
-serves both towers), or a local weights file (``.safetensors``, ``.bin``/``.pt`` read with
-``weights_only=True``, OpenAI's TorchScript ``ViT-L-14.pt``). Only the ``visual.*`` weights are
-loaded. ``ImageEncoder.from_config("tiny")`` is a random-init tower of the same token layout
+LOCAL caches only (the same file and the same lookup as ``conditioning.text``: one CLIP
+checkpoint serves both towers), or a local weights file (``.safetensors``, ``.bin``/``.pt``
+read with ``weights_only=True``, OpenAI's TorchScript ``ViT-L-14.pt``). Only the ``visual.*``
+weights are loaded. ``ImageEncoder.from_config("tiny")`` is a random-init tower of the same token layout
 (224 px, 14 px patches: 256 tokens) for tests.
 """
 
@@ -40,10 +40,15 @@ from pointdiff.conditioning.clip_weights import ClipFilesError, resolve_weights,
 SCRATCH_CONFIGS = {
     "tiny": {
         "embed_dim": 32,
-        "vision_cfg": {"image_size": 224, "patch_size": 14, "width": 64, "layers": 2,
-                       "head_width": 32},
+        "vision_cfg": {
+            "image_size": 224,
+            "patch_size": 14,
+            "width": 64,
+            "layers": 2,
+            "head_width": 32,
+        },
     },
-}  # fmt: skip
+}
 _CLIP_MEAN = open_clip.OPENAI_DATASET_MEAN
 _CLIP_STD = open_clip.OPENAI_DATASET_STD
 
@@ -94,8 +99,9 @@ class ImageEncoder(nn.Module):
     def from_config(cls, arch: str = "tiny", seed: int | None = None) -> ImageEncoder:
         """A random-init, frozen tower (``"tiny"``: ViT-L/14's 256-token layout at width 64)."""
         if arch not in SCRATCH_CONFIGS:
+            choices = sorted(SCRATCH_CONFIGS)
             raise ImageEncoderError(
-                f"unknown from-scratch image tower {arch!r}; choose one of {sorted(SCRATCH_CONFIGS)}"
+                f"unknown from-scratch image tower {arch!r}; choose one of {choices}"
             )
         spec = {**SCRATCH_CONFIGS[arch], "arch": arch, "pretrained": "", "quick_gelu": False}
         spec["vision_cfg"] = asdict(CLIPVisionCfg(**spec["vision_cfg"]))

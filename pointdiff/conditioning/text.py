@@ -1,10 +1,11 @@
-"""Text encoder: an open_clip text tower, pretrained (frozen CLIP) or built from scratch.
+"""Text encoders: the open_clip text tower (pretrained and frozen, or built from scratch), and
+the one place that builds any encoder a ``TextConfig`` names.
 
-With ``pointdiff.conditioning.image`` and ``pointdiff.conditioning.clip_weights`` (finding and reading CLIP files), the
-only modules that import open_clip for conditioning (``evaluation.alignment`` loads a full
-open_clip model lazily for CLIP R-precision). ``TextEncoder.embed(prompts) -> [B, D]`` returns pooled,
-L2-normalised embeddings (point-e's ``FrozenImageCLIP.embed_text`` convention; the denoiser
-multiplies by √D itself).
+``TextEncoder.embed(prompts) -> [B, D]`` returns pooled, L2-normalised embeddings (point-e's
+``FrozenImageCLIP.embed_text`` convention; the denoiser multiplies by √D itself). With
+``conditioning.image`` and ``conditioning.clip_weights`` (finding and reading CLIP files) this is
+the only conditioning module that imports open_clip (``evaluation.alignment`` loads a full
+open_clip model lazily for CLIP R-precision).
 
 Sources of weights (``TextEncoder.from_pretrained(arch, pretrained)``):
 
@@ -18,27 +19,25 @@ Sources of weights (``TextEncoder.from_pretrained(arch, pretrained)``):
 
 Only the text tower is built (open_clip's ``_build_text_tower``, the same module
 ``create_model(..., force_custom_text=True).text`` holds); the visual tower's weights are skipped
-when loading, so ViT-L-14 costs its 123M text parameters, not 428M. Extension point for the
-image-grid models: ``pointdiff.conditioning.image.ImageEncoder`` shares the lookup and reading of CLIP files
-(``pointdiff.conditioning.clip_weights``).
+when loading, so ViT-L-14 costs its 123M text parameters, not 428M.
 
 Small from-scratch towers (``TextEncoder.from_config("tiny" | "small")``) are random-init and
 trainable; they serve tests and offline-trained checkpoints (``save``/``load``).
 
-``WordEncoder`` (arch ``words`` / ``words-D``) is the offline alternative without weights: a
-frozen hashed bag of words (see its docstring for why the shipped model uses it).
+``TextEncoder.from_text_config`` and ``TextEncoder.load`` also return the other encoders a
+config or a saved directory names: ``conditioning.words.WordEncoder`` (``words``/``words-D``)
+and ``conditioning.hf_text.HFTextEncoder`` (``hf:…``). ``text_condition`` gives the condition a
+model takes, pooled or with per-token states. Prompts are checked by
+``conditioning.prompts.check_prompts``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
@@ -46,13 +45,15 @@ from open_clip.model import CLIPTextCfg, _build_text_tower
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pointdiff.atomic import atomic_path, write_json_atomic
 from pointdiff.conditioning import clip_weights, hf_text
 from pointdiff.conditioning.clip_weights import ClipFilesError
+from pointdiff.conditioning.prompts import check_prompts
+from pointdiff.conditioning.words import CONFIG_NAME, WordEncoder
 from pointdiff.config import TextConfig
 
 WEIGHTS_NAME = "text.safetensors"
 EMA_WEIGHTS_NAME = "text_ema.safetensors"  # training checkpoints of a jointly trained tower
-CONFIG_NAME = "text_config.json"
 
 # From-scratch towers: CLIP's text transformer shape, scaled down. ``embed_dim`` matches the
 # ``cond_dim`` of the denoiser preset of the same name (tiny: 32, small: 512).
@@ -63,21 +64,7 @@ SCRATCH_CONFIGS = {
 
 
 class TextEncoderError(ValueError):
-    """Bad prompts, or text-encoder weights that cannot be found or read (the reason is named)."""
-
-
-def check_prompts(prompts) -> None:
-    """Raise :class:`TextEncoderError` unless ``prompts`` is a non-empty list of strings."""
-    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
-        raise TextEncoderError(
-            f"prompts must be a list of strings, got {type(prompts).__name__}"
-            + (" (wrap a single prompt in a list)" if isinstance(prompts, str) else "")
-        )
-    if len(prompts) == 0:
-        raise TextEncoderError("prompts is an empty list; give at least one prompt")
-    bad = [(i, type(p).__name__) for i, p in enumerate(prompts) if not isinstance(p, str)]
-    if bad:
-        raise TextEncoderError(f"prompts must be strings; not at (index, type): {bad[:5]}")
+    """A text encoder that cannot be built, found or read (the reason is named)."""
 
 
 class TextEncoder(nn.Module):
@@ -204,7 +191,7 @@ class TextEncoder(nn.Module):
         default tag ``"openai"``) means random init.
         """
         if cfg.arch.startswith(WordEncoder.ARCH):
-            return WordEncoder.from_arch(cfg.arch)
+            return _words_encoder(cfg.arch)
         if cfg.arch.startswith(hf_text.ARCH_PREFIX):
             try:
                 return hf_text.HFTextEncoder.from_name(
@@ -234,8 +221,9 @@ class TextEncoder(nn.Module):
             k: v.detach().to("cpu", dtype or v.dtype).contiguous()
             for k, v in self.tower.state_dict().items()
         }
-        save_file(sd, str(out / WEIGHTS_NAME))
-        (out / CONFIG_NAME).write_text(json.dumps(self.spec, indent=1, sort_keys=True))
+        with atomic_path(out / WEIGHTS_NAME) as tmp:
+            save_file(sd, str(tmp))
+        write_json_atomic(out / CONFIG_NAME, self.spec)
         return out
 
     @classmethod
@@ -252,7 +240,7 @@ class TextEncoder(nn.Module):
         root = path if path.is_dir() else path.parent
         saved_arch = _saved_arch(root / CONFIG_NAME)
         if saved_arch.startswith(WordEncoder.ARCH):
-            return WordEncoder.from_arch(saved_arch)
+            return _words_encoder(saved_arch)
         weights = path if path.is_file() else root / WEIGHTS_NAME
         if path.is_dir() and use_ema and (root / EMA_WEIGHTS_NAME).is_file():
             weights = root / EMA_WEIGHTS_NAME
@@ -311,81 +299,6 @@ class TextEncoder(nn.Module):
         return torch.stack([self._cache[p].to(device) for p in prompts])
 
 
-class WordEncoder(nn.Module):
-    """A frozen hashed bag of words: ``embed(prompts) -> [B, D]``, no weights, no network.
-
-    Each word (lower-case ``[a-z0-9]+``, stop-words dropped) maps to a fixed ±1/√D vector read
-    from SHAKE-256 of the word (the same on every machine and library version); a prompt's
-    embedding is the L2-normalised sum of its words' vectors (a prompt without words uses the
-    vector of ``"<empty>"``). Prompts with no word in common are nearly orthogonal (two words:
-    cos ~ N(0, 1/D)), shared words make prompts similar, and the denoiser's linear text
-    projection learns what each word means.
-
-    Why it exists: with ~300 captions and no pretrained CLIP, the small open_clip tower trained
-    jointly from scratch collapsed (all pairwise cosines of its embeddings ≥ 0.99), and the
-    base model's output was the same for the true, a shuffled or the null prompt — it had
-    learned an unconditional model. This encoder separates the conditions from step 0 at no
-    cost. Words never seen in training get vectors too, which the model has not learned: the
-    pipeline warns about such prompts.
-    """
-
-    ARCH = "words"
-
-    def __init__(self, dim: int = 512):
-        super().__init__()
-        if dim < 1:
-            raise TextEncoderError(f"words encoder: dimension must be >= 1, got {dim}")
-        self.spec = {"arch": f"{self.ARCH}-{dim}", "embed_dim": dim, "pretrained": ""}
-        self.register_buffer("_probe", torch.zeros(0), persistent=False)  # follows .to(device)
-
-    @classmethod
-    def from_arch(cls, arch: str) -> WordEncoder:
-        """``"words"`` (512-d, the ``small`` denoiser's ``cond_dim``) or ``"words-D"``."""
-        dim = arch[len(cls.ARCH) + 1 :] or "512"
-        if not arch.startswith(cls.ARCH) or not dim.isdigit():
-            raise TextEncoderError(f"unknown words encoder {arch!r}; use 'words' or 'words-D'")
-        return cls(int(dim))
-
-    @property
-    def dim(self) -> int:
-        return int(self.spec["embed_dim"])
-
-    @property
-    def trainable(self) -> bool:
-        return False
-
-    def freeze(self) -> WordEncoder:
-        return self.eval()
-
-    def save(self, out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
-        """Write ``text_config.json`` (there are no weights)."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / CONFIG_NAME).write_text(json.dumps(self.spec, indent=1, sort_keys=True))
-        return out
-
-    @staticmethod
-    def words(prompt: str) -> list[str]:
-        """The content words of a prompt, in order."""
-        return [w for w in re.findall(r"[a-z0-9]+", prompt.lower()) if w not in STOPWORDS]
-
-    def word_vector(self, word: str) -> torch.Tensor:
-        """[D] the fixed ±1/√D vector of ``word``."""
-        bits = np.unpackbits(
-            np.frombuffer(hashlib.shake_256(word.encode()).digest(-(-self.dim // 8)), np.uint8)
-        )
-        return torch.from_numpy(bits[: self.dim].astype(np.float32) * 2 - 1) / self.dim**0.5
-
-    def embed(self, prompts: list[str], batch_size: int = 64) -> torch.Tensor:
-        """[B, D] float32 L2-normalised bag-of-words embeddings on the encoder's device."""
-        check_prompts(prompts)
-        rows = [
-            torch.stack([self.word_vector(w) for w in (self.words(p) or ["<empty>"])]).sum(0)
-            for p in prompts
-        ]
-        return F.normalize(torch.stack(rows), dim=-1).to(self._probe.device)
-
-
 def text_condition(encoder, prompts: list[str], tokens: int = 0) -> torch.Tensor:
     """The condition a text model takes: [B, D] pooled (``tokens == 0``), or
     [B, 1 + tokens, D] pooled then per-token states (encoders with ``condition``: ``hf:``)."""
@@ -399,10 +312,11 @@ def text_condition(encoder, prompts: list[str], tokens: int = 0) -> torch.Tensor
     return encoder.condition(prompts, tokens)
 
 
-# Words that carry no shape: dropped by ``WordEncoder`` and by the pipeline's prompt check.
-STOPWORDS = frozenset(
-    {"a", "an", "the", "of", "with", "and", "in", "on", "for", "to", "3d", "model"}
-)
+def _words_encoder(arch: str) -> WordEncoder:
+    try:
+        return WordEncoder.from_arch(arch)
+    except ValueError as e:
+        raise TextEncoderError(str(e)) from None
 
 
 def _saved_arch(config_file: Path) -> str:
@@ -414,7 +328,7 @@ def _saved_arch(config_file: Path) -> str:
 
 
 def _clip_call(fn, *args):
-    """``fn(*args)`` of ``pointdiff.conditioning.clip_weights`` with its errors as :class:`TextEncoderError`."""
+    """``fn(*args)`` of ``conditioning.clip_weights``, its errors as :class:`TextEncoderError`."""
     try:
         return fn(*args)
     except ClipFilesError as e:
