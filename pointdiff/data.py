@@ -1,4 +1,5 @@
-"""Training shards (format, writer) and the dataset that reads them.
+"""Data shards (the on-disk training format, its writer and reader) and the dataset that reads
+them; the converters that make shards are ``data_tools``.
 
 Shard format (a directory; memory-mappable, no pickle):
 
@@ -28,6 +29,7 @@ import torch
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from pointdiff.atomic import atomic_path, write_json_atomic, write_text_atomic
 from pointdiff.pointcloud import farthest_point_sample, normalize_bbox, to_model_space
 
 FORMAT = "pointdiff-shards"
@@ -41,12 +43,6 @@ class ShardError(ValueError):
 
 # ----------------------------------------------------------------------------------------------
 # Writing
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_shards(
@@ -77,9 +73,8 @@ def write_shards(
         for k in ("sdf_points", "sdf_values"):
             if k in arrays:
                 arrays[k] = arrays[k].astype(np.float32)
-        tmp = out / (name + ".tmp")
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
-        os.replace(tmp, out / name)
+        with atomic_path(out / name) as tmp:
+            save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
         for row, r in enumerate(buf):
             meta = {k: _jsonable(v) for k, v in r.items() if k not in shape}
             meta.update(shard=name, row=row)
@@ -116,8 +111,10 @@ def write_shards(
         "num_sdf": int(shape["sdf_values"][0]) if "sdf_values" in shape else 0,
         "shards": shards,
     }
-    _atomic_write_text(out / "index.jsonl", "\n".join(index_lines) + "\n")
-    _atomic_write_text(out / "meta.json", json.dumps(meta, indent=1))
+    write_text_atomic(out / "index.jsonl", "\n".join(index_lines) + "\n")
+    write_json_atomic(
+        out / "meta.json", meta, sort_keys=False
+    )  # meta.json last: readers start there
     return meta
 
 

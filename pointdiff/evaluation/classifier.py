@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pointdiff.atomic import atomic_path, write_json_atomic
 from pointdiff.checkpoint import record_hashes, verify_hashes
 from pointdiff.pointcloud import farthest_point_sample
 
@@ -227,11 +228,10 @@ def save_classifier(
         for k, v in model.state_dict().items()
     }
     state = {k: v.contiguous() for k, v in state.items()}
-    save_file(state, str(out / "model.safetensors.tmp"))
-    os.replace(out / "model.safetensors.tmp", out / "model.safetensors")
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
     meta = {"config": asdict(model.cfg), **(extra or {})}
-    (out / "config.json.tmp").write_text(json.dumps(meta, indent=1))
-    os.replace(out / "config.json.tmp", out / "config.json")
+    write_json_atomic(out / "config.json", meta, sort_keys=False)
     record_hashes(out)  # the weights' SHA-256 in config.json, checked by load_classifier
 
 

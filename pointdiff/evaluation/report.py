@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pointdiff.atomic import write_text_atomic
 from pointdiff.data import ShardReader
 from pointdiff.evaluation.alignment import ClipScorer, category_r_precision, clip_r_precision
 from pointdiff.evaluation.classifier import PointNet2Classifier, load_classifier
@@ -272,9 +273,7 @@ def _write_grid(path: Path, s, r, si, ri, m_rs: torch.Tensor, count: int) -> Pat
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_jsonable))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1, default=_jsonable))
 
 
 def _jsonable(v):
