@@ -1,4 +1,4 @@
-"""``python -m data_tools <command> ...``: convert mesh collections into pointdiff shards.
+"""``python -m data_tools <command> ...``: convert mesh collections into pointdiff data shards.
 
 Commands: shapenet, objaverse, sweethome3d, folder (convert), merge (pack after a job array),
 preview (PNG contact sheet). Every conversion writes OUT/{meta.json,index.jsonl,shard-*},
@@ -15,6 +15,7 @@ import sys
 from data_tools import captions, folder, objaverse, runner, shapenet, sweethome3d
 from data_tools.jobs import DEFAULT_SPLIT, Settings, SourceError
 from data_tools.preview import preview
+from data_tools.work_files import OutputError, RunError
 
 
 def _positive(text: str) -> int:
@@ -59,14 +60,18 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--seed", type=_non_negative, default=0, help="seed for sampling, splits and --limit"
     )
     g.add_argument(
-        "--shard-index", type=_non_negative, default=0, help="this task's part (job arrays)"
+        "--part-index", type=_non_negative, default=0, help="this task's part (job arrays)"
     )
     g.add_argument(
-        "--num-shards",
+        "--num-parts",
         type=_positive,
         default=1,
         help="parts in the job array; >1 skips packing: run `merge` at the end",
     )
+    # the names these options had before "shard" came to mean only the data shard files
+    hidden = {"help": argparse.SUPPRESS, "default": argparse.SUPPRESS}
+    g.add_argument("--shard-index", type=_non_negative, dest="part_index", **hidden)
+    g.add_argument("--num-shards", type=_positive, dest="num_parts", **hidden)
     g.add_argument("--retry-failed", action="store_true", help="retry objects that failed before")
     g.add_argument("--objects-per-shard", type=_positive, default=256)
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -153,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     _split_arg(p, DEFAULT_SPLIT)
     _common(p)
 
-    p = sub.add_parser("merge", help="pack all work files of OUT (after --num-shards tasks)")
+    p = sub.add_parser("merge", help="pack all work files of OUT (after --num-parts tasks)")
     p.add_argument("out")
     p.add_argument("--objects-per-shard", type=_positive, default=256)
 
@@ -239,15 +244,15 @@ def main(argv: list[str] | None = None) -> int:
                 settings,
                 workers=args.workers,
                 retry_failed=args.retry_failed,
-                shard_index=args.shard_index,
-                num_shards=args.num_shards,
+                part_index=args.part_index,
+                num_parts=args.num_parts,
                 objects_per_shard=args.objects_per_shard,
                 progress=not args.no_progress,
             )
-    except (SourceError, runner.RunError, ValueError) as e:
+    except (SourceError, RunError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except runner.OutputError as e:
+    except OutputError as e:
         print(f"error: {e}", file=sys.stderr)
         print(
             f"finished objects are kept in {args.out}/work: free space (or fix the output) "
@@ -259,9 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(summary.table())
-    if getattr(args, "num_shards", 1) > 1:
+    if getattr(args, "num_parts", 1) > 1:
         print(
-            f"part {args.shard_index}/{args.num_shards} done; when all parts are: "
+            f"part {args.part_index}/{args.num_parts} done; when all parts are: "
             f"python -m data_tools merge {args.out}"
         )
     elif summary.total and not summary.packed:

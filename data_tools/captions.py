@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from data_tools.jobs import with_article
+from pointdiff.atomic import write_text_atomic
 from pointdiff.colours import BASIC_COLOURS, describe_colours
 from pointdiff.data import ShardReader
 
@@ -248,10 +249,8 @@ def caption_shards(root: str | os.PathLike, seed: int = 0, dry_run: bool = False
     for i, row in enumerate(rows):
         row["captions"] = build_captions(row, reader.get(i, "colors"), stats, seed)
     if not dry_run:
-        path = Path(root) / "index.jsonl"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-        os.replace(tmp, path)
+        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+        write_text_atomic(Path(root) / "index.jsonl", lines)
     return rows
 
 

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from data_tools.jobs import Job, Settings, id_hash
-from data_tools.mesh_reader import MeshError, gltf_asset_extras, load_mesh
+from data_tools.mesh_files import MeshError, gltf_asset_extras
+from data_tools.mesh_reader import load_mesh
 from data_tools.surface_sampling import MeshRaycaster, sample_sdf, sample_surface
 from pointdiff.pointcloud import farthest_point_sample, normalize_bbox
 

@@ -13,19 +13,13 @@ colours [F, 3, 4] and a material index per face. Colour composition rules (see `
 
 Missing assets (an ``mtllib`` or ``map_Kd`` that does not resolve, a glTF image that fails)
 raise ``MissingAssetError`` unless ``strict=False``, where they are listed in ``soup.warnings``.
-Every unusable file raises ``MeshError`` with a ``reason`` (data_tools/README.md lists them):
-cheap checks before parsing (GLB/STL lengths, glTF JSON, compression, primitive modes) and after
-it (header counts, indices, coordinates) keep truncated or unsupported files from passing as
-smaller or empty meshes.
+Every unusable file raises ``MeshError`` with a ``reason``; the checks of the file before and
+after trimesh parses it live in ``data_tools.mesh_files``.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
-import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,32 +28,23 @@ import trimesh
 from trimesh.resolvers import Resolver
 from trimesh.visual.material import PBRMaterial, SimpleMaterial
 
+from data_tools.mesh_files import (
+    MeshError,
+    MissingAssetError,
+    check_after_parsing,
+    check_before_parsing,
+    gltf_material_info,
+    no_surface_reason,
+    parse_error_reason,
+)
 from pointdiff.pointcloud import y_up_to_z_up
 
 SUFFIXES = (".obj", ".glb", ".gltf", ".ply", ".off", ".stl")
 #: textures larger than this (pixels per side) are box-downsampled at load to bound memory.
 MAX_TEXTURE_SIZE = 2048
-_WRAP = {33071: "clamp", 33648: "mirror", 10497: "repeat"}
 #: coordinates beyond this magnitude are corrupt (FLT_MAX placeholders, overflowed exports):
 #: 1e18 mm is a tenth of a light year, and squares of such values would overflow float64 sums.
 MAX_COORDINATE = 1e18
-_MODES = {0: "points", 1: "lines", 2: "line_loop", 3: "line_strip", 5: "triangle_strip"}
-_MODES.update({4: "triangles", 6: "triangle_fan"})
-#: glTF extensions that compress geometry: (decoder name, Python module trimesh needs for it).
-_DECODERS = {"KHR_draco_mesh_compression": ("draco", "DracoPy")}
-_DECODERS["EXT_meshopt_compression"] = ("meshopt", None)  # trimesh has no meshopt decoder
-
-
-class MeshError(ValueError):
-    """A mesh file that cannot be used; ``reason`` is a short machine-readable tag."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-
-
-class MissingAssetError(MeshError):
-    """An OBJ material library, texture or glTF buffer/image referenced but not found."""
 
 
 @dataclass
@@ -147,25 +132,14 @@ def load_mesh(
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise MeshError("unsupported_format", f"{path.name}: suffix {suffix!r} not in {SUFFIXES}")
-    _check_exists(path)
-    doc = read_gltf_json(path) if suffix in (".glb", ".gltf") else None
-    if doc is not None:
-        _check_gltf(doc, path.name)
-    elif suffix == ".stl":
-        _check_stl(path)
-    elif suffix == ".obj":
-        _check_obj_tail(path)
+    doc = check_before_parsing(path)
     resolver = _RecordingResolver(path.parent, Path(root or path.parent))
     try:
         scene = trimesh.load_scene(str(path), resolver=resolver, process=False)
     except Exception as e:  # trimesh raises many types on malformed input
-        raise MeshError(_parse_reason(e), f"{path.name}: {type(e).__name__}: {e}") from None
-    if suffix in (".off", ".ply"):
-        _check_face_count(path, scene)
-    try:
-        wraps, textured = _gltf_info(doc) if doc is not None else ({}, set())
-    except (AttributeError, TypeError) as e:  # e.g. "materials": 5
-        raise MeshError("unreadable", f"{path.name}: malformed glTF materials ({e})") from None
+        raise MeshError(parse_error_reason(e), f"{path.name}: {type(e).__name__}: {e}") from None
+    check_after_parsing(path, scene)
+    wraps, textured = gltf_material_info(doc, path.name) if doc is not None else ({}, set())
     parts, materials, index = [], [], {}
     for node in scene.graph.nodes_geometry:
         matrix, name = scene.graph[node]
@@ -175,7 +149,7 @@ def load_mesh(
         matrix = np.asarray(matrix, dtype=np.float64)
         parts.append(_flatten(geom, matrix, materials, index, wraps, path.name))
     if not parts:
-        reason = _no_surface_reason(scene, doc)
+        reason = no_surface_reason(scene, doc)
         only = f", only {reason.split(':')[1]}" if ":" in reason else ""
         raise MeshError(reason, f"{path.name}: the file has no triangles{only}")
     soup = TriangleSoup(
@@ -339,7 +313,7 @@ def _apply_texture(soup: TriangleSoup, texture: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Asset resolution and glTF JSON
+# Asset resolution
 
 
 class _RecordingResolver(Resolver):
@@ -394,217 +368,3 @@ def _colour_refs(resolver: _RecordingResolver) -> set[str]:
 
 def _lexical(path: Path) -> Path:
     return Path(os.path.normpath(os.path.abspath(path)))
-
-
-def read_gltf_json(path: str | os.PathLike) -> dict:
-    """The JSON document of a ``.gltf`` file or the JSON chunk of a ``.glb`` (no buffers).
-
-    :raises MeshError: ``missing_file``, ``empty_file``, ``truncated`` (a GLB shorter than its
-        header says) or ``unreadable`` (not glTF JSON).
-    """
-    path = Path(path)
-    _check_exists(path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(20)
-            if head[:4] == b"glTF":
-                if len(head) < 20:
-                    raise MeshError("truncated", f"{path.name}: truncated GLB header")
-                total = struct.unpack("<I", head[8:12])[0]
-                size = path.stat().st_size
-                if size < total:
-                    raise MeshError(
-                        "truncated", f"{path.name}: {size} bytes, the GLB header says {total}"
-                    )
-                length, ctype = struct.unpack("<II", head[12:20])
-                if ctype != 0x4E4F534A:  # "JSON"
-                    raise MeshError("unreadable", f"{path.name}: first GLB chunk is not JSON")
-                data = f.read(length)
-                if len(data) < length:
-                    raise MeshError("truncated", f"{path.name}: truncated GLB JSON chunk")
-            elif path.suffix.lower() == ".glb":
-                raise MeshError("unreadable", f"{path.name}: no GLB header (magic 'glTF')")
-            else:
-                data = head + f.read()
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MeshError("unreadable", f"{path.name}: bad glTF JSON ({e})") from None
-    except OSError as e:
-        raise MeshError("unreadable", f"{path.name}: {e.strerror or e}") from None
-    if not isinstance(doc, dict):
-        raise MeshError("unreadable", f"{path.name}: glTF JSON is not an object")
-    return doc
-
-
-def _gltf_info(doc: dict) -> tuple[dict[str, tuple[str, str]], set[str]]:
-    """(material name → base-colour wrap modes where the name is unambiguous, names of
-    materials that reference a base-colour texture)."""
-    textures, samplers = doc.get("textures", []), doc.get("samplers", [])
-    out: dict[str, list] = {}
-    for mat in doc.get("materials", []):
-        ref = mat.get("pbrMetallicRoughness", {}).get("baseColorTexture")
-        wrap = ("repeat", "repeat")
-        if ref is not None and ref.get("index", -1) < len(textures):
-            s = textures[ref["index"]].get("sampler")
-            if s is not None and s < len(samplers):
-                sampler = samplers[s]
-                wrap = (
-                    _WRAP.get(sampler.get("wrapS", 10497), "repeat"),
-                    _WRAP.get(sampler.get("wrapT", 10497), "repeat"),
-                )
-        out.setdefault(mat.get("name", ""), []).append(wrap)
-    textured = {
-        m.get("name", "")
-        for m in doc.get("materials", [])
-        if "baseColorTexture" in m.get("pbrMetallicRoughness", {})
-    }
-    # Names shared by materials with different samplers are ambiguous: fall back to repeat.
-    return {k: v[0] for k, v in out.items() if len(set(v)) == 1}, textured
-
-
-def gltf_asset_extras(path: str | os.PathLike) -> dict:
-    """``asset.extras`` of a glTF/GLB (Objaverse/Sketchfab put title, author, license there)."""
-    extras = read_gltf_json(path).get("asset", {}).get("extras", {})
-    return extras if isinstance(extras, dict) else {}
-
-
-# ----------------------------------------------------------------------------------------------
-# Checks: files that trimesh would read as a smaller mesh, an empty one, or not at all
-
-
-def _check_exists(path: Path) -> None:
-    if path.is_file():
-        if path.stat().st_size == 0:
-            raise MeshError("empty_file", f"{path}: file is empty")
-        return
-    if path.is_symlink():
-        raise MeshError("missing_file", f"{path}: dangling symlink to {os.readlink(path)}")
-    if path.is_dir():
-        raise MeshError("missing_file", f"{path}: a directory, not a mesh file")
-    raise MeshError("missing_file", f"{path}: no such file")
-
-
-def _parse_reason(e: Exception) -> str:
-    """The reason for an exception from trimesh's parsers (their messages are the only clue)."""
-    text = str(e)
-    if isinstance(e, IndexError) and "out of bounds" in text:
-        return "bad_index"  # numpy fancy indexing with a face index past the vertices
-    if "unexpected length" in text or "not expected length" in text:
-        return "truncated"
-    return "unreadable"
-
-
-def _gltf_primitives(doc: dict, name: str) -> list[dict]:
-    """Every mesh primitive of a glTF document, checked to be objects with a known mode."""
-    try:
-        prims = [p for m in doc.get("meshes") or [] for p in m.get("primitives") or []]
-        bad = [p.get("mode") for p in prims if p.get("mode", 4) not in _MODES]
-    except (AttributeError, TypeError) as e:  # e.g. "meshes": 5
-        raise MeshError("unreadable", f"{name}: malformed glTF meshes ({e})") from None
-    if bad:
-        raise MeshError("unreadable", f"{name}: invalid primitive mode {bad[0]!r}")
-    return prims
-
-
-def _check_gltf(doc: dict, name: str) -> None:
-    """Compressed geometry without its decoder, and triangle fans (trimesh drops both
-    silently: Draco meshes load as all-zero vertices, fans not at all)."""
-    prims = _gltf_primitives(doc, name)
-    for ext, (decoder, module) in _DECODERS.items():
-        if module is not None and importlib.util.find_spec(module):
-            continue  # trimesh decodes it
-        if _compressed(doc, prims, ext):
-            need = f"install {module}" if module else "no decoder is available"
-            raise MeshError(
-                f"missing_decoder:{decoder}", f"{name}: geometry compressed with {ext} ({need})"
-            )
-    fans = sum(p.get("mode", 4) == 6 for p in prims)
-    if fans:
-        raise MeshError(
-            "unsupported_primitive:triangle_fan",
-            f"{name}: {fans} of {len(prims)} primitives are triangle fans (mode 6)",
-        )
-
-
-def _compressed(doc: dict, prims: list[dict], ext: str) -> bool:
-    """Whether ``ext`` is required, or compresses a primitive without a plain fallback (its
-    attribute accessors then have no bufferView)."""
-    if ext in (doc.get("extensionsRequired") or []):
-        return True
-    accessors = doc.get("accessors") or []
-    try:
-        for p in prims:
-            if ext in (p.get("extensions") or {}):
-                for i in (p.get("attributes") or {}).values():
-                    if not (isinstance(i, int) and 0 <= i < len(accessors)):
-                        return True
-                    if "bufferView" not in accessors[i]:
-                        return True
-    except (AttributeError, TypeError):  # malformed: no plain data to fall back on either
-        return True
-    return False
-
-
-def _no_surface_reason(scene, doc: dict | None) -> str:
-    """Why a parsed file has no triangles: only points or lines, or nothing at all."""
-    kinds = []
-    if doc is not None:
-        kinds = [_MODES[p.get("mode", 4)] for p in _gltf_primitives(doc, "")]
-    for geom in scene.geometry.values():
-        kinds.append("points" if type(geom).__name__ == "PointCloud" else "lines")
-    kinds = [k for k in kinds if k not in ("triangles", "triangle_strip")]
-    return f"unsupported_primitive:{kinds[0]}" if kinds else "no_faces"
-
-
-def _check_stl(path: Path) -> None:
-    """A binary STL must be as long as its triangle count says; an ASCII one ends with
-    ``endsolid`` (trimesh reads either kind, cut short, as an empty mesh)."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(84)
-        f.seek(max(0, size - 1024))
-        tail = f.read()
-    count = struct.unpack("<I", head[80:84])[0] if len(head) == 84 else -1
-    if size == 84 + 50 * count:
-        return  # binary (some binary headers start with "solid" too)
-    if head.lstrip()[:5].lower() == b"solid":
-        if b"endsolid" not in tail.lower():
-            raise MeshError("truncated", f"{path.name}: ASCII STL without 'endsolid'")
-        return
-    if count < 0:
-        raise MeshError("unreadable", f"{path.name}: {size} bytes, shorter than an STL header")
-    raise MeshError(
-        "truncated",
-        f"{path.name}: binary STL header says {count} triangles ({84 + 50 * count} bytes), "
-        f"the file has {size} (cut short, or not an STL file)",
-    )
-
-
-def _check_obj_tail(path: Path) -> None:
-    """An OBJ cut mid-line (an interrupted download) ends in an incomplete record."""
-    with open(path, "rb") as f:
-        f.seek(max(0, path.stat().st_size - 256))
-        last = f.read().rsplit(b"\n", 1)[-1].split()
-    if last and ((last[0] == b"v" and len(last) < 4) or (last[0] == b"f" and len(last) < 4)):
-        raise MeshError(
-            "truncated", f"{path.name}: ends in an incomplete {last[0].decode()!r} line"
-        )
-
-
-def _check_face_count(path: Path, scene) -> None:
-    """OFF and ASCII PLY headers give the face count; fewer faces read means a cut file
-    (triangulated polygons only add faces)."""
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    declared = None
-    if path.suffix.lower() == ".ply" and b"format ascii" in head:
-        m = re.search(rb"element face (\d+)", head)
-        declared = int(m.group(1)) if m else None
-    elif path.suffix.lower() == ".off":
-        lines = [ln for ln in head.split(b"\n") if ln.strip() and not ln.startswith(b"#")]
-        tokens = b" ".join(lines[:2]).split()  # "OFF" (or COFF, NOFF...) then nv nf ne
-        if tokens and tokens[0].endswith(b"OFF") and len(tokens) > 2 and tokens[2].isdigit():
-            declared = int(tokens[2])
-    read = sum(len(getattr(g, "faces", [])) for g in scene.geometry.values())
-    if declared is not None and read < declared:
-        raise MeshError("truncated", f"{path.name}: header says {declared} faces, {read} read")

@@ -229,9 +229,9 @@ def test_resume_after_interruption_matches_clean_run(clean_run, mixed_folder, tm
 
 def test_job_array_parts_merge_to_clean_run(clean_run, mixed_folder, tmp_path):
     out = tmp_path / "array"
-    for i in range(2):
-        _convert("folder", str(mixed_folder), "--out", str(out), "--num-shards", "2",
-                 "--shard-index", str(i))  # fmt: skip
+    # part 1 through the options' former names, which still work
+    for i, flags in enumerate([("--num-parts", "--part-index"), ("--num-shards", "--shard-index")]):
+        _convert("folder", str(mixed_folder), "--out", str(out), flags[0], "2", flags[1], str(i))
     assert not (out / "meta.json").exists()
     assert main(["merge", str(out)]) == 0
     assert _files(out) == _files(clean_run)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from data_tools.mesh_reader import MeshError, MissingAssetError, gltf_asset_extras, load_mesh
+from data_tools.mesh_files import MeshError, MissingAssetError, gltf_asset_extras
+from data_tools.mesh_reader import load_mesh
 from pointdiff.pointcloud import y_up_to_z_up
 
 BOX_OBJ = """mtllib box.mtl

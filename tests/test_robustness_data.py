@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from data_tools import folder, runner
+from data_tools import folder, runner, work_files
 from data_tools.__main__ import main
 from data_tools.jobs import Settings
 
@@ -382,7 +382,7 @@ def test_disk_full_while_converting_stops_cleanly_and_resumes(
     tmp_path, good_folder, clean_run, capsys, monkeypatch
 ):
     out = tmp_path / "out"
-    monkeypatch.setattr(runner, "save_file", _fill_disk_after(1))
+    monkeypatch.setattr(work_files, "save_file", _fill_disk_after(1))
     code, err = _convert(capsys, "folder", str(good_folder), "--out", str(out))
     assert code == 1
     assert "No space left on device" in err and "rerun the same command" in err
