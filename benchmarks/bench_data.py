@@ -30,7 +30,9 @@ SHARED = ROOT.parent / "shared" / "data"
 OBJECTS = {
     "Duck (glb, 4K faces)": "gltf_samples/Duck/Duck.glb",
     "WaterBottle (gltf, 4.5K)": "gltf_samples/WaterBottle/WaterBottle.gltf",
-    "Greenhouse (objaverse glb)": "objaverse_cap3d_examples/glbs/9bc465a181f349908b95d030f541663a.glb",
+    "Greenhouse (objaverse glb)": (
+        "objaverse_cap3d_examples/glbs/9bc465a181f349908b95d030f541663a.glb"
+    ),
     "chair (ShapeNet, 40K)": "shapenet_core_v2_subset/03001627/2d204f50f33b3994fe52ffd0e748a1ab",
     "piano (ShapeNet, 73K)": "shapenet_core_v2_subset/03928116/c86b1da5558ff70a9949833630526071",
 }
@@ -57,14 +59,21 @@ def bench_fps(repeats: int) -> None:
     t_torch, _ = _best(lambda: farthest_point_sample(batch, 4096), 1)
     pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(x.astype(np.float64)))
     t_o3d, down = _best(lambda: pcd.farthest_point_down_sample(4096), repeats)
-    same = len({tuple(p) for p in np.asarray(down.points).astype(np.float32).round(6)} &
-               {tuple(p) for p in x[ours].round(6)}) / 4096  # fmt: skip
+    same = (
+        len(
+            {tuple(p) for p in np.asarray(down.points).astype(np.float32).round(6)}
+            & {tuple(p) for p in x[ours].round(6)}
+        )
+        / 4096
+    )
     print("\n## FPS 32,768 → 4,096 points (one cloud, CPU)\n")
     print("| method | seconds | vs open3d |")
     print("|---|---:|---:|")
     print(f"| pointdiff farthest_point_sample (numpy path) | {t_np:.3f} | {t_np / t_o3d:.1f}× |")
-    print(f"| pointdiff batched torch loop (B=4, per cloud) | {t_torch / 4:.3f} | "
-          f"{t_torch / 4 / t_o3d:.1f}× |")  # fmt: skip
+    print(
+        f"| pointdiff batched torch loop (B=4, per cloud) | {t_torch / 4:.3f} | "
+        f"{t_torch / 4 / t_o3d:.1f}× |"
+    )
     print(f"| open3d farthest_point_down_sample | {t_o3d:.3f} | 1.0× |")
     print(f"\nsame points chosen (start index 0): {same:.1%}")
 
@@ -85,8 +94,10 @@ def bench_convert(repeats: int, threads: int) -> None:
     from data_tools.jobs import Job, Settings
 
     print(f"\n## Per-object conversion (median of {repeats}; open3d threads={threads})\n")
-    print("| object | faces | full convert s | load | sample+colour | visibility | FPS | SDF |"
-          " baseline s | full/baseline |")  # fmt: skip
+    print(
+        "| object | faces | full convert s | load | sample+colour | visibility | FPS | SDF |"
+        " baseline s | full/baseline |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, rel in OBJECTS.items():
         path = SHARED / rel
@@ -98,9 +109,11 @@ def bench_convert(repeats: int, threads: int) -> None:
         t_full, (arrays, _) = _best(lambda j=job: convert_object(j, Settings(), threads), repeats)
         t_base, _ = _best(lambda p=path: _baseline(p), repeats)
         s = stages
-        print(f"| {name} | {arrays['meta']['num_faces']} | {t_full:.2f} | {s['load']:.2f} | "
-              f"{s['sample']:.2f} | {s['visible']:.2f} | {s['fps']:.2f} | {s['sdf']:.2f} | "
-              f"{t_base:.2f} | {t_full / t_base:.1f}× |")  # fmt: skip
+        print(
+            f"| {name} | {arrays['meta']['num_faces']} | {t_full:.2f} | {s['load']:.2f} | "
+            f"{s['sample']:.2f} | {s['visible']:.2f} | {s['fps']:.2f} | {s['sdf']:.2f} | "
+            f"{t_base:.2f} | {t_full / t_base:.1f}× |"
+        )
 
 
 def _stage_times(job, threads: int, surface) -> dict[str, float]:

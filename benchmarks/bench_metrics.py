@@ -76,8 +76,18 @@ def _time_one(n, k, metric, budget_s, threads, queue):
         secs = (time.perf_counter() - t0) * total_pairs / measured
         mode = f"extrap. from {measured} pairs"
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put(dict(n=n, metric=metric, pairs=total_pairs, secs=secs, mode=mode,
-                   ms_per_pair=1000 * secs / total_pairs, peak_mb=peak, extra_mb=peak - base_rss))  # fmt: skip
+    queue.put(
+        dict(
+            n=n,
+            metric=metric,
+            pairs=total_pairs,
+            secs=secs,
+            mode=mode,
+            ms_per_pair=1000 * secs / total_pairs,
+            peak_mb=peak,
+            extra_mb=peak - base_rss,
+        )
+    )
 
 
 def bench_timing(sizes, k, budget_s, threads):
@@ -92,9 +102,12 @@ def bench_timing(sizes, k, budget_s, threads):
             p.start()
             res = q.get()
             p.join()
-            print(f"| {n} | {metric} | {res['pairs']:,} | {res['secs']:.1f} s | "
-                  f"{res['ms_per_pair']:.1f} | {res['peak_mb']:.0f} (+{res['extra_mb']:.0f}) | {res['mode']} |",
-                  flush=True)  # fmt: skip
+            print(
+                f"| {n} | {metric} | {res['pairs']:,} | {res['secs']:.1f} s | "
+                f"{res['ms_per_pair']:.1f} | {res['peak_mb']:.0f} (+{res['extra_mb']:.0f}) | "
+                f"{res['mode']} |",
+                flush=True,
+            )
 
 
 def bench_emd_error(shapes, pairs: int, k: int):
@@ -102,7 +115,8 @@ def bench_emd_error(shapes, pairs: int, k: int):
         f"\n## approxmatch EMD vs exact EMD ({pairs} random pairs of ShapeNet clouds, {k} points)\n"
     )
     print(
-        "| cost | approx/exact min | median | max | Spearman ρ over pairs | exact s/pair | approx s/pair |"
+        "| cost | approx/exact min | median | max | Spearman ρ over pairs "
+        "| exact s/pair | approx s/pair |"
     )
     print("|---|---|---|---|---|---|---|")
     g = np.random.default_rng(0)
@@ -118,8 +132,11 @@ def bench_emd_error(shapes, pairs: int, k: int):
         ta = (time.perf_counter() - t0) / pairs
         ratio = ap / ex
         rho = np.corrcoef(np.argsort(np.argsort(ex)), np.argsort(np.argsort(ap)))[0, 1]
-        print(f"| {cost} | {ratio.min():.3f} | {np.median(ratio):.3f} | {ratio.max():.3f} | "
-              f"{rho:.3f} | {te:.2f} | {ta:.2f} |", flush=True)  # fmt: skip
+        print(
+            f"| {cost} | {ratio.min():.3f} | {np.median(ratio):.3f} | {ratio.max():.3f} | "
+            f"{rho:.3f} | {te:.2f} | {ta:.2f} |",
+            flush=True,
+        )
 
 
 def bench_nna_agreement(shapes, n: int, k: int):
@@ -127,7 +144,11 @@ def bench_nna_agreement(shapes, n: int, k: int):
     g = np.random.default_rng(1)
     half = len(shapes) // 2
     s = torch.from_numpy(np.stack([shapes[i][:k] for i in g.choice(half, n, replace=False)]))
-    r = torch.from_numpy(np.stack([shapes[i][:k] for i in g.choice(np.arange(half // 2, len(shapes)), n, replace=False)]))  # fmt: skip
+    r = torch.from_numpy(
+        np.stack(
+            [shapes[i][:k] for i in g.choice(np.arange(half // 2, len(shapes)), n, replace=False)]
+        )
+    )
     print(f"\n## 1-NNA-EMD agreement ({n} vs {n} ShapeNet clouds, {k} points)\n")
     for metric in ("emd", "emd_exact"):
         t0 = time.perf_counter()
@@ -151,8 +172,10 @@ def main():
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"# bench_metrics: torch {torch.__version__}, {os.cpu_count()} CPUs, "
-          f"load average at start {os.getloadavg()[0]:.1f} (CPU shared with other jobs)")  # fmt: skip
+    print(
+        f"# bench_metrics: torch {torch.__version__}, {os.cpu_count()} CPUs, "
+        f"load average at start {os.getloadavg()[0]:.1f} (CPU shared with other jobs)"
+    )
     print("command:", " ".join([sys.executable.split("/")[-1], *sys.argv]))
     bench_timing(args.sizes, args.points, args.budget_s, args.threads)
     shapes = load_shapes()

@@ -75,7 +75,8 @@ def attention_peak(batch: int, tokens: int, width: int, heads: int, dtype, reps:
 
 
 def flops(model: torch.nn.Module, batch: int, tokens: int, width: int, depth: int) -> tuple:
-    """(Linear FLOPs, attention FLOPs) of one forward: 2·(block params)·B·T and 4·B·T²·w per layer."""
+    """(Linear FLOPs, attention FLOPs) of one forward: 2·(block params)·B·T and 4·B·T²·w per
+    layer."""
     block_params = sum(p.numel() for p in model.backbone.blocks.parameters() if p.dim() == 2)
     return 2 * block_params * batch * tokens, 4 * batch * tokens * tokens * width * depth
 
@@ -90,9 +91,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
     isa = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f" {f}" in flags]
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, ISA {' '.join(isa) or '?'}, "
-          f"load avg {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(
+        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, ISA {' '.join(isa) or '?'}, "
+        f"load avg {os.getloadavg()[0]:.1f}"
+    )
 
     torch.manual_seed(0)
     cases = {  # name -> (model, batch, tokens, inputs)
@@ -129,15 +132,19 @@ def main() -> None:
                 measured[(name, "bf16" if bf16 else "fp32")] = t
 
     print("\n## 2. lower bound of one forward vs point-e (point-e.md §11) and the targets")
-    print(f"{'case':<28} {'dtype':<5} {'GFLOP':>6} {'attn%':>5} {'bound s':>8} {'max x':>6} "
-          f"{'target':>6} {'ours s':>7} {'ours x':>6}")  # fmt: skip
+    print(
+        f"{'case':<28} {'dtype':<5} {'GFLOP':>6} {'attn%':>5} {'bound s':>8} {'max x':>6} "
+        f"{'target':>6} {'ours s':>7} {'ours x':>6}"
+    )
     for name, tag, lin, att, bound in rows:
         ref = REF[name]
         target = TARGETS[name][0 if tag == "fp32" else 1]
         ours = measured.get((name, tag))
         ours_s = f"{ours:7.2f} {ref / ours:5.2f}x" if ours else f"{'-':>7} {'-':>6}"
-        print(f"{name:<28} {tag:<5} {(lin + att) / 1e9:6.0f} {100 * att / (lin + att):5.0f} "
-              f"{bound:8.2f} {ref / bound:5.2f}x {target:5.1f}x {ours_s}")  # fmt: skip
+        print(
+            f"{name:<28} {tag:<5} {(lin + att) / 1e9:6.0f} {100 * att / (lin + att):5.0f} "
+            f"{bound:8.2f} {ref / bound:5.2f}x {target:5.1f}x {ours_s}"
+        )
     print("\nmax x = point-e's time / lower bound: a target above it cannot be met on this CPU.")
 
 

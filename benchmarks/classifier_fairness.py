@@ -47,8 +47,10 @@ def subsets(coords, colors, k, rng=None):
         else rng.choice(len(c), k, replace=False)
         for c in coords
     ]
-    return (np.stack([c[i] for c, i in zip(coords, idx, strict=True)]),
-            np.stack([c[i] for c, i in zip(colors, idx, strict=True)]))  # fmt: skip
+    return (
+        np.stack([c[i] for c, i in zip(coords, idx, strict=True)]),
+        np.stack([c[i] for c, i in zip(colors, idx, strict=True)]),
+    )
 
 
 def main() -> None:
@@ -67,8 +69,11 @@ def main() -> None:
     rows = []
 
     reader = ShardReader(a.data)
-    held = [i for i, e in enumerate(reader.entries)
-            if e["split"] != "train" and e.get("category") in names]  # fmt: skip
+    held = [
+        i
+        for i, e in enumerate(reader.entries)
+        if e["split"] != "train" and e.get("category") in names
+    ]
     coords = np.stack([reader.get(i, "coords") for i in held])
     colors = np.stack([reader.get(i, "colors") for i in held]).astype(np.float32) / 255
     truth = np.array([names.index(reader.entries[i]["category"]) for i in held])
@@ -78,8 +83,13 @@ def main() -> None:
         rnd = predict(clf, *subsets(coords, colors, a.points, rng))
         agree.append(np.mean(rnd == fps))
         acc.append(np.mean(rnd == truth))
-    rows.append((f"real held-out ({len(held)}): FPS vs random {a.points}", np.mean(agree),
-                 f"accuracy FPS {np.mean(fps == truth):.3f}, random {np.mean(acc):.3f}"))  # fmt: skip
+    rows.append(
+        (
+            f"real held-out ({len(held)}): FPS vs random {a.points}",
+            np.mean(agree),
+            f"accuracy FPS {np.mean(fps == truth):.3f}, random {np.mean(acc):.3f}",
+        )
+    )
 
     files = sorted({f for pattern in a.clouds for f in glob.glob(pattern)})
     base_c, base_k, fin_c, fin_k = [], [], [], []
@@ -96,15 +106,21 @@ def main() -> None:
         fin_c, fin_k = np.concatenate(fin_c), np.concatenate(fin_k)
         base = predict(clf, base_c.astype(np.float32), base_k.astype(np.float32))
         ffps = predict(clf, *subsets(fin_c.astype(np.float32), fin_k.astype(np.float32), a.points))
-        frnd = predict(clf, *subsets(fin_c.astype(np.float32), fin_k.astype(np.float32), a.points,
-                                     rng))  # fmt: skip
+        frnd = predict(
+            clf, *subsets(fin_c.astype(np.float32), fin_k.astype(np.float32), a.points, rng)
+        )
         share = {n: float(np.mean(frnd == j)) for j, n in enumerate(names) if np.any(frnd == j)}
         top = max(share, key=share.get)
-        rows.append((f"generated ({len(base)}): base vs final FPS {a.points}", np.mean(base == ffps),
-                     ""))  # fmt: skip
-        rows.append((f"generated ({len(base)}): base vs final random {a.points}",
-                     np.mean(base == frnd), f"most common class of final random subsets: "
-                     f"{top} {share[top]:.2f}"))  # fmt: skip
+        rows.append(
+            (f"generated ({len(base)}): base vs final FPS {a.points}", np.mean(base == ffps), "")
+        )
+        rows.append(
+            (
+                f"generated ({len(base)}): base vs final random {a.points}",
+                np.mean(base == frnd),
+                f"most common class of final random subsets: {top} {share[top]:.2f}",
+            )
+        )
     print(f"classifier {a.classifier}")
     print("| clouds | class agreement | note |\n| --- | ---: | --- |")
     for what, value, note in rows:

@@ -30,8 +30,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("clouds", nargs="+", help="npz files with coords, colors, categories")
     ap.add_argument("--classifier", default=None)
-    ap.add_argument("--nearest", default=None, metavar="SHARDS",
-                    help="also judge by the nearest training cloud of this shard directory")  # fmt: skip
+    ap.add_argument(
+        "--nearest",
+        default=None,
+        metavar="SHARDS",
+        help="also judge by the nearest training cloud of this shard directory",
+    )
     ap.add_argument("--stray-ratio", type=float, default=0.0, help="relocate strays first (0: off)")
     args = ap.parse_args(argv)
     if args.classifier is None and args.nearest is None:
@@ -65,23 +69,31 @@ def main(argv: list[str] | None = None) -> dict:
         wrong = collections.Counter(
             (c, names[p]) for c, p in zip(cats, logits.argmax(-1), strict=True) if names[p] != c
         )
-        print(f"{path}: R-precision {rp['r_precision']:.3f}; most confused: "
-              + ", ".join(f"{a} -> {b} ×{n}" for (a, b), n in wrong.most_common(5)))  # fmt: skip
+        print(
+            f"{path}: R-precision {rp['r_precision']:.3f}; most confused: "
+            + ", ".join(f"{a} -> {b} ×{n}" for (a, b), n in wrong.most_common(5))
+        )
         scores.append(rp["r_precision"])
         for c, v in rp["per_category"].items():
             per_cat[c].append(v)
     summary = {}
     if nn_scores:
         summary["nn_accuracy"] = (float(np.mean(nn_scores)), float(np.std(nn_scores)))
-        print(f"== nearest-reference accuracy {summary['nn_accuracy'][0]:.3f} ± "
-              f"{summary['nn_accuracy'][1]:.3f} over {len(nn_scores)} files")  # fmt: skip
+        print(
+            f"== nearest-reference accuracy {summary['nn_accuracy'][0]:.3f} ± "
+            f"{summary['nn_accuracy'][1]:.3f} over {len(nn_scores)} files"
+        )
     if clf is None:
         return summary
-    summary |= {"r_precision": (float(np.mean(scores)), float(np.std(scores))),
-                "per_category": {c: float(np.mean(v)) for c, v in sorted(per_cat.items())}}  # fmt: skip
-    print(f"== R-precision {summary['r_precision'][0]:.3f} ± {summary['r_precision'][1]:.3f} over "
-          f"{len(scores)} files; per category: "
-          + ", ".join(f"{c} {v:.0%}" for c, v in summary["per_category"].items()))  # fmt: skip
+    summary |= {
+        "r_precision": (float(np.mean(scores)), float(np.std(scores))),
+        "per_category": {c: float(np.mean(v)) for c, v in sorted(per_cat.items())},
+    }
+    print(
+        f"== R-precision {summary['r_precision'][0]:.3f} ± {summary['r_precision'][1]:.3f} over "
+        f"{len(scores)} files; per category: "
+        + ", ".join(f"{c} {v:.0%}" for c, v in summary["per_category"].items())
+    )
     return summary
 
 

@@ -38,9 +38,15 @@ def _row(name: str, clouds, real: dict[int, float] | None = None) -> dict:
     points = int(np.asarray(clouds[0]).shape[0])
     q1, q3 = np.nanpercentile(per, [25, 75])
     ratio = s["surface_spread"] / real[points] if real and points in real else float("nan")
-    return {"clouds": name, "points": points, "count": s["count"],
-            "surface_spread": s["surface_spread"], "q25": float(q1), "q75": float(q3),
-            "ratio_to_real": ratio}  # fmt: skip
+    return {
+        "clouds": name,
+        "points": points,
+        "count": s["count"],
+        "surface_spread": s["surface_spread"],
+        "q25": float(q1),
+        "q75": float(q3),
+        "ratio_to_real": ratio,
+    }
 
 
 def _print(rows: list[dict]) -> None:
@@ -48,8 +54,10 @@ def _print(rows: list[dict]) -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         ratio = "—" if np.isnan(r["ratio_to_real"]) else f"{r['ratio_to_real']:.2f}"
-        print(f"| {r['clouds']} | {r['points']} | {r['count']} | {r['surface_spread']:.3f} | "
-              f"{r['q25']:.3f}–{r['q75']:.3f} | {ratio} |")  # fmt: skip
+        print(
+            f"| {r['clouds']} | {r['points']} | {r['count']} | {r['surface_spread']:.3f} | "
+            f"{r['q25']:.3f}–{r['q75']:.3f} | {ratio} |"
+        )
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -74,8 +82,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows = [rows[i] for i in np.linspace(0, len(rows) - 1, args.prompts).round().astype(int)]
     real = np.stack([reader.get(i, "coords") for i in rows]).astype(np.float32)
     real_sets = {real.shape[1]: real, 1024: fps_np(real, 1024)}
-    out = [_row(f"real held-out ({', '.join(args.splits)})", c)
-           for _, c in sorted(real_sets.items())]  # fmt: skip
+    out = [
+        _row(f"real held-out ({', '.join(args.splits)})", c) for _, c in sorted(real_sets.items())
+    ]
     ref = {r["points"]: r["surface_spread"] for r in out}
 
     if args.clouds:

@@ -101,9 +101,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--holdout-groups", nargs="*", default=[], help="name words held out whole")
     ap.add_argument(
-        "--others", action="store_true",
+        "--others",
+        action="store_true",
         help=f"keep objects of no class too (category {OTHER!r}, all in split train)",
-    )  # fmt: skip
+    )
     args = ap.parse_args(argv)
     meta = select(args.roots, args.out, args.holdout_groups, args.others)
     counts: dict[str, dict[str, int]] = {}

@@ -40,9 +40,12 @@ CHAIR, TALL_CHAIR = (
 )
 LOW_TABLE, SOFA = _row(13, "Coffee table", (150, 80, 40)), _row(20, "Futon couch", (200, 90, 85))
 ROWS = (
-    [CHAIR] + [{**CHAIR, "id": f"sweethome3d/test/{i}"} for i in range(1, 7)] + [TALL_CHAIR]
-    + [_row(10 + i, "Table", (120, 80, 75)) for i in range(3)] + [LOW_TABLE, SOFA]
-)  # fmt: skip
+    [CHAIR]
+    + [{**CHAIR, "id": f"sweethome3d/test/{i}"} for i in range(1, 7)]
+    + [TALL_CHAIR]
+    + [_row(10 + i, "Table", (120, 80, 75)) for i in range(3)]
+    + [LOW_TABLE, SOFA]
+)
 STATS = category_size_stats(ROWS)
 
 

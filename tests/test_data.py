@@ -11,11 +11,15 @@ def _records(n=5, p=256, sdf=True):
     g = np.random.default_rng(0)
     for i in range(n):
         r = {
-            "id": f"obj{i}", "caption": f"thing {i % 2}", "source": "test", "licence": "CC0",
+            "id": f"obj{i}",
+            "caption": f"thing {i % 2}",
+            "source": "test",
+            "licence": "CC0",
             "split": "test" if i == 0 else "train",
             "coords": g.uniform(-0.5, 0.5, (p, 3)).astype(np.float32),
-            "colors": g.integers(0, 256, (p, 3), dtype=np.uint8), "scale": 2.0,
-        }  # fmt: skip
+            "colors": g.integers(0, 256, (p, 3), dtype=np.uint8),
+            "scale": 2.0,
+        }
         if sdf:
             r["sdf_points"] = g.uniform(-0.5, 0.5, (64, 3))
             r["sdf_values"] = g.normal(size=64)

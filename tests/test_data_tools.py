@@ -18,15 +18,21 @@ from pointdiff.data import ShardReader, read_index
 
 SMALL = ["--num-points", "256", "--oversample", "4096", "--sdf-queries", "256", "--no-progress"]
 # Small ShapeNet models covering three splits, sub-synset captions and textures.
-SHAPENET = ["02876657/2db802ef3de3d00618a36258eabc2b9c", "03001627/341e24df542e0676d42b9650f19dd425",
-            "03797390/1eaf8db2dd2b710c7d5b1b70ae595e60", "03593526/9fe7e6a7bf8ca964efad53eb3f0b36fa"]  # fmt: skip
-GLBS = ["822202b6b8594342b632b0a39432642a", "e2ec7e244a1b4e328c92f57b4709257e",
-        "b416732d162e4e4d92ee9a37c65fedbc"]  # fmt: skip
+SHAPENET = [
+    "02876657/2db802ef3de3d00618a36258eabc2b9c",
+    "03001627/341e24df542e0676d42b9650f19dd425",
+    "03797390/1eaf8db2dd2b710c7d5b1b70ae595e60",
+    "03593526/9fe7e6a7bf8ca964efad53eb3f0b36fa",
+]
+GLBS = [
+    "822202b6b8594342b632b0a39432642a",
+    "e2ec7e244a1b4e328c92f57b4709257e",
+    "b416732d162e4e4d92ee9a37c65fedbc",
+]
+BOX_FACES = "1 3 2, 1 4 3, 5 6 7, 5 7 8, 1 2 6, 1 6 5, 2 3 7, 2 7 6, 3 4 8, 3 8 7, 4 1 5, 4 5 8"
 BOX_OBJ = "v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nv 0 0 1\nv 1 0 1\nv 1 1 1\nv 0 1 1\n" + "".join(
-    f"f {a} {b} {c}\n"
-    for a, b, c in [(1, 3, 2), (1, 4, 3), (5, 6, 7), (5, 7, 8), (1, 2, 6), (1, 6, 5),
-                    (2, 3, 7), (2, 7, 6), (3, 4, 8), (3, 8, 7), (4, 1, 5), (4, 5, 8)]
-)  # fmt: skip
+    f"f {face}\n" for face in BOX_FACES.split(", ")
+)
 
 
 def _convert(*args) -> None:
@@ -107,8 +113,16 @@ def test_objaverse_textures_licences_and_filter(shared_data, tmp_path):
     captions = tmp_path / "captions.json"
     captions.write_text(json.dumps({GLBS[0]: "a red and black bicycle"}))
     out = tmp_path / "out"
-    _convert("objaverse", str(root), "--captions", str(captions), "--licences", "CC-BY-4.0",
-             "--out", str(out))  # fmt: skip
+    _convert(
+        "objaverse",
+        str(root),
+        "--captions",
+        str(captions),
+        "--licences",
+        "CC-BY-4.0",
+        "--out",
+        str(out),
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["converted"] == 2 and summary["filtered"] == 1  # the CC-BY-SA lamp
     assert summary["by_reason"] == {"filtered:licence CC-BY-SA-4.0": 1}

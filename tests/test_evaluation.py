@@ -116,8 +116,13 @@ def _pointe_reference(sd, xyz):
         x = grouped.permute(0, 3, 2, 1)
         for i in range(3):
             x = F.conv2d(x, sd[f"{p}.mlp_convs.{i}.weight"], sd[f"{p}.mlp_convs.{i}.bias"])
-            x = F.batch_norm(x, sd[f"{p}.mlp_bns.{i}.running_mean"], sd[f"{p}.mlp_bns.{i}.running_var"],
-                             sd[f"{p}.mlp_bns.{i}.weight"], sd[f"{p}.mlp_bns.{i}.bias"])  # fmt: skip
+            x = F.batch_norm(
+                x,
+                sd[f"{p}.mlp_bns.{i}.running_mean"],
+                sd[f"{p}.mlp_bns.{i}.running_var"],
+                sd[f"{p}.mlp_bns.{i}.weight"],
+                sd[f"{p}.mlp_bns.{i}.bias"],
+            )
             x = F.relu(x)
         return new_xyz, x.max(2)[0].transpose(1, 2)
 
@@ -257,8 +262,12 @@ def test_nearest_reference_judge_is_shape_only_and_labels_by_the_nearest_cloud()
     refs = np.stack([shape(k) for k in kinds for _ in range(2)])
     ref_cats = [k for k in kinds for _ in range(2)]
     asked = ["ball", "slab", "rod", "rod", "slab"]
-    gen = np.stack([shape(k) * g.uniform(0.3, 3) + g.normal(size=3) + 0.02 * g.normal(size=(256, 3))
-                    for k in asked]).astype(np.float32)  # fmt: skip
+    gen = np.stack(
+        [
+            shape(k) * g.uniform(0.3, 3) + g.normal(size=3) + 0.02 * g.normal(size=(256, 3))
+            for k in asked
+        ]
+    ).astype(np.float32)
     assert nearest_reference_categories(gen, refs, ref_cats) == asked
     res = nearest_reference_accuracy(gen, ["ball", "slab", "slab", "ball", "slab"], refs, ref_cats)
     assert res["accuracy"] == pytest.approx(3 / 5)
@@ -268,7 +277,8 @@ def test_nearest_reference_judge_is_shape_only_and_labels_by_the_nearest_cloud()
 
 
 class _ColourCLIP(torch.nn.Module):
-    """A fake CLIP whose image embedding is the mean non-white colour and text embeds colour names."""
+    """A fake CLIP whose image embedding is the mean non-white colour and whose text embedding
+    is the colour a prompt names."""
 
     TABLE = {"a red thing": [1.0, 0, 0], "a green thing": [0, 1.0, 0], "a blue thing": [0, 0, 1.0]}
 
@@ -290,7 +300,11 @@ def _colour_scorer():
 
 
 def test_clip_r_precision_with_a_known_scorer():
-    colours = {"a red thing": (0.9, 0.1, 0.1), "a green thing": (0.1, 0.9, 0.1), "a blue thing": (0.1, 0.1, 0.9)}  # fmt: skip
+    colours = {
+        "a red thing": (0.9, 0.1, 0.1),
+        "a green thing": (0.1, 0.9, 0.1),
+        "a blue thing": (0.1, 0.1, 0.9),
+    }
     clouds, prompts = [], []
     for i, (prompt, col) in enumerate(colours.items()):
         c = _blobs(1, 400, i, col)[0]
@@ -298,13 +312,30 @@ def test_clip_r_precision_with_a_known_scorer():
         prompts.append(prompt)
     res = clip_r_precision(clouds, prompts, _colour_scorer(), views=2, size=64)
     assert res["r_precision"] == 1.0 and res["n_candidates"] == 3
-    assert clip_r_precision(clouds, prompts[::-1], _colour_scorer(), views=2, size=64)["r_precision"] == pytest.approx(1 / 3)  # fmt: skip
+    shuffled = clip_r_precision(clouds, prompts[::-1], _colour_scorer(), views=2, size=64)
+    assert shuffled["r_precision"] == pytest.approx(1 / 3)
 
 
 def test_clip_scorer_from_a_tiny_local_open_clip(tmp_path):
-    cfg = {"model_cfg": {"embed_dim": 16,
-                         "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-                         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}}  # fmt: skip
+    cfg = {
+        "model_cfg": {
+            "embed_dim": 16,
+            "vision_cfg": {
+                "image_size": 32,
+                "layers": 1,
+                "width": 32,
+                "patch_size": 16,
+                "head_width": 16,
+            },
+            "text_cfg": {
+                "context_length": 16,
+                "vocab_size": 49408,
+                "width": 32,
+                "heads": 2,
+                "layers": 1,
+            },
+        }
+    }
     (tmp_path / "open_clip_config.json").write_text(json.dumps(cfg))
     torch.manual_seed(0)
     scorer = load_clip_scorer(f"local-dir:{tmp_path}")
@@ -322,8 +353,19 @@ def test_clip_scorer_from_a_tiny_local_open_clip(tmp_path):
 
 def _reference_shards(tmp_path, n=10, k=300):
     clouds = _blobs(n, k, 7)
-    recs = [{"id": f"r{i}", "caption": "a blob", "source": "test", "licence": "CC0", "split": "test",
-             "category": "a", "coords": c[:, :3], "colors": c[:, 3:]} for i, c in enumerate(clouds)]  # fmt: skip
+    recs = [
+        {
+            "id": f"r{i}",
+            "caption": "a blob",
+            "source": "test",
+            "licence": "CC0",
+            "split": "test",
+            "category": "a",
+            "coords": c[:, :3],
+            "colors": c[:, 3:],
+        }
+        for i, c in enumerate(clouds)
+    ]
     write_shards(recs, tmp_path / "ref")
     return tmp_path / "ref"
 
@@ -339,8 +381,18 @@ def test_run_eval_end_to_end(tmp_path):
     (sdir / "metadata.jsonl").write_text("\n".join(meta))
     clf = tmp_path / "clf"
     save_classifier(_tiny(), clf)
-    rep = run_eval(sdir, ref, tmp_path / "out", protocol="bbox", seeds=(0, 1), num_points=256,
-                   classifier=clf, clip=_colour_scorer(), clip_views=2, grid=4)  # fmt: skip
+    rep = run_eval(
+        sdir,
+        ref,
+        tmp_path / "out",
+        protocol="bbox",
+        seeds=(0, 1),
+        num_points=256,
+        classifier=clf,
+        clip=_colour_scorer(),
+        clip_views=2,
+        grid=4,
+    )
     on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
     assert on_disk["protocol"] == "bbox" and on_disk["seeds"] == [0, 1] and on_disk["n_eval"] == 8
     for key in ("1nna_cd", "cov_cd", "mmd_cd", "1nna_emd", "cov_emd", "mmd_emd", "jsd"):
@@ -399,8 +451,9 @@ def test_perturb_moves_the_stated_share_of_points_and_leaves_the_input_alone():
 
     rng = np.random.default_rng(0)
     coords = rng.uniform(-0.5, 0.5, (4, 1000, 3)).astype(np.float32)
-    data = LabelledClouds(coords, np.zeros_like(coords), np.array(list("abab")),
-                          np.full(4, "test"), np.full(4, "x"))  # fmt: skip
+    data = LabelledClouds(
+        coords, np.zeros_like(coords), np.array(list("abab")), np.full(4, "test"), np.full(4, "x")
+    )
     before = coords.copy()
     out = perturb(data, noise=0.0, outliers=0.03, seed=1)
     assert np.array_equal(data.coords, before)  # a copy
@@ -409,8 +462,9 @@ def test_perturb_moves_the_stated_share_of_points_and_leaves_the_input_alone():
     assert 0.6 * STRAY_SIGMA < np.abs(out.coords - before)[moved].std() < 1.4 * STRAY_SIGMA
     jitter = perturb(data, noise=0.015, outliers=0.0, seed=1).coords - before
     assert abs(jitter.std() - 0.015) < 0.001
-    assert np.array_equal(perturb(data, 0.015, 0.03, seed=5).coords,
-                          perturb(data, 0.015, 0.03, seed=5).coords)  # fmt: skip
+    assert np.array_equal(
+        perturb(data, 0.015, 0.03, seed=5).coords, perturb(data, 0.015, 0.03, seed=5).coords
+    )
     assert list(out.labels) == list("abab")
 
 
@@ -458,8 +512,13 @@ def test_rescore_clouds_scores_saved_clouds_with_the_given_classifier(tmp_path, 
         if cats is None:  # every cloud labelled with a class it was not given
             cats = [never[0] if never else next(c for c in "abc" if c != p) for p in pred]
         files.append(tmp_path / f"{name}.npz")
-        np.savez(files[-1], coords=x[..., :3], colors=x[..., 3:], categories=np.array(cats),
-                 prompts=np.array(cats))  # fmt: skip
+        np.savez(
+            files[-1],
+            coords=x[..., :3],
+            colors=x[..., 3:],
+            categories=np.array(cats),
+            prompts=np.array(cats),
+        )
     assert main(["--classifier", str(tmp_path / "clf"), str(files[0])])["r_precision"] == (1.0, 0.0)
     assert main(["--classifier", str(tmp_path / "clf"), str(files[1])])["r_precision"] == (0.0, 0.0)
     both = main(["--classifier", str(tmp_path / "clf"), *map(str, files)])
@@ -469,8 +528,11 @@ def test_rescore_clouds_scores_saved_clouds_with_the_given_classifier(tmp_path, 
 
     seen = []
     real = rescore_clouds.relocate_strays
-    monkeypatch.setattr(rescore_clouds, "relocate_strays",
-                        lambda x, r: seen.append((tuple(x.shape), r)) or real(x, r))  # fmt: skip
+    monkeypatch.setattr(
+        rescore_clouds,
+        "relocate_strays",
+        lambda x, r: seen.append((tuple(x.shape), r)) or real(x, r),
+    )
     main(["--classifier", str(tmp_path / "clf"), "--stray-ratio", "3", str(files[0])])
     assert seen == [((12, 256, 6), 3.0)]
 
@@ -483,13 +545,28 @@ def test_rescore_clouds_nearest_judge_needs_no_classifier(tmp_path, monkeypatch)
 
     clouds = _blobs(6, 600, seed=3)  # 600 points: the judge takes 512 FPS points
     cats = ["a", "b", "c", "a", "b", "c"]
-    recs = [{"id": f"t{i}", "caption": "x", "source": "test", "licence": "CC0", "split": "train",
-             "category": k, "coords": c[:, :3], "colors": (c[:, 3:] + 1) / 2}
-            for i, (c, k) in enumerate(zip(clouds, cats, strict=True))]  # fmt: skip
+    recs = [
+        {
+            "id": f"t{i}",
+            "caption": "x",
+            "source": "test",
+            "licence": "CC0",
+            "split": "train",
+            "category": k,
+            "coords": c[:, :3],
+            "colors": (c[:, 3:] + 1) / 2,
+        }
+        for i, (c, k) in enumerate(zip(clouds, cats, strict=True))
+    ]
     write_shards(recs, tmp_path / "train")
     for name, labels in (("own", cats), ("none", ["d"] * 6)):
-        np.savez(tmp_path / f"{name}.npz", coords=clouds[..., :3], colors=clouds[..., 3:],
-                 categories=np.array(labels), prompts=np.array(labels))  # fmt: skip
+        np.savez(
+            tmp_path / f"{name}.npz",
+            coords=clouds[..., :3],
+            colors=clouds[..., 3:],
+            categories=np.array(labels),
+            prompts=np.array(labels),
+        )
     res = main(
         [
             "--nearest",

@@ -18,16 +18,21 @@ WORDS = "a an the red blue green sofa chair table lamp tall small wooden white b
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
-    """A random 2-layer BERT (hidden 32) with a WordPiece vocabulary, as save_pretrained writes it."""
+    """A random 2-layer BERT (hidden 32) with a WordPiece vocabulary, as save_pretrained writes
+    it."""
     out = tmp_path_factory.mktemp("tiny-bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tok = transformers.BertTokenizerFast(vocab_file=str(out / "vocab.txt"))
     tok.save_pretrained(out)
     cfg = transformers.BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64,
-    )  # fmt: skip
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     transformers.BertModel(cfg, add_pooling_layer=False).save_pretrained(
         out, safe_serialization=True
@@ -134,11 +139,17 @@ def test_dataset_draws_one_of_several_captions_per_step(tmp_path):
 
     rng = np.random.default_rng(0)
     recs = [
-        {"id": f"o{i}", "caption": f"a thing {i}", "source": "t", "licence": "CC0",
-         "split": "train", "coords": rng.uniform(-0.5, 0.5, (64, 3)).astype(np.float32),
-         "colors": rng.integers(0, 256, (64, 3), dtype=np.uint8)}
+        {
+            "id": f"o{i}",
+            "caption": f"a thing {i}",
+            "source": "t",
+            "licence": "CC0",
+            "split": "train",
+            "coords": rng.uniform(-0.5, 0.5, (64, 3)).astype(np.float32),
+            "colors": rng.integers(0, 256, (64, 3), dtype=np.uint8),
+        }
         for i in range(2)
-    ]  # fmt: skip
+    ]
     recs[0]["captions"] = ["a thing 0", "a red thing", "a small red thing"]
     write_shards(recs, tmp_path / "d")
     ds = PointCloudDataset(tmp_path / "d", num_points=32, subsample="first")
@@ -181,8 +192,11 @@ def test_text_tokens_model_starts_as_its_pooled_parent():
     pooled = build_model(cfg).eval()
     seq = build_model(replace(cfg, text_tokens=4)).eval()
     missing, unexpected = seq.load_state_dict(pooled.state_dict(), strict=False)
-    assert sorted(missing) == ["token_proj.0.bias", "token_proj.0.weight",
-                               "token_proj.1.bias", "token_proj.1.weight"] and not unexpected  # fmt: skip
+    assert (
+        sorted(missing)
+        == ["token_proj.0.bias", "token_proj.0.weight", "token_proj.1.bias", "token_proj.1.weight"]
+        and not unexpected
+    )
     for p in pooled.output_proj.parameters():  # a trained-looking, non-zero output layer
         torch.nn.init.normal_(p, std=0.1)
     seq.output_proj.load_state_dict(pooled.output_proj.state_dict())

@@ -44,18 +44,34 @@ def _glb(positions, indices=None, mode: int = 4, draco: bool = False) -> bytes:
     pos = np.asarray(positions, dtype=np.float32)
     buf = pos.tobytes()
     views = [{"buffer": 0, "byteOffset": 0, "byteLength": len(buf)}]
-    accessors = [{"bufferView": 0, "componentType": 5126, "count": len(pos), "type": "VEC3",
-                  "min": pos.min(0).tolist(), "max": pos.max(0).tolist()}]  # fmt: skip
+    accessors = [
+        {
+            "bufferView": 0,
+            "componentType": 5126,
+            "count": len(pos),
+            "type": "VEC3",
+            "min": pos.min(0).tolist(),
+            "max": pos.max(0).tolist(),
+        }
+    ]
     prim = {"attributes": {"POSITION": 0}, "mode": mode}
     if indices is not None:
         views.append({"buffer": 0, "byteOffset": len(buf), "byteLength": 4 * len(indices)})
-        accessors.append({"bufferView": 1, "componentType": 5125, "count": len(indices),
-                          "type": "SCALAR"})  # fmt: skip
+        accessors.append(
+            {"bufferView": 1, "componentType": 5125, "count": len(indices), "type": "SCALAR"}
+        )
         prim["indices"] = 1
         buf += np.asarray(indices, dtype=np.uint32).tobytes()
-    doc = {"asset": {"version": "2.0"}, "scene": 0, "scenes": [{"nodes": [0]}],
-           "nodes": [{"mesh": 0}], "meshes": [{"primitives": [prim]}], "accessors": accessors,
-           "bufferViews": views, "buffers": [{"byteLength": len(buf)}]}  # fmt: skip
+    doc = {
+        "asset": {"version": "2.0"},
+        "scene": 0,
+        "scenes": [{"nodes": [0]}],
+        "nodes": [{"mesh": 0}],
+        "meshes": [{"primitives": [prim]}],
+        "accessors": accessors,
+        "bufferViews": views,
+        "buffers": [{"byteLength": len(buf)}],
+    }
     if draco:
         ext = "KHR_draco_mesh_compression"
         prim["extensions"] = {ext: {"bufferView": 0, "attributes": {"POSITION": 0}}}
@@ -131,13 +147,34 @@ def clean_run(tmp_path_factory, good_folder) -> Path:
 
 
 # file name → bytes; reason expected in errors.jsonl
-FORMATS = {"obj": ".obj", "ply": ".ply", "plya": ".ply", "off": ".off", "stl": ".stl",
-           "stla": ".stl", "glb": ".glb", "gltf": ".gltf"}  # fmt: skip
-TRUNCATED = {"obj": "truncated", "ply": "truncated", "plya": "truncated", "off": "truncated",
-             "stl": "truncated", "stla": "truncated", "glb": "truncated",
-             "gltf": "unreadable"}  # fmt: skip
-GARBAGE = {".obj": "no_faces", ".ply": "unreadable", ".off": "unreadable", ".stl": "truncated",
-           ".glb": "unreadable", ".gltf": "unreadable"}  # fmt: skip
+FORMATS = {
+    "obj": ".obj",
+    "ply": ".ply",
+    "plya": ".ply",
+    "off": ".off",
+    "stl": ".stl",
+    "stla": ".stl",
+    "glb": ".glb",
+    "gltf": ".gltf",
+}
+TRUNCATED = {
+    "obj": "truncated",
+    "ply": "truncated",
+    "plya": "truncated",
+    "off": "truncated",
+    "stl": "truncated",
+    "stla": "truncated",
+    "glb": "truncated",
+    "gltf": "unreadable",
+}
+GARBAGE = {
+    ".obj": "no_faces",
+    ".ply": "unreadable",
+    ".off": "unreadable",
+    ".stl": "truncated",
+    ".glb": "unreadable",
+    ".gltf": "unreadable",
+}
 
 
 def _bad_files() -> dict[str, tuple[bytes, str]]:
@@ -164,7 +201,7 @@ def _bad_files() -> dict[str, tuple[bytes, str]]:
         "cloud.ply": (
             trimesh.PointCloud(box.vertices).export(file_type="ply"),
             "unsupported_primitive:points",
-        ),  # fmt: skip
+        ),
         "flat.obj": (b"v 0 0 0\nv 1 0 0\nv 2 0 0\nf 1 2 3\n", "degenerate"),
     }
     try:
@@ -271,8 +308,10 @@ def test_numeric_arguments_are_checked_at_the_edge(args, message, tmp_path, caps
 
 
 def test_preview_and_merge_arguments_are_checked(tmp_path, capsys):
-    for argv in (["preview", str(tmp_path), "--png", "x.png", "--count", "0"],
-                 ["merge", str(tmp_path), "--objects-per-shard", "0"]):  # fmt: skip
+    for argv in (
+        ["preview", str(tmp_path), "--png", "x.png", "--count", "0"],
+        ["merge", str(tmp_path), "--objects-per-shard", "0"],
+    ):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2 and "must be positive" in capsys.readouterr().err

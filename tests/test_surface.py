@@ -1,4 +1,4 @@
-"""Surface sampling, texture lookup, visibility and SDF signs (analytic shapes + ShapeNet binvox)."""
+"""Surface sampling, texture lookup, visibility and SDF signs (analytic shapes, ShapeNet binvox)."""
 
 import numpy as np
 import pytest

@@ -73,13 +73,25 @@ def test_benchmark_compares_saved_clouds_with_real_ones(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
     from surface_spread import main
 
-    records = [{"id": f"s{i}", "caption": "a ball", "source": "test", "licence": "CC0",
-                "split": "test" if i < 3 else "train", "coords": _sphere(4096, i),
-                "colors": np.zeros((4096, 3), np.uint8)} for i in range(4)]  # fmt: skip
+    records = [
+        {
+            "id": f"s{i}",
+            "caption": "a ball",
+            "source": "test",
+            "licence": "CC0",
+            "split": "test" if i < 3 else "train",
+            "coords": _sphere(4096, i),
+            "colors": np.zeros((4096, 3), np.uint8),
+        }
+        for i in range(4)
+    ]
     write_shards(records, tmp_path / "shards")
     saved = tmp_path / "clouds-seed0.npz"
-    np.savez(saved, coords=np.stack([_sphere(1024, 10 + i) for i in range(3)]),
-             final_coords=np.stack([_cube(4096, i) for i in range(3)]))  # fmt: skip
+    np.savez(
+        saved,
+        coords=np.stack([_sphere(1024, 10 + i) for i in range(3)]),
+        final_coords=np.stack([_cube(4096, i) for i in range(3)]),
+    )
     rows = main(["--data", str(tmp_path / "shards"), "--clouds", str(saved)])
     by = {(r["clouds"].split()[0], r["points"]): r for r in rows}
     assert by["real", 4096]["count"] == 3  # the train object is not held out

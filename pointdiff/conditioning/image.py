@@ -17,8 +17,8 @@ Weights (``ImageEncoder.from_pretrained(arch, pretrained)``): an open_clip tag r
 LOCAL caches only (the same file and the same lookup as ``conditioning.text``: one CLIP
 checkpoint serves both towers), or a local weights file (``.safetensors``, ``.bin``/``.pt``
 read with ``weights_only=True``, OpenAI's TorchScript ``ViT-L-14.pt``). Only the ``visual.*``
-weights are loaded. ``ImageEncoder.from_config("tiny")`` is a random-init tower of the same token layout
-(224 px, 14 px patches: 256 tokens) for tests.
+weights are loaded. ``ImageEncoder.from_config("tiny")`` is a random-init tower of the same
+token layout (224 px, 14 px patches: 256 tokens) for tests.
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ from pointdiff.render import render_cloud
 
 
 def _candidates(n_items: int, true_idx: np.ndarray, pool: int, n: int | None, seed: int):
-    """For each item, candidate indices into a pool of ``pool``: the true one first, then N−1 others."""
+    """For each item, candidate indices into a pool of ``pool``: the true one first, then N−1
+    others."""
     if n is None or n >= pool:
         return np.tile(np.arange(pool), (n_items, 1))
     if n < 2:
@@ -76,8 +77,12 @@ def category_r_precision(
     value, hits = r_precision(np.asarray(logits), true_idx, n, seed)
     prompted = np.asarray(prompted)
     per = {c: float(hits[prompted == c].mean()) for c in sorted(set(prompted))}
-    return {"r_precision": value, "n_candidates": n or len(names), "per_category": per,
-            "count": len(hits)}  # fmt: skip
+    return {
+        "r_precision": value,
+        "n_candidates": n or len(names),
+        "per_category": per,
+        "count": len(hits),
+    }
 
 
 def nearest_reference_categories(
@@ -91,8 +96,12 @@ def nearest_reference_categories(
     """
     if len(ref_categories) != len(refs):
         raise ValueError(f"{len(refs)} reference clouds but {len(ref_categories)} categories")
-    m = pairwise_matrix(normalize_clouds(clouds, protocol), normalize_clouds(refs, protocol),
-                        metric="cd", memory_mb=memory_mb)  # fmt: skip
+    m = pairwise_matrix(
+        normalize_clouds(clouds, protocol),
+        normalize_clouds(refs, protocol),
+        metric="cd",
+        memory_mb=memory_mb,
+    )
     return [ref_categories[j] for j in m.argmin(1).tolist()]
 
 
@@ -166,9 +175,11 @@ def render_clip_views(cloud: PointCloud, views: int = 4, size: int = 224, elevat
     from PIL import Image
 
     return [
-        Image.fromarray(render_cloud(cloud, azimuth=30.0 + 360.0 * i / views, elevation=elevation, size=size))
+        Image.fromarray(
+            render_cloud(cloud, azimuth=30.0 + 360.0 * i / views, elevation=elevation, size=size)
+        )
         for i in range(views)
-    ]  # fmt: skip
+    ]
 
 
 def clip_r_precision(
@@ -191,10 +202,20 @@ def clip_r_precision(
     text = scorer.embed_texts(pool)
     image = []
     for s in range(0, len(clouds), max(1, batch_size // views)):
-        ims = [im for c in clouds[s : s + max(1, batch_size // views)] for im in render_clip_views(c, views, size)]  # fmt: skip
+        ims = [
+            im
+            for c in clouds[s : s + max(1, batch_size // views)]
+            for im in render_clip_views(c, views, size)
+        ]
         e = scorer.embed_images(ims).view(-1, views, text.shape[-1]).mean(1)
         image.append(torch.nn.functional.normalize(e, dim=-1))
     scores = (torch.cat(image) @ text.T).cpu().numpy()
     value, _ = r_precision(scores, np.array([pool.index(p) for p in prompts]), n, seed)
-    return {"r_precision": value, "n_candidates": n or len(pool), "views": views, "size": size,
-            "model": scorer.name, "count": len(clouds)}  # fmt: skip
+    return {
+        "r_precision": value,
+        "n_candidates": n or len(pool),
+        "views": views,
+        "size": size,
+        "model": scorer.name,
+        "count": len(clouds),
+    }

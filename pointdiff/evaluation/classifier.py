@@ -133,7 +133,8 @@ class SetAbstraction(nn.Module):
         self.mlp = _SharedMLP([in_channels + 3, *channels])
 
     def forward(self, xyz: torch.Tensor, feats: torch.Tensor | None):
-        """:param xyz: [B, N, 3]; :param feats: [B, N, C] or None. :return: ([B, S, 3], [B, S, C'])."""
+        """:param xyz: [B, N, 3]; :param feats: [B, N, C] or None.
+        :return: ([B, S, 3], [B, S, C'])."""
         if self.num_centroids is None:
             grouped = xyz[:, None]  # [B, 1, N, 3]; point-e does not centre the group_all set
             if feats is not None:
@@ -241,8 +242,10 @@ def load_classifier(path: str | os.PathLike, device: str = "cpu") -> PointNet2Cl
 
     root = Path(path)
     if not (root / "config.json").is_file() or not (root / "model.safetensors").is_file():
-        raise ClassifierError(f"{root}: expected model.safetensors and config.json (train one with "
-                              "train/train_classifier.py, or load point-e's with load_pointe_evaluator)")  # fmt: skip
+        raise ClassifierError(
+            f"{root}: expected model.safetensors and config.json (train one with "
+            "train/train_classifier.py, or load point-e's with load_pointe_evaluator)"
+        )
     verify_hashes(root)  # a CheckpointError naming a corrupt or changed file
     d = json.loads((root / "config.json").read_text())["config"]
     for k in ("num_centroids", "radii", "num_neighbors", "class_names"):
@@ -267,7 +270,8 @@ def _load_state(model: nn.Module, state: dict, source: str) -> None:
 
 
 def pointe_key_map(cfg: ClassifierConfig) -> dict[str, str]:
-    """Our parameter/buffer name -> point-e's (``sa1.mlp_convs.0.weight``, ``bn1.running_mean`` …)."""
+    """Our parameter/buffer name -> point-e's (``sa1.mlp_convs.0.weight``,
+    ``bn1.running_mean`` …)."""
     out = {}
     bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
     for s in ("sa1", "sa2", "sa3"):

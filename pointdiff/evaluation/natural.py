@@ -87,10 +87,15 @@ def colour_scores(colors: Sequence[np.ndarray], named: Sequence[str | None]) -> 
     per = {c: float(hits[expected == c].mean()) for c in sorted(set(expected.tolist()))}
     chance = np.mean([[e in w for e in expected] for w in words]) if pick else float("nan")
     nan = float("nan")
-    return {"accuracy": float(hits.mean()) if pick else nan,
-            "share": float(np.mean(shares)) if pick else nan, "chance": float(chance),
-            "per_colour": per,
-            "described": words, "hits": hits.tolist(), "count": len(pick)}  # fmt: skip
+    return {
+        "accuracy": float(hits.mean()) if pick else nan,
+        "share": float(np.mean(shares)) if pick else nan,
+        "chance": float(chance),
+        "per_colour": per,
+        "described": words,
+        "hits": hits.tolist(),
+        "count": len(pick),
+    }
 
 
 def hit_rates(predicted: Sequence[str], expected: Sequence[str]) -> tuple[float, dict[str, float]]:

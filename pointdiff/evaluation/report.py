@@ -7,7 +7,8 @@ Inputs (object space, Z-up, the frame of ``pointdiff.pointcloud``):
   ``metadata.jsonl`` with ``{"file", "prompt", "category"}`` lines gives their prompts), or one
   ``.npz`` with ``arr_0`` [N, K, 3 or 6] (point-e's evaluation format) or ``coords`` [N, K, 3]
   (+ ``colors``), optionally ``prompts``/``categories`` string arrays.
-* **reference**: a shard directory (``pointdiff.data``; objects of ``split``) or an ``.npz`` as above.
+* **reference**: a shard directory (``pointdiff.data``; objects of ``split``) or an ``.npz`` as
+  above.
 
 Each seed draws the same number n = min(#samples, #references) of clouds from both sets and
 ``num_points`` points per cloud, then computes the set metrics; the report gives mean ± std over
@@ -50,8 +51,10 @@ def load_cloud_set(path: str | os.PathLike, split: str | None = "test") -> dict:
     if path.is_dir() and (path / "meta.json").is_file():
         reader = ShardReader(path)
         rows = [i for i, e in enumerate(reader.entries) if split is None or e["split"] == split]
-        clouds = [np.concatenate([reader.get(i, "coords"), reader.get(i, "colors") / 255.0], -1)
-                  for i in rows]  # fmt: skip
+        clouds = [
+            np.concatenate([reader.get(i, "coords"), reader.get(i, "colors") / 255.0], -1)
+            for i in rows
+        ]
         entries = [reader.entries[i] for i in rows]
         prompts = [e.get("caption") for e in entries]
         cats = [e.get("category") for e in entries]
@@ -99,8 +102,11 @@ def _load_npz_set(path: Path) -> dict:
         x = d[key].astype(np.float32)
         if x.ndim == 2:  # a single cloud
             c = PointCloud.load(path)
-            return {"clouds": [np.concatenate([c.coords, c.colors], -1)], "prompts": None,
-                    "categories": None}  # fmt: skip
+            return {
+                "clouds": [np.concatenate([c.coords, c.colors], -1)],
+                "prompts": None,
+                "categories": None,
+            }
         if x.ndim != 3 or x.shape[-1] not in (3, 6):
             raise MetricInputError(f"{path}: {key} must be [N, K, 3 or 6], got {x.shape}")
         if x.shape[-1] == 3:
@@ -175,8 +181,10 @@ def run_eval(
     if k < num_points:
         warnings.append(f"some clouds have fewer than {num_points} points: evaluated with {k}")
     if n < len(smp["clouds"]) or n < len(ref["clouds"]):
-        warnings.append(f"sets differ in size ({len(smp['clouds'])} samples, "
-                        f"{len(ref['clouds'])} references): each seed draws {n} of each")  # fmt: skip
+        warnings.append(
+            f"sets differ in size ({len(smp['clouds'])} samples, "
+            f"{len(ref['clouds'])} references): each seed draws {n} of each"
+        )
     warnings += _scale_warnings(smp["clouds"], ref["clouds"], protocol)
 
     per_seed, first = [], None
@@ -185,8 +193,16 @@ def run_eval(
         si = np.sort(rng.choice(len(smp["clouds"]), n, replace=False))
         ri = np.sort(rng.choice(len(ref["clouds"]), n, replace=False))
         s, r = _draw(smp["clouds"], si, k, rng), _draw(ref["clouds"], ri, k, rng)
-        res = compute_set_metrics(s[..., :3], r[..., :3], protocol, metrics, emd_cost,
-                                  device=device, progress=progress, return_matrices=True)  # fmt: skip
+        res = compute_set_metrics(
+            s[..., :3],
+            r[..., :3],
+            protocol,
+            metrics,
+            emd_cost,
+            device=device,
+            progress=progress,
+            return_matrices=True,
+        )
         if first is None:
             first = (s, r, si, ri, res["matrices"][metrics[0]]["rs"])
         per_seed.append({kk: v for kk, v in res.items() if isinstance(v, float)})
@@ -196,14 +212,20 @@ def run_eval(
         for v in [[p[key] for p in per_seed]]
     }
     report = {
-        "samples": smp["source"], "reference": ref["source"], "split": split,
-        "protocol": protocol, "protocol_description": PROTOCOLS[protocol],
-        "seeds": list(seeds), "num_points": k, "n_eval": n,
-        "n_samples_total": len(smp["clouds"]), "n_refs_total": len(ref["clouds"]),
+        "samples": smp["source"],
+        "reference": ref["source"],
+        "split": split,
+        "protocol": protocol,
+        "protocol_description": PROTOCOLS[protocol],
+        "seeds": list(seeds),
+        "num_points": k,
+        "n_eval": n,
+        "n_samples_total": len(smp["clouds"]),
+        "n_refs_total": len(ref["clouds"]),
         "distance_metrics": list(metrics),
         "emd": f"approxmatch (Fan et al.), {emd_cost} cost, /N" if "emd" in metrics else None,
         "metrics": summary,
-    }  # fmt: skip
+    }
     if classifier is not None:
         report["classifier"] = _classifier_metrics(classifier, smp, ref, classifier_points, device)
     if clip is not None and smp["prompts"] is not None:
@@ -227,8 +249,10 @@ def _scale_warnings(s_clouds, r_clouds, protocol: str) -> list[str]:
     ratio = ext[0] / max(ext[1], 1e-12)
     if 0.67 < ratio < 1.5:
         return []
-    return [f"samples are {ratio:.2f}x the references' size under the global protocol: are both "
-            "in object space (xyz in [-0.5, 0.5])? Use protocol='bbox' to compare shapes only"]  # fmt: skip
+    return [
+        f"samples are {ratio:.2f}x the references' size under the global protocol: are both "
+        "in object space (xyz in [-0.5, 0.5])? Use protocol='bbox' to compare shapes only"
+    ]
 
 
 def _classifier_metrics(classifier, smp: dict, ref: dict, k: int, device) -> dict:
@@ -244,8 +268,14 @@ def _classifier_metrics(classifier, smp: dict, ref: dict, k: int, device) -> dic
     fr, pr = extract_features(
         model, _draw(ref["clouds"], np.arange(len(ref["clouds"])), k, rng)[..., :ch]
     )
-    out = {"num_points": k, "feature_dim": fs.shape[1], "classes": list(model.cfg.class_names),
-           "p_fid": p_fid(fs, fr), "p_is": p_is(ps), "p_is_reference": p_is(pr)}  # fmt: skip
+    out = {
+        "num_points": k,
+        "feature_dim": fs.shape[1],
+        "classes": list(model.cfg.class_names),
+        "p_fid": p_fid(fs, fr),
+        "p_is": p_is(ps),
+        "p_is_reference": p_is(pr),
+    }
     names = list(model.cfg.class_names)
     if smp["categories"] is not None and names:
         known = [i for i, c in enumerate(smp["categories"]) if c in names]
@@ -288,14 +318,16 @@ def format_markdown(report: dict) -> str:
         "# pointdiff evaluation",
         "",
         f"- samples: `{report['samples']}` ({report['n_samples_total']} clouds)",
-        f"- reference: `{report['reference']}` split `{report['split']}` ({report['n_refs_total']} clouds)",
+        f"- reference: `{report['reference']}` split `{report['split']}` "
+        f"({report['n_refs_total']} clouds)",
         f"- protocol: **{report['protocol']}** ({report['protocol_description']})",
-        f"- seeds: {report['seeds']}; {report['n_eval']} clouds per set per seed, {report['num_points']} points each",
+        f"- seeds: {report['seeds']}; {report['n_eval']} clouds per set per seed, "
+        f"{report['num_points']} points each",
         f"- EMD: {report['emd']}" if report.get("emd") else "- EMD: not computed",
         "",
         "| metric | mean ± std | unit |",
         "|---|---|---|",
-    ]  # fmt: skip
+    ]
     for key, v in report["metrics"].items():
         if key.startswith(("1nna", "cov")):
             scale, unit = 100.0, "%"
@@ -305,17 +337,24 @@ def format_markdown(report: dict) -> str:
         lines.append(f"| {key} | {v['mean'] * scale:.3f} ± {v['std'] * scale:.3f} | {unit} |")
     c = report.get("classifier")
     if c:
-        lines += ["", f"Classifier features ({c['feature_dim']}-d, {c['num_points']} points):",
-                  f"P-FID {c['p_fid']:.4g}, P-IS {c['p_is']:.4g} (references: {c['p_is_reference']:.4g})"]  # fmt: skip
+        lines += [
+            "",
+            f"Classifier features ({c['feature_dim']}-d, {c['num_points']} points):",
+            f"P-FID {c['p_fid']:.4g}, P-IS {c['p_is']:.4g} (references: {c['p_is_reference']:.4g})",
+        ]
         cr = c.get("category_r_precision")
         if cr:
-            lines.append(f"Category R-precision: {100 * cr['r_precision']:.1f}% among "
-                         f"{cr['n_candidates']} ({cr['count']} clouds); per category: "
-                         + ", ".join(f"{k} {100 * v:.0f}%" for k, v in cr["per_category"].items()))  # fmt: skip
+            lines.append(
+                f"Category R-precision: {100 * cr['r_precision']:.1f}% among "
+                f"{cr['n_candidates']} ({cr['count']} clouds); per category: "
+                + ", ".join(f"{k} {100 * v:.0f}%" for k, v in cr["per_category"].items())
+            )
     cl = report.get("clip_r_precision")
     if cl:
-        lines.append(f"CLIP R-precision ({cl['model']}, {cl['views']} views): "
-                     f"{100 * cl['r_precision']:.1f}% among {cl['n_candidates']} prompts")  # fmt: skip
+        lines.append(
+            f"CLIP R-precision ({cl['model']}, {cl['views']} views): "
+            f"{100 * cl['r_precision']:.1f}% among {cl['n_candidates']} prompts"
+        )
     for w in report.get("warnings", []):
         lines.append(f"\n> warning: {w}")
     if report.get("grid"):

@@ -11,8 +11,9 @@ Reference values with ``k = 16`` (``tests/test_surface_spread.py``): 0 for a pla
 shrinks faster than the spacing, ∝ k / sqrt(N), so compare clouds at the same point count);
 ≈ 0.87 for points uniform in a cube (a volume: no surface at all). It also depends on how evenly
 the points are spread: a farthest-point subset of a sphere (1024 of 4096) gives ≈ 0.10, not 0.16,
-because its spacing is wider than a random sample's; compare clouds sampled alike. A generated cloud whose value is several times its training data's at the
-same point count is a diffuse shell, not a surface.
+because its spacing is wider than a random sample's; compare clouds sampled alike. A generated
+cloud whose value is several times its training data's at the same point count is a diffuse
+shell, not a surface.
 """
 
 from __future__ import annotations
