@@ -31,13 +31,17 @@ import tempfile
 import torch
 from torch import nn
 
-from pointdiff.config import TrainConfig, get_preset
-from pointdiff.diffusion.precond import EDMLoss
-from pointdiff.models import build_model, count_params
+from pointdiff.config import DiffusionConfig, TrainConfig, get_preset
+from pointdiff.models import count_params
 from pointdiff.training.loop import train
+from pointdiff.training.objectives import BaseLoss, UpsamplerLoss, build_diffusion_model
 
-PEAKS = {("cpu", "fp32"): 166e9, ("cpu", "bf16"): 333e9, ("cuda", "fp32"): 67e12,
-         ("cuda", "bf16"): 989e12}  # fmt: skip
+PEAKS = {
+    ("cpu", "fp32"): 166e9,
+    ("cpu", "bf16"): 333e9,
+    ("cuda", "fp32"): 67e12,
+    ("cuda", "bf16"): 989e12,
+}
 
 
 class RandomClouds(torch.utils.data.Dataset):
@@ -72,19 +76,31 @@ def model_flops_per_sample(model: nn.Module, cfg) -> float:
 
 def run_one(preset: str, dtype: str, batch: int, steps: int, device: str, compile_: bool) -> dict:
     """One measurement (called in a fresh process)."""
-    cfg = get_preset(preset)
+    cfg, diffusion = get_preset(preset), DiffusionConfig()
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = build_diffusion_model(cfg, diffusion)
+    condition = "text_emb" if cfg.cond_dim else None
+    if cfg.kind == "upsampler":
+        loss_fn = UpsamplerLoss(diffusion, cfg.num_cond_points, condition)
+    else:
+        loss_fn = BaseLoss(diffusion, condition)
     points = cfg.num_points + getattr(cfg, "num_cond_points", 0)
     data = RandomClouds(4 * batch, points, cfg.cond_dim)
-    tc = TrainConfig(batch_size=batch, max_steps=2 * steps, warmup_steps=1, log_every=steps,
-                     ckpt_every=10**9, keep_checkpoints=1, bf16=dtype == "bf16",
-                     compile=compile_)  # fmt: skip
+    tc = TrainConfig(
+        batch_size=batch,
+        max_steps=2 * steps,
+        warmup_steps=1,
+        log_every=steps,
+        ckpt_every=10**9,
+        keep_checkpoints=1,
+        bf16=dtype == "bf16",
+        compile=compile_,
+    )
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as run:
-        train(run, model, EDMLoss(), data, tc, {"model": cfg}, device=device)
+        train(model, loss_fn, data, tc, run, {"model": cfg}, device=device)
         logs = [json.loads(line) for line in open(os.path.join(run, "log.jsonl"))]
     sps = logs[1]["samples_per_s"]
     if device == "cuda":
@@ -93,10 +109,17 @@ def run_one(preset: str, dtype: str, batch: int, steps: int, device: str, compil
         peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     flops = model_flops_per_sample(model, cfg) * sps
     return {
-        "preset": preset, "dtype": dtype, "batch": batch, "params_M": count_params(model) / 1e6,
-        "step_s": batch / sps, "samples_s": sps, "points_s": sps * cfg.num_points,
-        "peak_GiB": peak_mem, "TFLOP_s": flops / 1e12, "mfu": flops / PEAKS[(device, dtype)],
-    }  # fmt: skip
+        "preset": preset,
+        "dtype": dtype,
+        "batch": batch,
+        "params_M": count_params(model) / 1e6,
+        "step_s": batch / sps,
+        "samples_s": sps,
+        "points_s": sps * cfg.num_points,
+        "peak_GiB": peak_mem,
+        "TFLOP_s": flops / 1e12,
+        "mfu": flops / PEAKS[(device, dtype)],
+    }
 
 
 def main() -> None:
@@ -116,9 +139,12 @@ def main() -> None:
         preset, dtype = args.one
         print(json.dumps(run_one(preset, dtype, args.batch, args.steps, args.device, args.compile)))
         return
-    print(f"# torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
-          f"{args.steps} measured steps after {args.steps} warm-up")  # fmt: skip
-    head = "| preset | dtype | batch | params (M) | step (s) | samples/s | points/s | peak (GiB) | TFLOP/s | MFU |"
+    print(
+        f"# torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
+        f"{args.steps} measured steps after {args.steps} warm-up"
+    )
+    columns = ["preset", "dtype", "batch", "params (M)", "step (s)", "samples/s", "points/s"]
+    head = "| " + " | ".join([*columns, "peak (GiB)", "TFLOP/s", "MFU"]) + " |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for preset in args.presets.split(","):
@@ -126,8 +152,8 @@ def main() -> None:
             if args.device == "cuda" and dtype == "fp32":
                 continue  # the loop always autocasts to bf16 on CUDA (TrainConfig.bf16 doc)
             batch = args.batch or (8 if preset == "small" and args.device == "cpu" else 2)
-            cmd = [sys.executable, __file__, "--one", preset, dtype, "--batch", str(batch),
-                   "--steps", str(args.steps), "--device", args.device]  # fmt: skip
+            cmd = [sys.executable, __file__, "--one", preset, dtype, "--device", args.device]
+            cmd += ["--batch", str(batch), "--steps", str(args.steps)]
             cmd += ["--compile"] if args.compile else []
             cmd += ["--threads", str(args.threads)] if args.threads else []
             out = subprocess.run(cmd, capture_output=True, text=True)
@@ -135,9 +161,12 @@ def main() -> None:
                 print(f"| {preset} | {dtype} | {batch} | failed: {out.stderr.strip()[-200:]} |")
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"| {preset} | {dtype} | {batch} | {r['params_M']:.1f} | {r['step_s']:.3f} | "
-                  f"{r['samples_s']:.2f} | {r['points_s']:.0f} | {r['peak_GiB']:.2f} | "
-                  f"{r['TFLOP_s']:.4f} | {100 * r['mfu']:.1f}% |", flush=True)  # fmt: skip
+            print(
+                f"| {preset} | {dtype} | {batch} | {r['params_M']:.1f} | {r['step_s']:.3f} | "
+                f"{r['samples_s']:.2f} | {r['points_s']:.0f} | {r['peak_GiB']:.2f} | "
+                f"{r['TFLOP_s']:.4f} | {100 * r['mfu']:.1f}% |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -10,11 +10,14 @@ A training checkpoint is a directory ``run_dir/ckpt-{step:07d}/``::
     text.safetensors, text_ema.safetensors, text_config.json
                            only when the text tower was trained jointly
 
-``run_dir/latest.json`` names the newest one. Writes go to a hidden temporary directory that is
-renamed into place (``os.replace``), so a crash never leaves a half-written checkpoint behind a
-name; only the last ``keep_last`` are kept. A *release* directory (``checkpoints/<name>/``) holds
-``model.safetensors`` (EMA weights, fp16 by default) + ``config.json`` (+ the text files), as
-written by ``export_for_release``. Weights never go through pickle.
+``run_dir/latest.json`` names the newest one. A checkpoint is written into a hidden temporary
+directory that is renamed into place (``os.replace``), and single files go through
+``pointdiff.atomic``, so a crash never leaves a half-written checkpoint behind a name; only the
+last ``keep_last`` are kept. Weights files hold bare networks (a diffusion model's
+preconditioner has no weights of its own), so they rebuild from the model config alone. A
+*release* directory (``checkpoints/<name>/``) holds ``model.safetensors`` (EMA weights, fp16 by
+default) + ``config.json`` (+ the text files), as written by ``export_for_release``. Weights
+never go through pickle.
 
 A release directory's ``config.json`` also holds ``"sha256": {file name: hex digest}`` for its
 weight files (``record_hashes``); ``load_weights`` checks them, so a corrupted or edited weights
@@ -27,17 +30,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pointdiff.atomic import write_json_atomic
 from pointdiff.config import from_dict, to_dict
 from pointdiff.models import build_model
 
@@ -53,72 +55,33 @@ class CheckpointError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------
-# RNG state (as plain tensors and numbers, so state.pt loads with weights_only=True)
-
-
-def get_rng_state() -> dict:
-    """This process's torch / numpy / python (and CUDA) RNG states."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": random.getstate(),
-    }  # fmt: skip
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what ``get_rng_state`` returned."""
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    keys = n["keys"].numpy().astype(np.uint32)
-    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ----------------------------------------------------------------------------------------------
 # Saving
 
 
-def _cpu_state(module: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in module.state_dict().items():
-        v = v.detach().to("cpu")
-        if dtype is not None and v.is_floating_point():
-            v = v.to(dtype)
-        out[k] = v.contiguous()
-    return out
-
-
-def _atomic_json(path: Path, obj, sort_keys: bool = True) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=sort_keys))
-    os.replace(tmp, path)
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
 
 
 def _config_json(configs: dict, step: int) -> dict:
     if "model" not in configs:
         raise CheckpointError("configs must hold the model config under 'model'")
     dicts = {k: (v if isinstance(v, dict) else to_dict(v)) for k, v in configs.items()}
-    return {"format": FORMAT, "version": VERSION, "kind": dicts["model"]["kind"], "step": step,
-            "configs": dicts}  # fmt: skip
+    kind = dicts["model"]["kind"]
+    return {"format": FORMAT, "version": VERSION, "kind": kind, "step": step, "configs": dicts}
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished temporary directory into place (replacing an older one of that name)."""
+    """Move a finished temporary directory into place (replacing an older one of that name).
+    Whole directories are swapped by renames: ``pointdiff.atomic`` writes single files."""
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
     if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
         os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _state_of(obj) -> dict | None:
+    return obj if obj is None or isinstance(obj, dict) else obj.state_dict()
 
 
 def save_checkpoint(
@@ -126,8 +89,8 @@ def save_checkpoint(
     step: int,
     model: nn.Module,
     ema: nn.Module | None,
-    optimizer: torch.optim.Optimizer | None,
-    scheduler,
+    optimizer: torch.optim.Optimizer | dict | None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | dict | None,
     configs: dict,
     extra: dict | None = None,
     *,
@@ -138,12 +101,13 @@ def save_checkpoint(
 ) -> Path:
     """Write ``run_dir/ckpt-{step:07d}`` atomically, point ``latest.json`` at it, prune old ones.
 
-    Call on rank 0 only (others ``barrier()``). ``model``/``ema`` are plain modules (unwrap DDP
-    first). ``text_encoder`` needs a ``save(dir)`` method (``pointdiff.conditioning.text.TextEncoder``).
+    Call on rank 0 only (others ``barrier()``). ``model``/``ema`` are plain networks (unwrap DDP
+    first). ``text_encoder`` needs a ``save(dir)`` method (``conditioning.text.TextEncoder``).
 
+    :param optimizer, scheduler: the objects or their state dicts (a gathered FSDP state).
     :param configs: ``{"model": <model config>, ...}`` config objects (or ``to_dict`` dicts).
     :param extra: JSON-like training state (data position, …) stored in ``state.pt``.
-    :param rng_states: one ``get_rng_state()`` per rank (default: this process's).
+    :param rng_states: one RNG state per rank (``training.rng.get_rng_state``), if any.
     :return: the checkpoint directory.
     """
     run_dir = Path(run_dir)
@@ -159,17 +123,17 @@ def save_checkpoint(
         text_encoder.save(tmp)  # text.safetensors + text_config.json
         if text_ema is not None:
             save_file(_cpu_state(text_ema.tower), str(tmp / "text_ema.safetensors"))
-    _atomic_json(tmp / "config.json", _config_json(configs, step))
+    write_json_atomic(tmp / "config.json", _config_json(configs, step))
     state = {
         "step": step,
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "rng": rng_states if rng_states is not None else [get_rng_state()],
+        "optimizer": _state_of(optimizer),
+        "scheduler": _state_of(scheduler),
+        "rng": rng_states or [],
         "extra": extra or {},
     }
     torch.save(state, tmp / "state.pt")
     _replace_dir(tmp, final)
-    _atomic_json(run_dir / LATEST, {"checkpoint": final.name, "step": step})
+    write_json_atomic(run_dir / LATEST, {"checkpoint": final.name, "step": step})
     for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -212,24 +176,22 @@ def hash_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def record_hashes(folder: str | os.PathLike, names: list[str] | None = None) -> dict[str, str]:
-    """Store the SHA-256 of files in ``folder`` in its ``config.json`` under ``"sha256"``,
-    keeping the rest of the JSON as it is.
+def record_hashes(folder: str | os.PathLike) -> dict[str, str]:
+    """Store the SHA-256 of the ``*.safetensors`` weight files in ``folder`` in its
+    ``config.json`` under ``"sha256"``, keeping the rest of the JSON as it is (the JSON files are
+    not hashed: they are text, whose line endings git may rewrite on checkout).
 
     Call it last, after every file of the directory is written (and again after changing one on
     purpose).
 
-    :param names: the files to hash (default: the ``*.safetensors`` weight files; the JSON
-        files beside them are text, whose line endings git may rewrite on checkout).
     :return: ``{file name: hex digest}``.
     """
     folder = Path(folder)
     cfg_file = folder / "config.json"
     meta = json.loads(cfg_file.read_text())
-    if names is None:
-        names = sorted(p.name for p in folder.glob("*.safetensors") if p.is_file())
+    names = sorted(p.name for p in folder.glob("*.safetensors") if p.is_file())
     meta[HASHES] = {name: hash_file(folder / name) for name in names}
-    _atomic_json(cfg_file, meta, sort_keys=False)
+    write_json_atomic(cfg_file, meta, sort_keys=False)
     return meta[HASHES]
 
 
@@ -341,12 +303,7 @@ def load_model(
     if kind is not None and cfg.kind != kind:
         raise CheckpointError(f"{path}: holds a {cfg.kind!r} model, expected {kind!r}")
     model = build_model(cfg)
-    want = model.state_dict()
-    state = {k: v.to(want[k].dtype) if k in want else v for k, v in state.items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match its {cfg.kind} config ({e})") from e
+    _load_state(model, state, f"{path}: weights do not match its {cfg.kind} config")
     return model.to(device).eval(), configs
 
 
@@ -368,17 +325,22 @@ def load_into(module: nn.Module, path: Path, keep_missing: tuple[str, ...] = ())
     :param keep_missing: name prefixes of parameters the file may lack; they keep their init
         (e.g. a zero-init layer added when fine-tuning from an older architecture).
     """
-    state = _load_safetensors(path)
-    want = module.state_dict()
+    state, want = _load_safetensors(path), module.state_dict()
     for k in want:
         if keep_missing and k not in state and k.startswith(keep_missing):
             state[k] = want[k]
+    _load_state(module, state, f"{path}: does not match the module")
+
+
+def _load_state(module: nn.Module, state: dict, error: str) -> None:
+    """Strict ``load_state_dict``, cast to the module's dtypes; a mismatch is ``error``."""
+    want = module.state_dict()
     try:
         module.load_state_dict(
             {k: v.to(want[k].dtype) if k in want else v for k, v in state.items()}
         )
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: does not match the module ({e})") from e
+        raise CheckpointError(f"{error} ({e})") from e
 
 
 def init_from_checkpoint(
@@ -418,15 +380,11 @@ def export_for_release(
         }
 
     save_file(cast(state), str(tmp / "model.safetensors"))
-    _atomic_json(
-        tmp / "config.json", {**meta, "released_from": str(ckpt.name), "dtype": str(dtype)}
-    )
-    if (ckpt / "text_config.json").is_file():
-        text = ckpt / (
-            "text_ema.safetensors"
-            if (ckpt / "text_ema.safetensors").is_file()
-            else "text.safetensors"
-        )
+    released = {**meta, "released_from": str(ckpt.name), "dtype": str(dtype)}
+    write_json_atomic(tmp / "config.json", released)
+    if (ckpt / "text_config.json").is_file():  # the EMA text tower when it was trained
+        text = ckpt / "text_ema.safetensors"
+        text = text if text.is_file() else ckpt / "text.safetensors"
         save_file(cast(_load_safetensors(text)), str(tmp / "text.safetensors"))
         shutil.copyfile(ckpt / "text_config.json", tmp / "text_config.json")
     record_hashes(tmp)

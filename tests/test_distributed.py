@@ -31,20 +31,20 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from pointdiff.training import distributed as dist
-from pointdiff.config import TextConfig, TrainConfig, get_preset
+from pointdiff.config import DiffusionConfig, TextConfig, TrainConfig, get_preset
 from pointdiff.data import PointCloudDataset
-from pointdiff.diffusion.precond import EDMLoss
-from pointdiff.models import build_model
 from pointdiff.conditioning.text import TextEncoder
 from pointdiff.training.loop import train
+from pointdiff.training.objectives import BaseLoss, TextConditioned, build_diffusion_model
 
 shards, run, out, batch, accum, kill_at, resume = sys.argv[1:8]
 fsdp = sys.argv[8:] == ["fsdp"]
 torch.set_num_threads(1)
 torch.manual_seed(0)
 cfg = get_preset("tiny")
-model = build_model(cfg)
+net = build_diffusion_model(cfg, DiffusionConfig())
 text = TextEncoder.from_text_config(TextConfig(arch="tiny", trainable=True), seed=0)
+model = TextConditioned(net, text)
 ds = PointCloudDataset(shards, num_points=64, subsample="random", augment=True)
 tc = TrainConfig(batch_size=int(batch), grad_accum=int(accum), lr=1e-3, warmup_steps=2,
                  max_steps=6, log_every=1, ckpt_every=2, ema_decay=0.9, fsdp=fsdp)
@@ -57,12 +57,12 @@ def callback(step, info):
     if step == int(kill_at) and rank == 1:
         os._exit(1)  # a node failure: no cleanup, no checkpoint
 
-train(run, model, EDMLoss(), ds, tc, {"model": cfg}, text_encoder=text,
+train(model, BaseLoss(DiffusionConfig(), "caption"), ds, tc, run, {"model": cfg},
       resume=resume == "1", callback=callback)
 full = lambda v: (v.full_tensor() if hasattr(v, "full_tensor") else v).contiguous()  # FSDP: DTensor
-sharded = all(hasattr(v, "full_tensor") for v in [*model.parameters(), *text.parameters()])
+sharded = all(hasattr(v, "full_tensor") for v in model.parameters())
 (Path(out) / f"sharded-rank{rank}").write_text(str(sharded))
-state = {k: full(v) for k, v in model.state_dict().items()}
+state = {k: full(v) for k, v in net.net.state_dict().items()}
 state.update({"text." + k: full(v) for k, v in text.state_dict().items()})
 save_file(state, str(Path(out) / f"final-rank{rank}.safetensors"))
 dist.shutdown()

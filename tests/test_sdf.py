@@ -13,7 +13,7 @@ import torch
 from pointdiff.config import TrainConfig, get_preset
 from pointdiff.models import ModelInputError, build_model
 from pointdiff.models.sdf import SDFLatents, SDFModel
-from pointdiff.training.sdf import SDFDataset, SDFLoss, sdf_inputs, volumetric_iou
+from pointdiff.training.sdf import SDFDataset, SDFLoss, volumetric_iou
 
 TINY = get_preset("sdf_tiny")
 PERCEIVER = dataclasses.replace(TINY, num_latents=16)
@@ -117,8 +117,12 @@ class _Echo(torch.nn.Module):
 def test_loss_is_clamped_and_sign_balanced():
     sdf = torch.tensor([[-0.05, 0.02, 0.3, 0.5]])  # one inside, three outside
     exact = torch.stack([sdf.clamp(-0.1, 0.1), torch.zeros_like(sdf), torch.zeros_like(sdf)], -1)
+
+    def batch(queries):
+        return {"points": None, "queries": queries, "sdf": sdf}
+
     for balance in (False, True):
-        loss = SDFLoss(0.1, balance=balance)(_Echo(), None, exact, sdf)
+        loss = SDFLoss(0.1, balance=balance)(_Echo(), batch(exact))
         assert loss.shape == (1,) and float(loss) == 0.0  # far values count only up to the clamp
     err = 0.04
     wrong_in = exact.clone()
@@ -127,8 +131,8 @@ def test_loss_is_clamped_and_sign_balanced():
     wrong_out[0, 1:, 0] += err
     balanced = SDFLoss(0.1, balance=True)
     # the one inside sample weighs as much as the three outside ones together
-    torch.testing.assert_close(balanced(_Echo(), None, wrong_in, sdf), torch.tensor([err / 2]))
-    torch.testing.assert_close(balanced(_Echo(), None, wrong_out, sdf), torch.tensor([err / 2]))
+    torch.testing.assert_close(balanced(_Echo(), batch(wrong_in)), torch.tensor([err / 2]))
+    torch.testing.assert_close(balanced(_Echo(), batch(wrong_out)), torch.tensor([err / 2]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,8 +194,6 @@ def test_sdf_dataset_items_and_augmentation(closed_shapes):
     torch.testing.assert_close(a["points"], b["points"])  # a function of (seed, epoch, index)
     aug.set_epoch(1)
     assert not torch.equal(aug[1]["points"], a["points"])
-    x0, extra = sdf_inputs({k: v[None] for k, v in item.items() if k != "index"})
-    assert x0.shape == (1, 256, 3) and set(extra) == {"queries", "sdf"}
 
 
 def test_sdf_dataset_outliers_scatter_a_few_points(closed_shapes):
@@ -217,8 +219,7 @@ def test_tiny_head_overfits_two_shapes(closed_shapes, tmp_path, one_thread):
     cfg = TrainConfig(batch_size=2, lr=3e-3, weight_decay=0.0, warmup_steps=20, max_steps=400,
                       min_lr_ratio=0.05, grad_clip=0.0, ema_decay=0.0, log_every=50,
                       ckpt_every=10**9)  # fmt: skip
-    out = train(tmp_path / "run", model, SDFLoss(0.1), data, cfg, {"model": TINY},
-                batch_to_inputs=sdf_inputs, device="cpu")  # fmt: skip
+    out = train(model, SDFLoss(0.1), data, cfg, tmp_path / "run", {"model": TINY}, device="cpu")
     assert out["step"] == 400
     ev = np.load(closed_shapes / "eval.npz")
     model.eval()

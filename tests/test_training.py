@@ -1,4 +1,4 @@
-"""Training loop: overfitting two clouds, exact resume, stage hooks, schedule and EMA."""
+"""Training loop: overfitting two clouds, exact resume, stage losses, schedule and EMA."""
 
 import dataclasses
 import json
@@ -12,11 +12,20 @@ from pointdiff.checkpoint import CheckpointError, load_model
 from pointdiff.conditioning.text import TextEncoder
 from pointdiff.config import DiffusionConfig, TextConfig, TrainConfig, get_preset
 from pointdiff.data import PointCloudDataset, write_shards
-from pointdiff.diffusion.precond import EDMLoss, KarrasDenoiser
+from pointdiff.diffusion.precond import KarrasDenoiser
 from pointdiff.diffusion.samplers import sample_heun
 from pointdiff.diffusion.schedules import get_sigmas_karras
-from pointdiff.models import build_model
-from pointdiff.training.loop import TrainError, lr_factor, train, update_ema, upsampler_inputs
+from pointdiff.training.loop import train
+from pointdiff.training.objectives import (
+    BaseLoss,
+    TextConditioned,
+    UpsamplerLoss,
+    build_diffusion_model,
+    split_low_res,
+)
+from pointdiff.training.optim import lr_factor, update_ema
+from pointdiff.training.run import set_text_table
+from pointdiff.training.run_dir import TrainError
 
 # tiny models: one intra-op thread (conftest's one_thread) avoids oversubscription stalls
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,8 +39,11 @@ def two_clouds(synthetic_clouds, tmp_path_factory):
     return out
 
 
+DIFFUSION = DiffusionConfig()
+
+
 def _configs(model_cfg, text="tiny"):
-    return {"model": model_cfg, "diffusion": DiffusionConfig(), "text": TextConfig(arch=text)}
+    return {"model": model_cfg, "diffusion": DIFFUSION, "text": TextConfig(arch=text)}
 
 
 def _chamfer(a, b):
@@ -59,11 +71,11 @@ def test_tiny_model_overfits_two_clouds(two_clouds, tmp_path):
     # tiny tower, whose embeddings of the two captions have cosine 0.83.
     emb = torch.nn.functional.normalize(torch.randn(2, cfg.cond_dim), dim=-1)
     ds.set_text_embeddings({ds[i]["caption"]: emb[i] for i in range(2)})
-    net = build_model(cfg)
+    model = build_diffusion_model(cfg, DIFFUSION)
     clouds = torch.stack([ds[i]["points"] for i in range(2)])  # [2, 32, 6]
 
-    def low_sigma_loss(model):  # fixed noise, σ ∈ {0.03, 0.1}: λ(σ)·‖D − x0‖²
-        g, den, out = torch.Generator().manual_seed(7), KarrasDenoiser(model.eval(), 0.5), []
+    def low_sigma_loss(net):  # fixed noise, σ ∈ {0.03, 0.1}: λ(σ)·‖D − x0‖²
+        g, den, out = torch.Generator().manual_seed(7), KarrasDenoiser(net.eval(), 0.5), []
         with torch.no_grad():
             for s in (0.03, 0.1):
                 x0 = clouds.repeat(8, 1, 1)
@@ -72,10 +84,10 @@ def test_tiny_model_overfits_two_clouds(two_clouds, tmp_path):
                 out.append((d - x0).square().mean() * (s**2 + 0.25) / (s * 0.5) ** 2)
         return float(torch.stack(out).mean())
 
-    before = low_sigma_loss(net)
+    before = low_sigma_loss(model.net)
     tc = TrainConfig(batch_size=8, lr=5e-3, warmup_steps=20, max_steps=1200, log_every=10,
                      ckpt_every=10_000, ema_decay=0.995)  # fmt: skip
-    out = train(tmp_path / "run", net, EDMLoss(), ds, tc, _configs(cfg))
+    out = train(model, BaseLoss(DIFFUSION), ds, tc, tmp_path / "run", _configs(cfg))
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "log.jsonl").open()]
     assert out["step"] == 1200 and len(losses) == 120
     # mean training loss, steps 1-10 vs 1101-1200 (all σ; floor ≈ 0.3, see above)
@@ -106,14 +118,16 @@ def test_tiny_model_overfits_two_clouds(two_clouds, tmp_path):
     assert (own < other).all() and (own < 1.25 * limit).all(), (own, other, limit)
 
 
-def _resume_setup(two_clouds, text_trainable=True):
+def _resume_setup(two_clouds):
+    """A tiny base model with a jointly trained text tower, its loss, data and configs."""
     torch.manual_seed(0)
     cfg = get_preset("tiny")
     ds = PointCloudDataset(two_clouds, num_points=64, subsample="random", augment=True)
-    text = TextEncoder.from_text_config(TextConfig(arch="tiny", trainable=text_trainable), seed=0)
+    text = TextEncoder.from_text_config(TextConfig(arch="tiny", trainable=True), seed=0)
+    model = TextConditioned(build_diffusion_model(cfg, DIFFUSION), text)
     tc = TrainConfig(batch_size=2, grad_accum=2, lr=1e-3, warmup_steps=2, max_steps=6,
                      log_every=1, ckpt_every=2, ema_decay=0.9)  # fmt: skip
-    return build_model(cfg), ds, text, tc, _configs(cfg)
+    return model, BaseLoss(DIFFUSION, "caption"), ds, tc, _configs(cfg)
 
 
 def _log(run):
@@ -121,22 +135,22 @@ def _log(run):
 
 
 def test_resume_matches_an_uninterrupted_run_step_for_step(two_clouds, tmp_path):
-    net, ds, text, tc, cfgs = _resume_setup(two_clouds)
-    full = train(tmp_path / "a", net, EDMLoss(), ds, tc, cfgs, text_encoder=text)
+    model, loss, ds, tc, cfgs = _resume_setup(two_clouds)
+    full = train(model, loss, ds, tc, tmp_path / "a", cfgs)
 
-    net, ds, text, tc, cfgs = _resume_setup(two_clouds)
+    model, loss, ds, tc, cfgs = _resume_setup(two_clouds)
     seen = []
-    train(tmp_path / "b", net, EDMLoss(), ds, tc, cfgs, text_encoder=text, stop_at=3,
+    train(model, loss, ds, tc, tmp_path / "b", cfgs, stop_at=3,
           callback=lambda step, info: seen.append(step))  # fmt: skip
     assert seen == [1, 2, 3]
     with pytest.raises(TrainError, match="already has checkpoints"):
-        train(tmp_path / "b", net, EDMLoss(), ds, tc, cfgs, text_encoder=text)
+        train(model, loss, ds, tc, tmp_path / "b", cfgs)
     # a fresh process would rebuild everything from scratch: do the same
-    net, ds, text, tc, cfgs = _resume_setup(two_clouds)
-    net.apply(
-        lambda m: [p.data.normal_() for p in m.parameters(recurse=False)]
-    )  # must be overwritten
-    resumed = train(tmp_path / "b", net, EDMLoss(), ds, tc, cfgs, text_encoder=text, resume=True)
+    model, loss, ds, tc, cfgs = _resume_setup(two_clouds)
+    with torch.no_grad():  # weights that resuming must overwrite
+        for p in model.parameters():
+            p.normal_()
+    resumed = train(model, loss, ds, tc, tmp_path / "b", cfgs, resume=True)
 
     assert resumed["step"] == full["step"] == 6
     a, b = _log(tmp_path / "a"), _log(tmp_path / "b")
@@ -159,34 +173,44 @@ def test_resume_matches_an_uninterrupted_run_step_for_step(two_clouds, tmp_path)
     )
 
     # a different global batch cannot continue exactly: refused with the reason
-    net, ds, text, tc, cfgs = _resume_setup(two_clouds)
+    model, loss, ds, tc, cfgs = _resume_setup(two_clouds)
     tc = dataclasses.replace(tc, batch_size=4, max_steps=8)
     with pytest.raises(TrainError, match="global batch"):
-        train(tmp_path / "b", net, EDMLoss(), ds, tc, cfgs, text_encoder=text, resume=True)
+        train(model, loss, ds, tc, tmp_path / "b", cfgs, resume=True)
 
 
 def test_upsampler_stage_splits_fps_low_res_from_targets(two_clouds, tmp_path):
     cfg = get_preset("upsample_tiny")  # 64 low-res + 192 new points
     ds = PointCloudDataset(two_clouds, num_points=cfg.num_cond_points + cfg.num_points)
     batch = {"points": torch.stack([ds[0]["points"], ds[1]["points"]])}
-    x0, extra = upsampler_inputs(batch, cfg.num_cond_points)
-    assert x0.shape == (2, 192, 6) and extra["low_res"].shape == (2, 64, 6)
+    low_res, x0 = split_low_res(batch["points"], cfg.num_cond_points)
+    assert x0.shape == (2, 192, 6) and low_res.shape == (2, 64, 6)
 
     def rows(t):  # the cloud as a sorted array of rows (order-free comparison)
         a = t.numpy()
         return a[np.lexsort(a.T[::-1])]
 
     for i in range(2):  # disjoint, and together exactly the training cloud
-        both = torch.cat([x0[i], extra["low_res"][i]])
+        both = torch.cat([x0[i], low_res[i]])
         np.testing.assert_array_equal(rows(both), rows(batch["points"][i]))
     # the low-res part is the farthest-point subset: it spreads over the whole cloud
-    spread = torch.cdist(batch["points"][0, :, :3], extra["low_res"][0, :, :3]).min(-1).values
+    spread = torch.cdist(batch["points"][0, :, :3], low_res[0, :, :3]).min(-1).values
     assert spread.max() < 0.35
     torch.manual_seed(0)
     tc = TrainConfig(batch_size=2, max_steps=2, warmup_steps=1, log_every=1, ckpt_every=2)
-    out = train(tmp_path / "up", build_model(cfg), EDMLoss(), ds, tc, {"model": cfg})
-    model, configs = load_model(out["checkpoint"], kind="upsampler")
+    model, loss = build_diffusion_model(cfg, DIFFUSION), UpsamplerLoss(DIFFUSION, 64)
+    out = train(model, loss, ds, tc, tmp_path / "up", {"model": cfg})
+    net, configs = load_model(out["checkpoint"], kind="upsampler")
     assert out["step"] == 2 and configs["train"] == tc
+    # checkpoints hold the bare network (no preconditioner prefix): sampling wraps it again
+    for name in ("model", "ema"):
+        weights = load_file(str(out["checkpoint"] / f"{name}.safetensors"))
+        assert weights.keys() == net.state_dict().keys()
+    x, sigma, low_res = torch.randn(2, 192, 6), torch.tensor([0.5, 5.0]), torch.randn(2, 64, 6)
+    with torch.no_grad():
+        want = KarrasDenoiser(net, DIFFUSION.sigma_data)(x, sigma, low_res=low_res)
+        model.net.load_state_dict(net.state_dict())
+        torch.testing.assert_close(model.eval()(x, sigma, low_res=low_res), want)
 
 
 def test_lr_schedule_and_ema():
@@ -209,8 +233,11 @@ def test_frozen_text_encoder_embeds_each_caption_once(two_clouds, tmp_path):
     encode = text._encode
     text._encode = lambda prompts: calls.append(list(prompts)) or encode(prompts)
     tc = TrainConfig(batch_size=4, max_steps=2, warmup_steps=1, log_every=1, ckpt_every=2)
-    train(tmp_path / "run", build_model(cfg), EDMLoss(), ds, tc, _configs(cfg), text_encoder=text)
+    set_text_table(ds, text)
     assert calls == [ds.captions]  # one batched call, before training
+    model = build_diffusion_model(cfg, DIFFUSION)
+    train(model, BaseLoss(DIFFUSION, "text_emb"), ds, tc, tmp_path / "run", _configs(cfg))
+    assert len(calls) == 1
     assert torch.equal(ds[0]["text_emb"], text.embed([ds[0]["caption"]])[0])
     assert not (tmp_path / "run" / "ckpt-0000002" / "text.safetensors").exists()
 
@@ -255,7 +282,7 @@ def test_init_from_starts_a_new_run_from_a_checkpoints_ema_weights(two_clouds, t
 
 
 def test_train_cli_with_the_words_encoder_ships_a_loadable_text_pipeline(two_clouds, tmp_path):
-    from pointdiff.conditioning.text import WordEncoder
+    from pointdiff.conditioning.words import WordEncoder
     from pointdiff.pipeline import load_pipeline
     from pointdiff.training.run import main
 

@@ -7,8 +7,8 @@
     torchrun --nproc_per_node=8 train/train_base.py base40M --data ... --run-dir ... --batch_size=64
 
 ``--key=value`` overrides go to DenoiserConfig, TrainConfig or DiffusionConfig by field name
-(e.g. ``--width=384 --lr=3e-4 --max_steps=200000 --bf16=True``). All logic lives in
-``pointdiff.training.run`` and ``pointdiff.training.loop``.
+(e.g. ``--width=384 --lr=3e-4 --max_steps=200000 --bf16=True``). The run is set up in
+``pointdiff.training.run``; the loss is ``pointdiff.training.objectives.BaseLoss``.
 """
 
 import sys

@@ -17,7 +17,7 @@ from pointdiff.checkpoint import init_from_checkpoint
 from pointdiff.config import SDFConfig, TrainConfig, apply_overrides, get_preset
 from pointdiff.models import build_model, count_params
 from pointdiff.training.loop import train
-from pointdiff.training.sdf import SDFDataset, SDFLoss, sdf_inputs
+from pointdiff.training.sdf import SDFDataset, SDFLoss
 
 #: training defaults for the SDF head (small data, small model): overridable with --key=value
 SDF_TRAIN = TrainConfig(
@@ -85,10 +85,16 @@ def main(argv: list[str] | None = None) -> dict:
         f"SDF head {args.preset}: {count_params(model) / 1e6:.2f} M params, {len(dataset)} objects"
     )
     return train(
-        args.out, model, SDFLoss(args.clamp), dataset, train_cfg,
-        configs={"model": model_cfg}, resume=args.resume, batch_to_inputs=sdf_inputs,
-        device=args.device, stop_at=args.stop_at,
-    )  # fmt: skip
+        model,
+        SDFLoss(args.clamp),
+        dataset,
+        train_cfg,
+        args.out,
+        configs={"model": model_cfg},
+        resume=args.resume,
+        device=args.device,
+        stop_at=args.stop_at,
+    )
 
 
 if __name__ == "__main__":

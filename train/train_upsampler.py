@@ -4,9 +4,9 @@
         --run-dir runs/up_small [--text none | clip:ARCH:TAG | small] [--resume] [--key=value ...]
 
 Each training cloud of num_cond_points + num_points points (4096) is split into its
-farthest-point subset (the low-res condition, 1024) and the remaining points (the 3072 targets):
-see ``pointdiff.training.loop.upsampler_inputs``. Overrides go to UpsamplerConfig, TrainConfig or
-DiffusionConfig by field name (e.g. ``--low_res_noise=0.02``).
+farthest-point subset (the low-res condition, 1024) and the remaining points (the 3072
+targets): see ``pointdiff.training.objectives.UpsamplerLoss``. Overrides go to UpsamplerConfig,
+TrainConfig or DiffusionConfig by field name (e.g. ``--low_res_noise=0.02``).
 """
 
 import sys

@@ -1,8 +1,12 @@
 """EDM preconditioning and training loss (Karras et al. 2022, "EDM", Table 1 and §5).
 
 The network only ever sees ``(c_in·x, c_noise, **cond)``; everything that depends on σ lives here
-(k-diffusion ``Denoiser``, EDM ``EDMPrecond``). ``KarrasDenoiser`` has the sampler signature
-``model(x [B,N,C], sigma [B], **extra_args) -> denoised [B,N,C]``.
+(k-diffusion ``Denoiser``, EDM ``EDMPrecond``). A diffusion model *is* its network wrapped in
+``KarrasDenoiser``, with the sampler signature
+``model(x [B,N,C], sigma [B], **extra_args) -> denoised [B,N,C]``; training builds it that way
+(``pointdiff.training.objectives.build_diffusion_model``) and so does sampling. Both it and
+``EDMLoss`` take σ_data from ``DiffusionConfig``. The wrapper has no weights of its own:
+checkpoints hold the network's.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pointdiff.config import DiffusionConfig
 from pointdiff.diffusion.schedules import sample_train_sigmas
 
 
@@ -39,10 +44,10 @@ class KarrasDenoiser(nn.Module):
                                          convention of point-e's ``KarrasDenoiser``)
 
     :param net: ``net(x_in [B,N,C], c_noise [B], **cond) -> [B,N,C]``.
-    :param sigma_data: standard deviation of the training data (0.5 for our model space).
+    :param sigma_data: standard deviation of the training data (``DiffusionConfig.sigma_data``).
     """
 
-    def __init__(self, net: nn.Module, sigma_data: float = 0.5):
+    def __init__(self, net: nn.Module, sigma_data: float = DiffusionConfig.sigma_data):
         super().__init__()
         self.net = net
         self.sigma_data = sigma_data
@@ -76,19 +81,21 @@ class EDMLoss:
     λ(σ) = (σ² + σ_d²) / (σ·σ_d)² = 1/c_out², which makes the network's effective target unit
     variance at every σ. For data with std σ_d the optimal denoiser reaches an expected loss of
     exactly 1 (per element) at every σ; the loss cannot go below that irreducible value.
+    σ and the noise come from torch's global RNG (the training loop seeds it per micro-step).
 
-    :return: (via ``__call__``) [B] weighted MSE, averaged over points and channels.
+    :param cfg: ``p_mean``, ``p_std`` and ``sigma_data`` (the denoiser's, from the same config).
     """
 
-    def __init__(self, p_mean: float = -1.2, p_std: float = 1.2, sigma_data: float = 0.5):
-        self.p_mean, self.p_std, self.sigma_data = p_mean, p_std, sigma_data
+    def __init__(self, cfg: DiffusionConfig | None = None):
+        cfg = cfg or DiffusionConfig()
+        self.p_mean, self.p_std, self.sigma_data = cfg.p_mean, cfg.p_std, cfg.sigma_data
 
-    def __call__(self, denoiser, x0: torch.Tensor, generator=None, **extra_args) -> torch.Tensor:
+    def __call__(self, denoiser, x0: torch.Tensor, **extra_args) -> torch.Tensor:
         """:param denoiser: ``denoiser(x, sigma [B], **extra_args) -> [B,N,C]``.
-        :param x0: [B,N,C] clean data. :param generator: optional torch.Generator."""
-        b = x0.shape[0]
-        sigma = sample_train_sigmas(b, self.p_mean, self.p_std, generator, x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        :param x0: [B,N,C] clean data. :return: [B] weighted MSE, mean over points and channels.
+        """
+        sigma = sample_train_sigmas(x0.shape[0], self.p_mean, self.p_std, x0.device)
+        noise = torch.randn_like(x0)
         weight = (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
         denoised = denoiser(x0 + noise * _append_dims(sigma, x0.ndim), sigma, **extra_args)
         return weight * (denoised - x0).pow(2).flatten(1).mean(1)

@@ -45,7 +45,6 @@ def sample_train_sigmas(
     batch: int,
     p_mean: float = -1.2,
     p_std: float = 1.2,
-    generator: torch.Generator | None = None,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
     """Training noise levels, log-normal as in EDM Table 1: ln σ ~ N(P_mean, P_std²).
@@ -53,9 +52,8 @@ def sample_train_sigmas(
     EDM's image defaults are P_mean = −1.2, P_std = 1.2 (median σ ≈ 0.30, 95 % in [0.03, 3.2]);
     the loss weight that goes with it lives in ``precond.EDMLoss``.
 
-    :param batch: number of σ values B.
-    :param generator: optional torch.Generator (on ``device``) for reproducible draws.
+    :param batch: number of σ values B (drawn from torch's global RNG).
     :return: [B] float32 tensor of σ > 0.
     """
-    rnd = torch.randn(batch, generator=generator, device=device)
+    rnd = torch.randn(batch, device=device)
     return (rnd * p_std + p_mean).exp()

@@ -10,10 +10,8 @@ those variables everything degrades to a single process: ``rank() == 0``, ``worl
 from __future__ import annotations
 
 import os
-import random
 from datetime import timedelta
 
-import numpy as np
 import torch
 import torch.distributed as tdist
 
@@ -74,20 +72,6 @@ def shutdown() -> None:
         tdist.destroy_process_group()
 
 
-def seed_all(seed: int) -> None:
-    """Seed python, numpy and torch (all devices) with ``seed``."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def seed_rank(base_seed: int) -> int:
-    """Seed this rank with ``base_seed * world_size + rank`` (DiT) and return that seed."""
-    seed = base_seed * world_size() + rank()
-    seed_all(seed)
-    return seed
-
-
 def all_gather_object(obj) -> list:
     """Every rank's ``obj`` (a list of length ``world_size()``; ``[obj]`` without a group)."""
     if not is_initialized() or world_size() == 1:
@@ -104,12 +88,3 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
         tdist.all_reduce(t)
         t /= world_size()
     return t
-
-
-def broadcast_object(obj, src: int = 0):
-    """``obj`` from rank ``src`` on every rank."""
-    if not is_initialized() or world_size() == 1:
-        return obj
-    box = [obj]
-    tdist.broadcast_object_list(box, src=src)
-    return box[0]

@@ -1,17 +1,17 @@
-"""Data parallelism for ``training.train``: DDP, or FSDP (``TrainConfig.fsdp``) with the
-gradient-sync switch and the gathering of full state for checkpoints.
+"""Data parallelism for ``pointdiff.training.loop.train``: DDP, or FSDP (``TrainConfig.fsdp``),
+with the gradient-sync switch and the gathering of full state for checkpoints.
 
 PyTorch's own FSDP2 (``torch.distributed.fsdp.fully_shard``): parameters become ``DTensor``s
 sharded on dim 0 over a 1-D mesh of all ranks. Each transformer block is one unit (all-gathered
-just before its forward/backward and freed after), then each trained module, then the training
-objective as the root. Optimizer states and the EMA copies stay sharded, so their memory is
-divided by the number of ranks (README "Training at scale").
+just before its forward/backward and freed after), and the trained module is the root.
+Optimizer states and the EMA copy stay sharded, so their memory is divided by the number of
+ranks (README "Training at scale").
 
 Checkpoints keep the unsharded format of a DDP run: every rank takes part in gathering full
-tensors (``torch.distributed.checkpoint.state_dict``, ``full_state_dict=True,
-cpu_offload=True``), which land on rank 0's CPU; rank 0 then calls ``save_checkpoint`` with
-plain modules and an ``Optimizer.state_dict()``-shaped (integer-keyed) optimizer state. Loading
-is the reverse, so a run resumes with or without FSDP.
+tensors, which land on rank 0's CPU; rank 0 then calls ``save_checkpoint`` with plain modules
+and an ``Optimizer.state_dict()``-shaped (integer-keyed) optimizer state
+(``torch.distributed.checkpoint.state_dict``). Loading is the reverse, so a run resumes with or
+without FSDP.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import torch.distributed as tdist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
-    get_model_state_dict,
     get_optimizer_state_dict,
     set_optimizer_state_dict,
 )
@@ -36,9 +35,9 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 #: Units of their own: our transformer blocks and open_clip's text blocks (matched by name so
-#: that only ``pointdiff.conditioning.text`` imports open_clip). Only blocks entered through ``forward`` may
-#: be units: FSDP all-gathers in forward hooks, so the SDF decoder's cross-attention blocks
-#: (``project_kv`` is called from outside) stay in their parent's unit.
+#: that only ``pointdiff.conditioning.text`` imports open_clip). Only blocks entered through
+#: ``forward`` may be units: FSDP all-gathers in forward hooks, so the SDF decoder's
+#: cross-attention blocks (``project_kv`` is called from outside) stay in their parent's unit.
 BLOCK_NAMES = ("ResidualBlock", "ResidualAttentionBlock")
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -61,48 +60,41 @@ def broadcast_from_rank0(module: nn.Module) -> None:
         tdist.broadcast(t.data, src=0)
 
 
-def shard(modules: list[nn.Module], mesh: DeviceMesh, root: nn.Module | None = None) -> None:
-    """``fully_shard`` bottom-up, in place: each block (``BLOCK_NAMES``) of each module, then
-    each module, then ``root`` (a module holding them all, e.g. the training objective).
+def shard(module: nn.Module, mesh: DeviceMesh) -> None:
+    """``fully_shard`` bottom-up, in place: each block (``BLOCK_NAMES``) of ``module``, then
+    ``module`` itself as the root unit (a text encoder is entered through ``embed()``, not
+    ``forward``, so its top-level weights belong to the root too).
 
     Parameter names and order are unchanged (an optimizer built afterwards numbers its
-    parameters as on unsharded modules). Modules that are never run (EMA copies) may be sharded
-    too: their parameters then live as shards with the same layout as the trained ones.
+    parameters as on an unsharded module). A module that is never run (the EMA copy) may be
+    sharded too: its parameters then live as shards with the same layout as the trained ones.
     """
-    for module in modules:
-        for block in module.modules():
-            if type(block).__name__ in BLOCK_NAMES:
-                fully_shard(block, mesh=mesh)
-        fully_shard(module, mesh=mesh)
-    if root is not None:
-        fully_shard(root, mesh=mesh)
+    for block in module.modules():
+        if type(block).__name__ in BLOCK_NAMES:
+            fully_shard(block, mesh=mesh)
+    fully_shard(module, mesh=mesh)
 
 
-def wrap(
-    objective: nn.Module, modules: list, emas: list, device: torch.device, fsdp: bool
-) -> nn.Module:
+def wrap(model: nn.Module, ema: nn.Module, device: torch.device, fsdp: bool) -> nn.Module:
     """The module a training micro-step calls.
 
-    ``fsdp``: shard in place ``modules`` (the net, a trained text encoder) under ``objective``
-    as root, and their EMA copies ``emas`` with the same layout (the EMA update stays
-    shard-local); ``objective`` is returned. Otherwise DDP around ``objective`` with several
-    ranks, else ``objective`` itself.
+    ``fsdp``: ``model`` and its EMA copy ``ema`` get rank 0's weights and are sharded in place
+    with the same layout (the EMA update stays shard-local); ``model`` is returned. Otherwise
+    DDP around ``model`` with several ranks (DDP broadcasts rank 0's weights itself), else
+    ``model`` itself.
     """
     if fsdp:
-        # a unit's params are gathered in its forward hooks: a text encoder is entered through
-        # embed() -> tower(tokens), so its tower is the unit
-        def units(ms):
-            return [getattr(m, "tower", m) for m in ms]
-
+        broadcast_from_rank0(model)
+        broadcast_from_rank0(ema)
         mesh = make_mesh(device)
-        shard(units(modules), mesh, root=objective)
-        shard(units(emas), mesh)
-        return objective
+        shard(model, mesh)
+        shard(ema, mesh)
+        return model
     if tdist.is_initialized() and tdist.get_world_size() > 1:
         return DistributedDataParallel(
-            objective, device_ids=[device] if device.type == "cuda" else None
+            model, device_ids=[device] if device.type == "cuda" else None
         )
-    return objective
+    return model
 
 
 @contextmanager
@@ -149,8 +141,13 @@ def meta_twin(module: nn.Module) -> nn.Module:
 def gather_module(module: nn.Module, twin: nn.Module) -> nn.Module:
     """Collective (every rank calls it): rank 0's ``twin`` gets ``module``'s full weights as
     CPU tensors and is returned; other ranks get ``twin`` untouched (still on meta)."""
-    state = get_model_state_dict(module, options=_FULL)  # {} on ranks other than 0
-    if state:
+    main = tdist.get_rank() == 0
+    state = {}
+    for name, t in module.state_dict().items():
+        full = t.full_tensor() if isinstance(t, DTensor) else t  # all-gather, one at a time
+        if main:
+            state[name] = full.detach().cpu()
+    if main:
         twin.load_state_dict(state, assign=True)
     return twin
 
@@ -159,8 +156,11 @@ def gather_optimizer_state(root: nn.Module, optimizer: torch.optim.Optimizer) ->
     """Collective: the full optimizer state on rank 0 (CPU tensors, ``{}`` elsewhere), keyed by
     parameter index as ``Optimizer.state_dict()`` of the unsharded run (so either resumes it).
 
-    :param root: a module holding every parameter of ``optimizer``.
+    :param root: a module holding every parameter of ``optimizer`` (not sharded: the state as
+        it is).
     """
+    if not isinstance(root, FSDPModule):
+        return optimizer.state_dict()
     state = get_optimizer_state_dict(root, optimizer, options=_FULL)
     if not state:
         return {}
@@ -176,9 +176,12 @@ def gather_optimizer_state(root: nn.Module, optimizer: torch.optim.Optimizer) ->
 
 
 def load_optimizer_state(root: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Load a full ``Optimizer.state_dict()``-shaped state into an optimizer over sharded
-    parameters (every rank holds ``state``; each keeps its shard)."""
-    names = {p: n.replace("_orig_mod.", "") for n, p in root.named_parameters()}
+    """Load a full ``Optimizer.state_dict()``-shaped state into an optimizer over ``root``'s
+    parameters: sharded ones (every rank holds ``state``; each keeps its shard) or plain ones."""
+    if not isinstance(root, FSDPModule):
+        optimizer.load_state_dict(state)
+        return
+    names = {p: n for n, p in root.named_parameters()}
     ordered = [names[p] for g in optimizer.param_groups for p in g["params"]]
     by_name = {
         "state": {ordered[i]: s for i, s in state["state"].items()},
@@ -192,14 +195,3 @@ def load_optimizer_state(root: nn.Module, optimizer: torch.optim.Optimizer, stat
     # hyperparameters as saved (DCP's flattening turns tuples such as ``betas`` into lists)
     for group, saved in zip(optimizer.param_groups, state["param_groups"], strict=True):
         group.update({k: v for k, v in saved.items() if k != "params"})
-
-
-class StateDictOf:
-    """Something with ``state_dict()`` returning a given dict (a gathered optimizer state, for
-    ``save_checkpoint``, which only calls ``optimizer.state_dict()``)."""
-
-    def __init__(self, state: dict):
-        self._state = state
-
-    def state_dict(self) -> dict:
-        return self._state

@@ -1,6 +1,7 @@
-"""Command lines of the diffusion training stages (``train/train_base.py``,
-``train/train_upsampler.py``): preset + ``--key=value`` overrides → configs → dataset, model,
-text encoder → ``training.train``. The scripts in ``train/`` only call ``main(stage, argv)``.
+"""A diffusion training run from the command line (``train/train_base.py``,
+``train/train_upsampler.py``): preset + ``--key=value`` overrides → configs → dataset, text
+encoder, model and the stage's loss (``training.objectives``) → ``training.loop.train``. The
+scripts in ``train/`` only call ``cli(stage, argv)``.
 
 Overrides are routed by field name to the model config (``DenoiserConfig``/``UpsamplerConfig``),
 ``TrainConfig`` or ``DiffusionConfig`` (their field names do not overlap); an unknown key is an
@@ -11,6 +12,9 @@ error listing the valid ones. ``--text`` chooses the condition:
   open_clip to fetch it instead);
 * ``tiny`` / ``small`` a from-scratch tower trained jointly (``--freeze-text`` keeps it fixed);
 * ``none`` unconditional (the model's ``cond_dim`` must be 0).
+
+A frozen encoder embeds every caption once, before training (``set_text_table``); a trained
+tower becomes part of the trained module (``objectives.TextConditioned``).
 
 The default follows the preset's ``cond_dim``: 768 → ``clip:ViT-L-14:openai`` (Point-E),
 512 → ``small``, 32 → ``tiny``, 0 → ``none``.
@@ -27,7 +31,8 @@ import torch
 
 from pointdiff.checkpoint import init_from_checkpoint, load_configs, load_into, load_weights
 from pointdiff.conditioning import hf_text, transfer
-from pointdiff.conditioning.text import SCRATCH_CONFIGS, TextEncoder, WordEncoder
+from pointdiff.conditioning.text import SCRATCH_CONFIGS, TextEncoder, text_condition
+from pointdiff.conditioning.words import WordEncoder
 from pointdiff.config import (
     DiffusionConfig,
     TextConfig,
@@ -37,10 +42,16 @@ from pointdiff.config import (
     to_dict,
 )
 from pointdiff.data import PointCloudDataset
-from pointdiff.diffusion.precond import EDMLoss
-from pointdiff.models import build_model, count_params
+from pointdiff.models import count_params
 from pointdiff.training import distributed as dist
-from pointdiff.training.loop import TrainError, train
+from pointdiff.training.loop import train
+from pointdiff.training.objectives import (
+    BaseLoss,
+    TextConditioned,
+    UpsamplerLoss,
+    build_diffusion_model,
+)
+from pointdiff.training.run_dir import TrainError
 
 STAGES = {"base": ("denoiser", "small"), "upsampler": ("upsampler", "upsample_small")}
 DEFAULT_TEXT = {768: "clip:ViT-L-14:openai", 512: "small", 32: "tiny", 0: "none"}
@@ -114,11 +125,12 @@ def parse(stage: str, argv: list[str] | None):
         "--stop-at", type=int, default=None, help="stop (with a checkpoint) at this step"
     )
     p.add_argument(
-        "--text", default=None,
+        "--text",
+        default=None,
         help="clip:ARCH[:TAG] (frozen CLIP) | hf:DIR_OR_HUB_ID (frozen Hugging Face encoder; "
         "hf:minilm = the bundled all-MiniLM-L6-v2) | tiny | small (open_clip towers trained "
         "jointly) | words[-D] (frozen hashed bag of words, no weights) | none",
-    )  # fmt: skip
+    )
     p.add_argument("--clip-weights", default=None, help="local weights file of the CLIP tag")
     p.add_argument("--clip-download", action="store_true", help="let open_clip download weights")
     p.add_argument("--freeze-text", action="store_true", help="do not train a tiny/small tower")
@@ -127,10 +139,12 @@ def parse(stage: str, argv: list[str] | None):
     p.add_argument("--no-augment", action="store_true", help="no rotation / scale jitter")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument(
-        "--init-from", default=None, metavar="CKPT",
+        "--init-from",
+        default=None,
+        metavar="CKPT",
         help="start a new run from a checkpoint's EMA weights (same architecture; e.g. to "
         "fine-tune at another num_points or on other data); the optimizer starts fresh",
-    )  # fmt: skip
+    )
     return p.parse_known_args(argv)
 
 
@@ -145,10 +159,8 @@ def main(stage: str, argv: list[str] | None = None) -> dict:
     configs = route_overrides(configs, overrides)
     model_cfg, train_cfg, diff_cfg = configs["model"], configs["train"], configs["diffusion"]
 
-    text, text_cfg = build_text(
-        args.text or DEFAULT_TEXT.get(model_cfg.cond_dim, "none"),
-        args.clip_weights, args.clip_download, args.freeze_text,
-    )  # fmt: skip
+    spec = args.text or DEFAULT_TEXT.get(model_cfg.cond_dim, "none")
+    text, text_cfg = build_text(spec, args.clip_weights, args.clip_download, args.freeze_text)
     dim = text.dim if text is not None else 0
     if dim != model_cfg.cond_dim:
         raise ValueError(
@@ -159,25 +171,58 @@ def main(stage: str, argv: list[str] | None = None) -> dict:
         configs["text"] = text_cfg
     _check_resume(Path(args.run_dir), configs, args.resume)
 
-    num_points = model_cfg.num_points + getattr(model_cfg, "num_cond_points", 0)
     dataset = PointCloudDataset(
-        args.data, split=None if args.split == "all" else args.split, num_points=num_points,
-        subsample=args.subsample, augment=not args.no_augment, seed=train_cfg.seed,
-    )  # fmt: skip
+        args.data,
+        split=None if args.split == "all" else args.split,
+        num_points=model_cfg.num_points + getattr(model_cfg, "num_cond_points", 0),
+        subsample=args.subsample,
+        augment=not args.no_augment,
+        seed=train_cfg.seed,
+    )
+    device = dist.init(args.device)
     torch.manual_seed(train_cfg.seed)  # same init on every rank (DDP broadcasts anyway)
-    model = build_model(model_cfg)
+    model = build_diffusion_model(model_cfg, diff_cfg)
     text_note = "none" if text_cfg is None else text_cfg.arch + (" (trained)" * text_cfg.trainable)
     dist.print0(
         f"{stage} {args.preset}: {count_params(model) / 1e6:.2f} M params, {len(dataset)} objects, "
         f"text {text_note}"
     )
     if args.init_from:
-        _init_from(Path(args.init_from), model, text, dataset)
-    loss_fn = EDMLoss(diff_cfg.p_mean, diff_cfg.p_std, diff_cfg.sigma_data)
+        _init_from(Path(args.init_from), model.net, text, dataset)
+
+    # the condition the stage's loss hands the model (see training.objectives)
+    condition = None
+    if text is not None and text.trainable:
+        model, condition = TextConditioned(model, text), "caption"
+    elif text is not None:
+        set_text_table(dataset, text.to(device), getattr(model_cfg, "text_tokens", 0))
+        condition = "text_emb"
+    if stage == "base":
+        loss_fn = BaseLoss(diff_cfg, condition)
+    else:
+        loss_fn = UpsamplerLoss(diff_cfg, model_cfg.num_cond_points, condition)
     return train(
-        args.run_dir, model, loss_fn, dataset, train_cfg, configs, text_encoder=text,
-        resume=args.resume, device=args.device, stop_at=args.stop_at,
-    )  # fmt: skip
+        model,
+        loss_fn,
+        dataset,
+        train_cfg,
+        args.run_dir,
+        configs=configs,
+        resume=args.resume,
+        device=device,
+        stop_at=args.stop_at,
+    )
+
+
+def set_text_table(dataset: PointCloudDataset, text, tokens: int = 0) -> None:
+    """A frozen text encoder's condition for every caption of ``dataset``, computed once in one
+    batched pass outside the training graph; the dataset hands it out as ``text_emb``.
+
+    :param tokens: the model's ``text_tokens`` (per-token states after the pooled vector).
+    """
+    captions = dataset.captions
+    table = text_condition(text, captions, tokens).cpu()
+    dataset.set_text_embeddings(dict(zip(captions, table, strict=True)))
 
 
 def _init_from(path: Path, model, text, dataset) -> None:
@@ -192,8 +237,8 @@ def _init_from(path: Path, model, text, dataset) -> None:
         return
     ckpt = init_from_checkpoint(model, path, keep_missing=("text_bias.", "token_proj."))
     if text is not None and text.trainable:
-        name = next((n for n in ("text_ema.safetensors", "text.safetensors")
-                     if (ckpt / n).is_file()), None)  # fmt: skip
+        files = [ckpt / n for n in ("text_ema.safetensors", "text.safetensors")]
+        name = next((f.name for f in files if f.is_file()), None)
         if name is None:
             raise TrainError(f"--init-from {ckpt}: it has no trained text tower to start from")
         load_into(text.tower, ckpt / name)
@@ -207,7 +252,7 @@ def _init_with_new_text(path: Path, model, text, old_text, dataset) -> None:
     a, r2 = transfer.fit_text_map(
         transfer.model_inputs(text.embed(captions).cpu()),
         transfer.model_inputs(old_text.embed(captions).cpu()),
-    )  # fmt: skip
+    )
     state, _ = load_weights(path)
     want = model.state_dict()
     state = transfer.transfer_condition(state, a)
@@ -226,10 +271,10 @@ def _check_resume(run_dir: Path, configs: dict, resume: bool) -> None:
         return
     saved = json.loads(saved_path.read_text())
     for name in ("model", "diffusion", "text"):
-        now = to_dict(configs[name]) if name in configs else None
-        if saved.get(name) != now:
-            diff = sorted(k for k in set(now or {}) | set(saved.get(name) or {})
-                          if (now or {}).get(k) != (saved.get(name) or {}).get(k))  # fmt: skip
+        now = to_dict(configs[name]) if name in configs else {}
+        was = saved.get(name) or {}
+        if was != now:
+            diff = sorted(k for k in set(now) | set(was) if now.get(k) != was.get(k))
             raise TrainError(
                 f"--resume: the {name} config differs from the run's ({run_dir / 'config.json'}) "
                 f"in {diff}; resume with the original command line"

@@ -1,4 +1,4 @@
-"""Training the SDF head with ``pointdiff.training.loop.train``: dataset, inputs hook, loss, IoU.
+"""Training the SDF head with ``pointdiff.training.loop.train``: dataset, loss, IoU.
 
 **Data.** ``SDFDataset`` reads shard directories (``pointdiff.data``: ``coords`` [P, 3] and the
 SDF samples ``sdf_points`` [Q, 3], ``sdf_values`` [Q], negative inside, object space). Objects
@@ -29,9 +29,6 @@ clamped: a far prediction with the wrong sign would otherwise get no gradient. A
 also makes the learned field under-estimate far distances, which keeps coarse-to-fine meshing
 (``mesh.evaluate_grid``) conservative. Inside and outside queries are weighted to equal totals
 per cloud (``balance``, see ``SDFLoss``).
-
-The training loop wraps every network in ``KarrasDenoiser`` (it was written for diffusion);
-``SDFLoss`` unwraps it: there is no noise level here.
 """
 
 from __future__ import annotations
@@ -45,7 +42,6 @@ import torch
 from torch import nn
 
 from pointdiff.data import ShardError, ShardReader, rotate_z
-from pointdiff.diffusion.precond import KarrasDenoiser
 from pointdiff.pointcloud import STRAY_SIGMA
 
 # ----------------------------------------------------------------------------------------------
@@ -151,16 +147,13 @@ class SDFDataset(torch.utils.data.Dataset):
 
 
 # ----------------------------------------------------------------------------------------------
-# Hook and loss for pointdiff.training.loop.train
-
-
-def sdf_inputs(batch: dict) -> tuple[torch.Tensor, dict]:
-    """Training-loop hook: x0 = the cloud [B, N, 3]; queries [B, Q, 3] and targets [B, Q]."""
-    return batch["points"], {"queries": batch["queries"], "sdf": batch["sdf"]}
+# Loss
 
 
 class SDFLoss:
-    """Clamped L1 per cloud, optionally sign-balanced -> [B] (see the module doc).
+    """Clamped L1 per cloud, optionally sign-balanced (see the module doc):
+    ``loss(model, batch) -> [B]`` for ``SDFDataset`` batches (``points`` [B, N, 3],
+    ``queries`` [B, Q, 3], ``sdf`` [B, Q]).
 
     ``balance``: inside and outside queries each carry half of a cloud's weight. Most samples
     lie outside (about 3 : 1 in our shards), and where the head cannot yet tell inside from
@@ -172,17 +165,9 @@ class SDFLoss:
     def __init__(self, clamp: float = 0.1, balance: bool = True):
         self.clamp, self.balance = clamp, balance
 
-    def __call__(
-        self,
-        net: nn.Module,
-        points: torch.Tensor,
-        queries: torch.Tensor,
-        sdf: torch.Tensor,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        if isinstance(net, KarrasDenoiser):  # the loop's diffusion wrapper: no σ here
-            net = net.net
-        pred = net(points, queries).float()  # [B, Q]
+    def __call__(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        sdf = batch["sdf"]
+        pred = model(batch["points"], batch["queries"]).float()  # [B, Q]
         err = (pred - sdf.clamp(-self.clamp, self.clamp)).abs()
         if not self.balance:
             return err.mean(dim=1)
