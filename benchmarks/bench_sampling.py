@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from pointdiff.config import get_preset
+from pointdiff.config import SampleConfig, get_preset
 from pointdiff.diffusion.guidance import clamp_denoised, classifier_free_guidance
 from pointdiff.diffusion.precond import KarrasDenoiser
-from pointdiff.diffusion.samplers import SAMPLERS
+from pointdiff.diffusion.samplers import CHURN, SAMPLERS
 from pointdiff.diffusion.schedules import get_sigmas_karras
 from pointdiff.models import build_model
 
@@ -36,14 +36,17 @@ class _Counter:
 def time_sample(model, cfg, sampler: str, steps: int, bf16: bool) -> tuple[float, int]:
     g = torch.Generator().manual_seed(0)
     counter = _Counter(model)
-    fn = classifier_free_guidance(clamp_denoised(counter), 3.0)
+    defaults = SampleConfig()  # the shipped defaults' guidance and churn
+    fn = classifier_free_guidance(clamp_denoised(counter), defaults.guidance)
     sigmas = get_sigmas_karras(steps, 0.002, 80.0)
     x = torch.randn(1, cfg.num_points, 6, generator=g) * sigmas[0]
     emb = torch.nn.functional.normalize(torch.randn(1, cfg.cond_dim, generator=g), dim=-1)
-    kwargs = {"s_churn": 3.0, "generator": g} if sampler in ("heun", "euler") else {}
+    churn = {"s_churn": defaults.s_churn} if sampler in CHURN else {}
     t0 = time.perf_counter()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        SAMPLERS[sampler](fn, x, sigmas, extra_args={"text_emb": emb}, disable=True, **kwargs)
+        SAMPLERS[sampler](
+            fn, x, sigmas, extra_args={"text_emb": emb}, disable=True, generator=g, **churn
+        )
     return time.perf_counter() - t0, counter.calls
 
 
@@ -67,8 +70,10 @@ def main() -> None:
                 if dtype == "fp32" and steps > args.fp32_max_steps:
                     continue
                 sec, nfe = time_sample(model, cfg, sampler, steps, dtype == "bf16")
-                print(f"| {sampler} | {steps} | {dtype} | {nfe} | {sec:.1f} | {sec / nfe:.3f} |",
-                      flush=True)  # fmt: skip
+                print(
+                    f"| {sampler} | {steps} | {dtype} | {nfe} | {sec:.1f} | {sec / nfe:.3f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

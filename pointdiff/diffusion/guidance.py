@@ -49,8 +49,10 @@ def classifier_free_guidance(
                 f"classifier-free guidance needs a condition among {cond_keys}; "
                 f"got extra_args keys {sorted(extra_args)}"
             )
-        return {k: torch.zeros_like(v) if k in cond_keys and v is not None else v
-                for k, v in extra_args.items()}  # fmt: skip
+        return {
+            k: torch.zeros_like(v) if k in cond_keys and v is not None else v
+            for k, v in extra_args.items()
+        }
 
     def model_fn(x: torch.Tensor, sigma: torch.Tensor, **extra_args) -> torch.Tensor:
         if scale == 1:
@@ -68,8 +70,10 @@ def classifier_free_guidance(
         both = {}
         for k, v in extra_args.items():
             if k in cond_keys and v is not None and (v.ndim == 0 or v.shape[0] != b):
-                raise ValueError(f"guidance condition {k!r} must be batched [B={b}, …], "
-                                 f"got {tuple(v.shape)}")  # fmt: skip
+                shape = tuple(v.shape)
+                raise ValueError(
+                    f"guidance condition {k!r} must be batched [B={b}, …], got {shape}"
+                )
             if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == b:
                 both[k] = torch.cat([v, null_args[k]])
             else:  # scalars, None, non-batched values pass through

@@ -1,11 +1,13 @@
 """ODE/SDE samplers for the continuous-σ formulation: one stateless function per algorithm.
 
 Signature (k-diffusion): ``sample_x(model, x, sigmas, extra_args=None, callback=None,
-disable=None, …) -> x0`` where ``model(x [B,N,C], sigma [B], **extra_args) -> denoised`` and
-``sigmas`` is a decreasing grid ending in 0 (``schedules.get_sigmas_karras``). ``x`` must already
-be scaled to the first noise level (``noise * sigmas[0]``). ``callback`` receives a dict with
-``x, i, sigma, sigma_hat, denoised`` once per step. All randomness comes from ``generator``
-(one, or a list of one per batch row: see ``randn_rows``).
+disable=None, generator=None, …) -> x0`` where ``model(x [B,N,C], sigma [B], **extra_args) ->
+denoised`` and ``sigmas`` is a decreasing grid ending in 0 (``schedules.get_sigmas_karras``).
+``x`` must already be scaled to the first noise level (``noise * sigmas[0]``). ``callback``
+receives a dict with ``x, i, sigma, sigma_hat, denoised`` once per step. Every sampler takes
+``generator`` (one, or a list of one per batch row: see ``randn_rows``), even one that draws no
+noise, so a caller runs them all the same way; all randomness comes from it. Samplers named in
+``CHURN`` also take Karras' ``s_churn``.
 """
 
 from __future__ import annotations
@@ -91,8 +93,9 @@ def sample_euler(
         x, sigma_hat = _churn(x, sigmas[i], gamma, s_noise, generator)
         denoised = model(x, sigma_hat * s_in, **extra_args)
         if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigma_hat,
-                      "denoised": denoised})  # fmt: skip
+            callback(
+                {"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigma_hat, "denoised": denoised}
+            )
         x = x + _to_d(x, sigma_hat, denoised) * (sigmas[i + 1] - sigma_hat)
     return x
 
@@ -126,8 +129,9 @@ def sample_heun(
         denoised = model(x, sigma_hat * s_in, **extra_args)
         d = _to_d(x, sigma_hat, denoised)
         if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigma_hat,
-                      "denoised": denoised})  # fmt: skip
+            callback(
+                {"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigma_hat, "denoised": denoised}
+            )
         dt = sigmas[i + 1] - sigma_hat
         if sigmas[i + 1] == 0:
             # Alg. 2 line 8: the trapezoid needs D at σ = 0, which is undefined; take Euler.
@@ -148,11 +152,13 @@ def sample_dpmpp_2m(
     extra_args: dict | None = None,
     callback: Callable | None = None,
     disable: bool | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M): Lu et al. 2022, "DPM-Solver++" Algorithm 2 (multistep, data prediction),
     in k-diffusion's form. Works in λ = −ln σ; each step is exact for a denoised value that is
     linear in λ, extrapolated from the current and previous D. One model call per step; the
-    first step and the final step to σ = 0 are 1st order (DDIM).
+    first step and the final step to σ = 0 are 1st order (DDIM). Deterministic: ``generator``
+    is accepted for the common signature and draws nothing.
 
     :param x: [B,N,C] initial noise × sigmas[0]. :param sigmas: [n+1] grid ending in 0.
     :return: [B,N,C] sample at sigmas[-1].
@@ -164,8 +170,9 @@ def sample_dpmpp_2m(
     for i in trange(len(sigmas) - 1, disable=disable):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i],
-                      "denoised": denoised})  # fmt: skip
+            callback(
+                {"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised}
+            )
         if sigmas[i + 1] == 0:
             x = denoised  # the limit of the update below as σ_next → 0
         else:
@@ -186,3 +193,6 @@ SAMPLERS: dict[str, Callable] = {
     "euler": sample_euler,
     "dpmpp_2m": sample_dpmpp_2m,
 }
+
+#: the samplers that take ``s_churn`` (Karras Alg. 2 stochastic steps)
+CHURN = frozenset({"heun", "euler"})
