@@ -29,7 +29,7 @@ import time
 import torch
 
 from pointdiff.config import get_preset
-from pointdiff.meshing.mesh import marching_cubes
+from pointdiff.meshing import marching_cubes
 from pointdiff.models.sdf import SDFModel
 
 

@@ -38,7 +38,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_models import BASE, UPSAMPLE, pointe_copy, time_round_robin  # noqa: E402
 
-from pointdiff.compat.pointe_pipeline import FAST, load_pointe_pipeline  # noqa: E402
+from pointdiff.compat.pointe_pipeline import BASE_SAMPLE, FAST, load_pointe_pipeline  # noqa: E402
 from pointdiff.diffusion import clamp_denoised, classifier_free_guidance  # noqa: E402
 from pointdiff.models import build_model  # noqa: E402
 
@@ -81,7 +81,7 @@ def _nfe_calls(pipe, pointe_attn: bool) -> dict:
     sig = torch.full((1,), 10.0)
 
     def guided(den):
-        return classifier_free_guidance(clamp_denoised(den), 3.0)
+        return classifier_free_guidance(clamp_denoised(den), BASE_SAMPLE.guidance)
 
     def run(model, x, bf16, **cond):
         def fn():
@@ -97,8 +97,10 @@ def _nfe_calls(pipe, pointe_attn: bool) -> dict:
         ("upsample b1", "pointdiff bf16"): run(clamp_denoised(up.denoiser), xu, True, low_res=low),
     }
     if pointe_attn:
-        for stage, key, cond, x in ((base, "base b2 (guided)", {"text_emb": emb}, xb),
-                                    (up, "upsample b1", {"low_res": low}, xu)):  # fmt: skip
+        for stage, key, cond, x in (
+            (base, "base b2 (guided)", {"text_emb": emb}, xb),
+            (up, "upsample b1", {"low_res": low}, xu),
+        ):
             den = type(stage.denoiser)(
                 pointe_copy(stage.denoiser.net), stage.denoiser.alphas_cumprod
             )
@@ -118,22 +120,29 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=2, help="best-of reps per NFE variant")
     p.add_argument("--short-steps", type=int, default=2, help="Heun steps of the short run")
     p.add_argument("--quick", action="store_true", help="no point-e-attention rows, 1 rep")
-    p.add_argument("--full", action="store_true",
-                   help="run section 2 end to end at 64+64 Heun steps (~25 min on 2 cores)")  # fmt: skip
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="run section 2 end to end at 64+64 Heun steps (~25 min on 2 cores)",
+    )
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     reps = 1 if args.quick else args.reps
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, load avg {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(
+        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, load avg {os.getloadavg()[0]:.1f}"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         _write_pointe_files(Path(tmp))
         t0 = time.perf_counter()
         pipe = load_pointe_pipeline(tmp, text_encoder=_StubText(), sdf=False)
-        print(f"# load base40M-textvec.pt + upsample.pt (convert, weights_only): "
-              f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
+        print(
+            f"# load base40M-textvec.pt + upsample.pt (convert, weights_only): "
+            f"{time.perf_counter() - t0:.1f} s"
+        )
 
     # 1. per NFE
     calls = _nfe_calls(pipe, pointe_attn=not args.quick)
@@ -148,16 +157,20 @@ def main() -> None:
     s = 64 if args.full else args.short_steps
     nfe = 2 * s - 1
     how = "MEASURED end to end" if args.full else f"EXTRAPOLATED from a {s}+{s}-step run"
-    print(f"\n## 2. full text sample at point-e's settings (64+64 Heun steps = {POINTE_NFE}+"
-          f"{POINTE_NFE} NFE): {how} ({nfe}+{nfe} NFE)")  # fmt: skip
+    print(
+        f"\n## 2. full text sample at point-e's settings (64+64 Heun steps = {POINTE_NFE}+"
+        f"{POINTE_NFE} NFE): {how} ({nfe}+{nfe} NFE)"
+    )
     print(f"{'precision':<10} {'base s/NFE':>10} {'ups s/NFE':>10} {'127+127 NFE':>19}")
     totals = {}
     for bf16 in (False, True):
         kw = dict(seed=0, overrides=None if args.full else {"steps": s}, bf16=bf16)
         if args.full:  # one whole text sample, base then upsampler
             t_full = _timed(lambda kw=kw: pipe.sample_clouds(["a corgi"], **kw))
-            print(f"{'bf16' if bf16 else 'fp32':<10} {'':>10} {'':>10} {t_full:9.0f} s measured "
-                  f"= {t_full / 60:.1f} min")  # fmt: skip
+            print(
+                f"{'bf16' if bf16 else 'fp32':<10} {'':>10} {'':>10} {t_full:9.0f} s measured "
+                f"= {t_full / 60:.1f} min"
+            )
             totals[bf16] = t_full
             continue
         t_base = _timed(lambda kw=kw: pipe.sample_clouds(["a corgi"], stop_after="base", **kw))
@@ -165,29 +178,41 @@ def main() -> None:
         pb, pu = t_base / nfe, t_up / nfe
         totals[bf16] = POINTE_NFE * (pb + pu)
         name = "bf16" if bf16 else "fp32"
-        print(f"{name:<10} {pb:10.2f} {pu:10.2f} {totals[bf16]:9.0f} s est. = "
-              f"{totals[bf16] / 60:.1f} min")  # fmt: skip
+        print(
+            f"{name:<10} {pb:10.2f} {pu:10.2f} {totals[bf16]:9.0f} s est. = "
+            f"{totals[bf16] / 60:.1f} min"
+        )
     pe = [times.get((k, "point-e attn fp32")) for k in ("base b2 (guided)", "upsample b1")]
     if None not in pe:
         pe_total = POINTE_NFE * sum(pe)
-        print(f"{'point-e*':<10} {pe[0]:10.2f} {pe[1]:10.2f} {pe_total:12.0f} s = "
-              f"{pe_total / 60:.1f} min  (*point-e attention, this run's best-of NFE x 127)")  # fmt: skip
+        print(
+            f"{'point-e*':<10} {pe[0]:10.2f} {pe[1]:10.2f} {pe_total:12.0f} s = "
+            f"{pe_total / 60:.1f} min  (*point-e attention, this run's best-of NFE x 127)"
+        )
     ref_total = POINTE_NFE * (REF_BASE_NFE + REF_UP_NFE)
-    print(f"{'point-e':<10} {REF_BASE_NFE:10.2f} {REF_UP_NFE:10.2f} {ref_total:12.0f} s = "
-          f"{ref_total / 60:.1f} min  (point-e.md §11 per-NFE figures x 127)")  # fmt: skip
+    print(
+        f"{'point-e':<10} {REF_BASE_NFE:10.2f} {REF_UP_NFE:10.2f} {ref_total:12.0f} s = "
+        f"{ref_total / 60:.1f} min  (point-e.md §11 per-NFE figures x 127)"
+    )
     for bf16, t in totals.items():
         vs_run = "" if None in pe else f", {pe_total / t:.2f}x vs point-e* of this run"
-        print(f"pointdiff {'bf16' if bf16 else 'fp32'}: {ref_total / t:.2f}x faster than "
-              f"point-e (ref.){vs_run}")  # fmt: skip
+        print(
+            f"pointdiff {'bf16' if bf16 else 'fp32'}: {ref_total / t:.2f}x faster than "
+            f"point-e (ref.){vs_run}"
+        )
 
     # 3. our faster setting, measured end to end
-    print(f"\n## 3. FAST {FAST} + bf16 autocast, measured end to end ({FAST['steps']}+"
-          f"{FAST['steps']} NFE)")  # fmt: skip
+    print(
+        f"\n## 3. FAST {FAST} + bf16 autocast, measured end to end ({FAST['steps']}+"
+        f"{FAST['steps']} NFE)"
+    )
     t_fast = _timed(lambda: pipe.sample_clouds(["a corgi"], seed=0, overrides=FAST, bf16=True))
     same_run = "" if None in pe else f", vs point-e attn this run (est.) {pe_total / t_fast:.1f}x"
-    print(f"text sample (1024 + 3072 points): {t_fast:.1f} s; vs point-e's settings in "
-          f"pointdiff fp32 ({'measured' if args.full else 'est.'}) {totals[False] / t_fast:.1f}x, vs point-e (ref. est.) "
-          f"{ref_total / t_fast:.1f}x{same_run}")  # fmt: skip
+    print(
+        f"text sample (1024 + 3072 points): {t_fast:.1f} s; vs point-e's settings in "
+        f"pointdiff fp32 ({'measured' if args.full else 'est.'}) {totals[False] / t_fast:.1f}x, vs point-e (ref. est.) "
+        f"{ref_total / t_fast:.1f}x{same_run}"
+    )
 
 
 if __name__ == "__main__":

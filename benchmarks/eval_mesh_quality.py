@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pointdiff.meshing.mesh import TriMesh, marching_cubes, poisson_mesh, snap_to_cloud
+from pointdiff.meshing import TriMesh, marching_cubes, poisson_mesh, snap_to_cloud
 from pointdiff.pointcloud import STRAY_SIGMA, PointCloud, y_up_to_z_up
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -103,10 +103,18 @@ def main() -> None:
     p.add_argument("--poisson-depth", type=int, default=8)
     p.add_argument("--points", type=int, default=30000, help="surface samples per mesh")
     p.add_argument("--limit", type=int, default=None, help="only the first N test shapes")
-    p.add_argument("--noise", type=float, default=0.0,
-                   help="Gaussian σ added to the input clouds (generated clouds are noisy)")  # fmt: skip
-    p.add_argument("--outliers", type=float, default=0.0,
-                   help="fraction of input points scattered by a further σ 0.05 (strays)")  # fmt: skip
+    p.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        help="Gaussian σ added to the input clouds (generated clouds are noisy)",
+    )
+    p.add_argument(
+        "--outliers",
+        type=float,
+        default=0.0,
+        help="fraction of input points scattered by a further σ 0.05 (strays)",
+    )
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
     if args.threads:
@@ -151,25 +159,32 @@ def main() -> None:
             variants = [(name, mesh, secs)]
             if f"{name} + snap" in snapped:  # the same SDF mesh, vertices snapped to the cloud
                 t = time.perf_counter()
-                variants.append((f"{name} + snap", snap_to_cloud(mesh, cloud),
-                                 secs + time.perf_counter() - t))  # fmt: skip
+                variants.append(
+                    (f"{name} + snap", snap_to_cloud(mesh, cloud), secs + time.perf_counter() - t)
+                )
             for label, out, sec in variants:
                 m = mesh_metrics(out, gt_v, gt_f, args.points)
                 row = (category, m["chamfer_l1"], m["normal_consistency"], m["f_score"], sec)
                 results[label].append(row)
-                print(f"{category:<12}{label:<36}{row[1]:>8.4f}{row[2]:>7.3f}{row[3]:>7.3f}"
-                      f"{sec:>7.1f}")  # fmt: skip
+                print(
+                    f"{category:<12}{label:<36}{row[1]:>8.4f}{row[2]:>7.3f}{row[3]:>7.3f}"
+                    f"{sec:>7.1f}"
+                )
 
     n = len(next(iter(results.values())))
-    print(f"\nShapeNet test split, {n} shapes, 4096-point input clouds, noise σ={args.noise}, "
-          f"outliers {args.outliers:.0%}")  # fmt: skip
+    print(
+        f"\nShapeNet test split, {n} shapes, 4096-point input clouds, noise σ={args.noise}, "
+        f"outliers {args.outliers:.0%}"
+    )
     print("(mean over shapes)\n")
     print("| method | Chamfer-L1 ↓ | normal consistency ↑ | F-score@1% ↑ | s / shape |")
     print("|---|---|---|---|---|")
     for name, rows in results.items():
         a = np.array([r[1:] for r in rows], dtype=np.float64)
-        print(f"| {name} | {a[:, 0].mean():.4f} | {a[:, 1].mean():.3f} | {a[:, 2].mean():.3f} | "
-              f"{a[:, 3].mean():.1f} |")  # fmt: skip
+        print(
+            f"| {name} | {a[:, 0].mean():.4f} | {a[:, 1].mean():.3f} | {a[:, 2].mean():.3f} | "
+            f"{a[:, 3].mean():.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ found no fitting surface).
 from __future__ import annotations
 
 import argparse
-import warnings
 
 import numpy as np
 import torch
@@ -23,10 +22,19 @@ from pointdiff.pipeline import load_pipeline
 from pointdiff.render import render_cloud, render_grid, render_mesh_views
 
 PROMPTS = [
-    "a red sofa", "a black office chair", "a floor lamp", "a potted plant",
-    "a white wardrobe", "a wooden dining table", "a double bed", "a blue armchair",
-    "a green chair", "a front door", "a glass bottle", "a standing man",
-]  # fmt: skip
+    "a red sofa",
+    "a black office chair",
+    "a floor lamp",
+    "a potted plant",
+    "a white wardrobe",
+    "a wooden dining table",
+    "a double bed",
+    "a blue armchair",
+    "a green chair",
+    "a front door",
+    "a glass bottle",
+    "a standing man",
+]
 
 
 def main() -> None:
@@ -50,10 +58,8 @@ def main() -> None:
     items, caps = [], []
     print("| prompt | class | colour words | mesh |\n| --- | --- | --- | --- |")
     for p, c, k in zip(a.prompts, clouds, pred, strict=True):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            m = pipe.to_mesh(c)
-        method = "Poisson" if any("Poisson instead" in str(w.message) for w in caught) else "SDF"
+        result = pipe.to_mesh(c)
+        m, method = result.mesh, "Poisson" if result.method == "poisson" else "SDF"
         words = " and ".join(describe_colours(np.asarray(c.colors[:n_base]))) or "-"
         print(f"| {p} | {clf.cfg.class_names[k]} | {words} | {method} |")
         items += [

@@ -3,76 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
+from pointdiff.cli_checks import (
+    MAX_GUIDANCE,
+    MAX_MESH_GRID,
+    MAX_NUM_SAMPLES,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_STEPS,
+    check_device,
+    mesh_usage_error,
+    number_parser,
+    parse_prompt,
+    sample_usage_error,
+)
+
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "pointdiff-small"
-
-
-MAX_PROMPT_CHARS = 300  # about CLIP's 77 tokens; far longer than any training caption
-MAX_NUM_SAMPLES = 1000
-MAX_STEPS = 1000
-MAX_GUIDANCE = 100.0
-MAX_SEED = 2**63 - 1  # seed + i seeds sample i's torch.Generator (at most 2**64 - 1)
-
-
-def _number_parser(
-    kind: type, lo: float | None = None, hi: float | None = None, finite: bool = True
-):
-    """An argparse ``type``: an int or float in [lo, hi] (NaN never; ±inf only if not ``finite``);
-    argparse reports a failure as ``argument --name: <message>`` with exit code 2."""
-    name = "an integer" if kind is int else "a number"
-    lo_, hi_ = (f"{b}" if kind is int else f"{b:g}" for b in (lo or 0, hi or 0))
-    bounds = (f"from {lo_} to {hi_}" if lo is not None and hi is not None
-              else f">= {lo_}" if lo is not None else f"<= {hi_}" if hi is not None else "")  # fmt: skip
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {name} {bounds}, got {text!r}") from None
-        if math.isnan(value) or (finite and math.isinf(value)):
-            raise argparse.ArgumentTypeError(f"must be a finite number {bounds}, got {text!r}")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise argparse.ArgumentTypeError(f"must be {name} {bounds}, got {text!r}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse's fallback message names the type
-    return parse
-
-
-def _parse_prompt(text: str) -> str:
-    """An argparse ``type``: a text prompt, non-blank and at most ``MAX_PROMPT_CHARS`` long."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError(f"every prompt must be a non-empty string, got {text!r}")
-    if len(text) > MAX_PROMPT_CHARS:
-        raise argparse.ArgumentTypeError(f"a prompt may have at most {MAX_PROMPT_CHARS} "
-                                         f"characters, got {len(text)} ({text[:40]!r}...)")  # fmt: skip
-    return text
-
-
-def check_device(text: str) -> str:
-    """An argparse ``type``: a torch device string that names a device this machine has."""
-    import torch
-
-    try:
-        dev = torch.device(text)
-    except (RuntimeError, ValueError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
-        raise argparse.ArgumentTypeError(f"unknown device {text!r} (cpu, cuda, cuda:N or mps)")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available on this machine "
-                                             "(no GPU, driver or CUDA build of torch); use cpu")  # fmt: skip
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {count} CUDA "
-                                             f"device(s), cuda:0 to cuda:{count - 1}")  # fmt: skip
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available on this machine; use cpu")
-    return text
 
 
 def _add_sample(sub) -> None:
@@ -83,42 +31,46 @@ def _add_sample(sub) -> None:
         "sample, OUT/<nn>_<prompt>/cloud.ply, cloud.npz, cloud.png, prompt.txt and (with an SDF "
         "stage) mesh.glb, mesh.ply, mesh.png. OUT must be empty or new unless --overwrite.",
     )
-    p.add_argument("prompts", nargs="*", type=_parse_prompt,
-                   help=f"one or more text prompts (batched together; at most {MAX_PROMPT_CHARS} "
-                        "characters each)")  # fmt: skip
+    # fmt: off
+    # One argument per line or two: the table reads better than the formatter's layout.
+    p.add_argument("prompts", nargs="*", type=parse_prompt,
+                   help="one or more text prompts (batched together; at most "
+                        f"{MAX_PROMPT_CHARS} characters each)")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
-                   help="pipeline or model directory (default: the shipped checkpoint)")  # fmt: skip
+                   help="pipeline or model directory (default: the shipped checkpoint)")
     p.add_argument("--out", default="runs/samples",
                    help="output directory; must be empty or not exist yet, unless --overwrite "
-                        "(default: runs/samples)")  # fmt: skip
+                        "(default: runs/samples)")
     p.add_argument("--overwrite", action="store_true",
-                   help="write into a non-empty OUT: first remove the sample folders of earlier "
-                        "runs (<nn>_<prompt>/ holding a prompt.txt), so no stale file stays "
-                        "beside the new ones; other files in OUT are kept")  # fmt: skip
-    p.add_argument("--num-samples", type=_number_parser(int, 1, MAX_NUM_SAMPLES), default=1,
-                   help=f"samples per prompt (1 to {MAX_NUM_SAMPLES})")  # fmt: skip
-    p.add_argument("--steps", type=_number_parser(int, 1, MAX_STEPS), default=None,
-                   help=f"sampler steps, 1 to {MAX_STEPS} (default: checkpoint's)")  # fmt: skip
-    p.add_argument("--sampler", choices=["heun", "euler", "dpmpp_2m"], default=None)
-    p.add_argument("--guidance", type=_number_parser(float, 0, MAX_GUIDANCE), default=None,
+                   help="write into a non-empty OUT: once the new samples are written, remove "
+                        "the sample folders of earlier runs (<nn>_<prompt>/ holding a "
+                        "prompt.txt), so no stale file stays beside the new ones; other files "
+                        "in OUT are kept")
+    p.add_argument("--num-samples", type=number_parser(int, 1, MAX_NUM_SAMPLES), default=1,
+                   help=f"samples per prompt (1 to {MAX_NUM_SAMPLES})")
+    p.add_argument("--steps", type=number_parser(int, 1, MAX_STEPS), default=None,
+                   help=f"sampler steps, 1 to {MAX_STEPS} (default: checkpoint's)")
+    p.add_argument("--sampler", choices=["heun", "euler", "dpmpp_2m"], default=None,
+                   help="(default: checkpoint's)")
+    p.add_argument("--guidance", type=number_parser(float, 0, MAX_GUIDANCE), default=None,
                    help=f"classifier-free guidance scale, 0 to {MAX_GUIDANCE:g} (1: conditional "
-                        "model only; default: checkpoint's)")  # fmt: skip
-    p.add_argument("--guidance-interval", type=_number_parser(float, 0, finite=False), nargs=2,
+                        "model only; default: checkpoint's)")
+    p.add_argument("--guidance-interval", type=number_parser(float, 0, finite=False), nargs=2,
                    default=None, metavar=("LO", "HI"),
                    help="guide only where LO < sigma <= HI (0 <= LO < HI; HI may be inf), "
-                        "conditional elsewhere (default: checkpoint's)")  # fmt: skip
-    p.add_argument("--stray-ratio", type=_number_parser(float, 0), default=None,
+                        "conditional elsewhere (default: checkpoint's)")
+    p.add_argument("--stray-ratio", type=number_parser(float, 0), default=None,
                    help="move points farther than this × the median neighbour spacing onto the "
-                        "cloud after each stage (default: checkpoint's; 0: keep them)")  # fmt: skip
-    p.add_argument("--seed", type=_number_parser(int, 0, MAX_SEED), default=0,
-                   help="sample i of the batch uses seed + i (independent of the other prompts)")  # fmt: skip
+                        "cloud after each stage (default: checkpoint's; 0: keep them)")
+    p.add_argument("--seed", type=number_parser(int, 0, MAX_SEED), default=0,
+                   help="sample i of the batch uses seed + i (independent of the other prompts)")
     p.add_argument("--device", type=check_device, default="cpu",
-                   help="cpu, cuda, cuda:1, mps (must be available)")  # fmt: skip
+                   help="cpu, cuda, cuda:1, mps (must be available)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (fast on AMX CPUs and GPUs)")
     p.add_argument("--stop-after", choices=["base", "upsampler"], default=None,
-                   help="stop after this stage (no mesh)")  # fmt: skip
-    p.add_argument("--grid-size", type=_number_parser(int, 8, 512), default=64,
-                   help="marching-cubes grid for the mesh (8 to 512)")  # fmt: skip
+                   help="stop after this stage (no mesh)")
+    p.add_argument("--grid-size", type=number_parser(int, 8, 512), default=64,
+                   help="marching-cubes grid for the mesh (8 to 512)")
     p.add_argument("--no-mesh", action="store_true", help="skip meshing")
     g = p.add_argument_group(
         "point-e checkpoints",
@@ -128,89 +80,103 @@ def _add_sample(sub) -> None:
     )
     g.add_argument("--pointe-dir", help="directory with point-e's .pt files (or converted dirs)")
     g.add_argument("--image", action="append", default=[], metavar="FILE",
-                   help="an image prompt (repeatable; needs --pointe-dir)")  # fmt: skip
-    g.add_argument("--pointe-base", default=None, choices=["base40M-textvec", "base40M",
-                   "base300M", "base1B"], help="point-e base model (default: base40M-textvec, "
-                   "with --image base40M)")  # fmt: skip
+                   help="an image prompt (repeatable; needs --pointe-dir)")
+    g.add_argument("--pointe-base", default=None,
+                   choices=["base40M-textvec", "base40M", "base300M", "base1B"],
+                   help="point-e base model (default: base40M-textvec, with --image base40M)")
     g.add_argument("--clip-weights", default=None, metavar="FILE",
-                   help="local CLIP ViT-L/14 weights (default: open_clip's local cache)")  # fmt: skip
+                   help="local CLIP ViT-L/14 weights (default: open_clip's local cache)")
     g.add_argument("--pointe-exact", action="store_true",
-                   help="point-e's floored sigma->t bridge (bit parity) instead of continuous t")  # fmt: skip
+                   help="point-e's floored sigma->t bridge (bit parity) instead of continuous t")
+    # fmt: on
 
 
-def _sample_usage_error(args) -> str | None:
-    """The first problem with arguments of ``sample`` that argparse cannot see alone (checked
-    before any model is loaded), as ``argument --name: why``; None when there is none."""
-    if bool(args.prompts) == bool(args.image) or (args.image and not args.pointe_dir):
-        return "give text prompts or --image FILE (with --pointe-dir), not both"
-    lo, hi = args.guidance_interval or (0, math.inf)
-    if not lo < hi:
-        return f"argument --guidance-interval: LO must be below HI, got {lo:g} {hi:g}"
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        return f"argument --out: {out} exists and is not a directory"
-    if out.is_dir() and not args.overwrite:
-        try:
-            entries = sorted(e.name for e in out.iterdir())
-        except OSError as e:
-            return f"argument --out: cannot read {out} ({e.strerror})"
-        if entries:
-            shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
-            n = f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
-            return (f"argument --out: {out} is not empty ({n}: {shown}); "
-                    "choose a new folder or pass --overwrite to replace its sample folders")  # fmt: skip
-    return None
+def _sample_overrides(args) -> dict:
+    """SampleConfig fields given on the command line; None keeps the checkpoint's."""
+    interval = args.guidance_interval
+    return {
+        "steps": args.steps,
+        "sampler": args.sampler,
+        "guidance": args.guidance,
+        "stray_ratio": args.stray_ratio,
+        "guidance_interval": None if interval is None else tuple(interval),
+    }
 
 
 def _run_sample(args) -> int:
     from pointdiff.compat.pointe_pipeline import load_pointe_pipeline
-    from pointdiff.pipeline import load_pipeline, remove_samples, write_sample
+    from pointdiff.outputs import Sample, write_samples
+    from pointdiff.pipeline import load_pipeline
 
-    problem = _sample_usage_error(args)
+    problem = sample_usage_error(args)
     if problem:
         print(f"pointdiff sample: error: {problem}", file=sys.stderr)
         return 2
     if args.pointe_dir:
         pipe = load_pointe_pipeline(
-            args.pointe_dir, image=bool(args.image), base=args.pointe_base,
-            upsample=args.stop_after != "base", sdf=not args.no_mesh and args.stop_after is None,
-            clip_weights=args.clip_weights, device=args.device, exact_pointe=args.pointe_exact,
-        )  # fmt: skip
+            args.pointe_dir,
+            image=bool(args.image),
+            base=args.pointe_base,
+            upsample=args.stop_after != "base",
+            sdf=not args.no_mesh and args.stop_after is None,
+            clip_weights=args.clip_weights,
+            device=args.device,
+            exact_pointe=args.pointe_exact,
+        )
     else:
         pipe = load_pipeline(args.checkpoint, device=args.device)
     stages = [s.name for s in pipe.stages]
     if args.stop_after is not None and args.stop_after not in stages:
-        print(f"pointdiff sample: error: argument --stop-after: {args.checkpoint} has no "
-              f"{args.stop_after!r} stage (stages: {', '.join(stages)})", file=sys.stderr)  # fmt: skip
+        print(
+            f"pointdiff sample: error: argument --stop-after: {args.checkpoint} has no "
+            f"{args.stop_after!r} stage (stages: {', '.join(stages)})",
+            file=sys.stderr,
+        )
         return 2
-    inputs = args.image or args.prompts
-    prompts = [p for p in inputs for _ in range(args.num_samples)]
-    for prompt in args.prompts:  # empty for --image
-        read, swapped = pipe.read_prompt(prompt)
-        if swapped:
-            words = ", ".join(
-                f"{w!r} as {a!r}" if a else f"{w!r} dropped" for w, a in swapped.items()
-            )
-            print(f"note: words the model never saw (WordNet lexicon): {words}; it reads {read!r}",
-                  file=sys.stderr)  # fmt: skip
-    for warning in pipe.prompt_warnings(args.prompts):
-        print(f"warning: {warning}", file=sys.stderr)
-    overrides = {"steps": args.steps, "sampler": args.sampler, "guidance": args.guidance,
-                 "stray_ratio": args.stray_ratio,
-                 "guidance_interval": None if args.guidance_interval is None else tuple(args.guidance_interval)}  # fmt: skip
-    clouds = pipe.sample_clouds(prompts, seed=args.seed, stop_after=args.stop_after,
-                                overrides=overrides, bf16=args.bf16)  # fmt: skip
-    if args.overwrite:  # only now: a failed run leaves the earlier samples in place
-        removed = remove_samples(Path(args.out))
-        if removed:
-            print(f"note: --overwrite: removed {len(removed)} sample folder(s) of an earlier run "
-                  f"from {args.out}", file=sys.stderr)  # fmt: skip
-    make_mesh = not args.no_mesh and args.stop_after is None
-    for i, (prompt, cloud) in enumerate(zip(prompts, clouds, strict=True)):
-        mesh = _mesh_with_notes(pipe, cloud, args.grid_size) if make_mesh else None
-        out = write_sample(Path(args.out), i, prompt, cloud, mesh)
-        print(out)
+    if args.image:
+        inputs, labels = args.image, args.image
+    else:  # the one reading of the prompts: what the model is given, swaps, warnings
+        inputs = pipe.read_prompts(args.prompts)
+        labels = [p.text for p in inputs]
+        for prompt in inputs:
+            for line in prompt.notes():
+                print(f"note: {line}", file=sys.stderr)
+            for line in prompt.warnings:
+                print(f"warning: {line}", file=sys.stderr)
+    n = args.num_samples
+    batch = [p for p in inputs for _ in range(n)]
+    clouds = pipe.sample_clouds(
+        batch,
+        seed=args.seed,
+        stop_after=args.stop_after,
+        overrides=_sample_overrides(args),
+        bf16=args.bf16,
+    )
+    meshes = [None] * len(clouds)
+    if not args.no_mesh and args.stop_after is None:
+        meshes = [_mesh_with_notes(pipe.to_mesh(c, grid_size=args.grid_size)) for c in clouds]
+    labels = [x for x in labels for _ in range(n)]
+    samples = [Sample(*row) for row in zip(labels, clouds, meshes, strict=True)]
+    # earlier sample folders go only once every new one is written: a failed run keeps them
+    folders, removed = write_samples(args.out, samples, overwrite=args.overwrite)
+    if removed:
+        print(
+            f"note: --overwrite: removed {len(removed)} sample folder(s) of an earlier run "
+            f"from {args.out}",
+            file=sys.stderr,
+        )
+    for folder in folders:
+        print(folder)
     return 0
+
+
+def _mesh_with_notes(result):
+    """The mesh of a ``MeshResult``, its fallback and notes printed as one-line notes."""
+    if result.fallback:
+        print(f"note: {result.reason}; meshed with Poisson instead", file=sys.stderr)
+    for line in result.notes:
+        print(f"note: {line}", file=sys.stderr)
+    return result.mesh
 
 
 def _add_mesh(sub) -> None:
@@ -223,80 +189,64 @@ def _add_mesh(sub) -> None:
         "cloud's own coordinates.",
     )
     p.add_argument("cloud", help=".ply or .npz point cloud")
-    p.add_argument("-o", "--out", required=True,
-                   help="mesh file: .glb, .ply or .obj, in an existing writable directory")  # fmt: skip
+    p.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        help="mesh file: .glb, .ply or .obj, in an existing writable directory",
+    )
     p.add_argument("--method", choices=["auto", "sdf", "poisson"], default="auto")
-    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
-                   help="pipeline directory holding the SDF head (for --method sdf)")  # fmt: skip
-    p.add_argument("--grid-size", type=_number_parser(int, 8, MAX_MESH_GRID), default=128,
-                   help=f"marching-cubes samples per axis, 8 to {MAX_MESH_GRID} (memory grows "
-                        "with its cube)")  # fmt: skip
-    p.add_argument("--no-snap", action="store_true",
-                   help="keep the SDF surface as marching cubes gives it (default: vertices "
-                   "projected onto the cloud's local planes)")  # fmt: skip
-    p.add_argument("--device", type=check_device, default="cpu",
-                   help="cpu, cuda, cuda:1, mps (must be available)")  # fmt: skip
-
-
-def _mesh_with_notes(pipe, cloud, grid_size: int):
-    """``pipe.to_mesh`` with its warnings (e.g. the Poisson fallback) as one-line notes."""
-    import warnings
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        mesh = pipe.to_mesh(cloud, grid_size=grid_size)
-    for w in caught:
-        print(f"note: {w.message}", file=sys.stderr)
-    return mesh
-
-
-# ----------------------------------------------------------------------------------------------
-# mesh: checks of the arguments before any file is read or model loaded
-
-MAX_MESH_GRID = 512  # 512³ float32 samples are 0.5 GB before marching cubes' own copies
-
-
-def _mesh_usage_error(args) -> str | None:
-    """The first problem with ``mesh``'s arguments that argparse cannot see alone, as
-    ``argument --name: why``; None when there is none. Runs before the work, so a typo in the
-    output path costs nothing."""
-    from pointdiff.meshing.mesh import MeshError, check_mesh_output
-
-    try:
-        out = check_mesh_output(args.out)
-    except MeshError as e:
-        return f"argument -o/--out: {e}"
-    if out.resolve() == Path(args.cloud).resolve():
-        return f"argument -o/--out: {out} is the input cloud; writing the mesh would replace it"
-    if args.method != "poisson" and not Path(args.checkpoint).is_dir():
-        return (f"argument --checkpoint: {args.checkpoint} is not a directory (the SDF head is "
-                "needed unless --method poisson)")  # fmt: skip
-    return None
+    p.add_argument(
+        "--checkpoint",
+        default=str(DEFAULT_CHECKPOINT),
+        help="pipeline directory holding the SDF head (for --method sdf)",
+    )
+    p.add_argument(
+        "--grid-size",
+        type=number_parser(int, 8, MAX_MESH_GRID),
+        default=128,
+        help=f"marching-cubes samples per axis, 8 to {MAX_MESH_GRID} (memory grows with its cube)",
+    )
+    p.add_argument(
+        "--no-snap",
+        action="store_true",
+        help="keep the SDF surface as marching cubes gives it (default: vertices "
+        "projected onto the cloud's local planes)",
+    )
+    p.add_argument(
+        "--device",
+        type=check_device,
+        default="cpu",
+        help="cpu, cuda, cuda:1, mps (must be available)",
+    )
 
 
 def _run_mesh(args) -> int:
-    import warnings
+    from pointdiff.outputs import mesh_cloud_file
 
-    from pointdiff.pipeline import mesh_cloud_file
-
-    problem = _mesh_usage_error(args)
+    problem = mesh_usage_error(args)
     if problem:
         print(f"pointdiff mesh: error: {problem}", file=sys.stderr)
         return 2
-    with warnings.catch_warnings(record=True) as caught:  # notes (Poisson fallback, subsampling)
-        warnings.simplefilter("always")
-        try:
-            out = mesh_cloud_file(args.cloud, args.out, method=args.method,
-                                  checkpoint=args.checkpoint, grid_size=args.grid_size,
-                                  device=args.device, snap=not args.no_snap)  # fmt: skip
-        except MemoryError:
-            print(f"pointdiff mesh: error: out of memory meshing {args.cloud} (try a smaller "
-                  "--grid-size, or --method poisson)", file=sys.stderr)  # fmt: skip
-            return 1
-        finally:
-            for w in caught:
-                print(f"note: {w.message}", file=sys.stderr)
-    print(out)
+    try:
+        result = mesh_cloud_file(
+            args.cloud,
+            args.out,
+            method=args.method,
+            checkpoint=args.checkpoint,
+            grid_size=args.grid_size,
+            device=args.device,
+            snap=not args.no_snap,
+        )
+    except MemoryError:
+        print(
+            f"pointdiff mesh: error: out of memory meshing {args.cloud} (try a smaller "
+            "--grid-size, or --method poisson)",
+            file=sys.stderr,
+        )
+        return 1
+    _mesh_with_notes(result)
+    print(args.out)
     return 0
 
 
@@ -337,9 +287,11 @@ def _run_prompts(args) -> int:
     for caption in pipe.known_captions:
         print(caption)
     if pipe.aliases:
-        print(f"# and {len(pipe.aliases)} other WordNet nouns, read as the nearest of these "
-              "captions' words (base/lexicon.json; `pointdiff sample` names each swap)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"# and {len(pipe.aliases)} other WordNet nouns, read as the nearest of these "
+            "captions' words (base/lexicon.json; `pointdiff sample` names each swap)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -367,10 +319,19 @@ def _add_eval(sub) -> None:
 def _run_eval(args) -> int:
     from pointdiff.evaluation.report import run_eval
 
-    report = run_eval(args.samples, args.reference, args.out, protocol=args.protocol,
-                      seeds=tuple(args.seeds), split=args.split, num_points=args.num_points,
-                      metrics=tuple(args.metrics), classifier=args.classifier,
-                      device=args.device, progress=True)  # fmt: skip
+    report = run_eval(
+        args.samples,
+        args.reference,
+        args.out,
+        protocol=args.protocol,
+        seeds=tuple(args.seeds),
+        split=args.split,
+        num_points=args.num_points,
+        metrics=tuple(args.metrics),
+        classifier=args.classifier,
+        device=args.device,
+        progress=True,
+    )
     print(f"wrote {args.out}/report.json, report.md, grid.png ({len(report)} entries)")
     return 0
 

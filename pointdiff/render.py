@@ -86,8 +86,10 @@ def render_grid(
         raise ValueError("render_grid needs at least one item")
     if captions is not None and len(captions) != len(items):
         raise ValueError(f"{len(captions)} captions for {len(items)} items")
-    tiles = [it if isinstance(it, Image.Image) else Image.fromarray(render_cloud(it, size=size))
-             for it in items]  # fmt: skip
+    tiles = [
+        it if isinstance(it, Image.Image) else Image.fromarray(render_cloud(it, size=size))
+        for it in items
+    ]
     tw = max(t.width for t in tiles)
     th = max(t.height for t in tiles)
     cap_h = 18 if captions else 0

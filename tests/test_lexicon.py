@@ -40,8 +40,9 @@ SYNSETS = {
     "00000050": (["ottoman"], ["00000005"]),  # a second sense of "pouf", below
     "00000051": (["pouf"], ["00000040"]),
 }
-SENSES = {w: [o for o, (ws, _) in SYNSETS.items() if w in ws]
-          for ws, _ in SYNSETS.values() for w in ws}  # fmt: skip
+SENSES = {
+    w: [o for o, (ws, _) in SYNSETS.items() if w in ws] for ws, _ in SYNSETS.values() for w in ws
+}
 SENSES["pouf"] = ["00000051", "00000050"]  # most frequent sense first
 
 
@@ -141,10 +142,30 @@ def test_aliases_are_the_nearest_known_word_in_the_hypernym_tree(wordnet):
     ],
 )
 def test_rewrite_swaps_unknown_words_for_their_alias(prompt, expected, swapped):
-    aliases = {"desk": "table", "stool": "chair", "chair": "seat", "coffee": "drink",
-               "coffee_table": "table", "wine_bottle": "bottle"}  # fmt: skip
-    vocab = {"table", "chair", "seat", "office", "kitchen", "bar", "wooden", "lamp", "lights",
-             "living", "room", "wine", "bottle", "drawers"}  # fmt: skip
+    aliases = {
+        "desk": "table",
+        "stool": "chair",
+        "chair": "seat",
+        "coffee": "drink",
+        "coffee_table": "table",
+        "wine_bottle": "bottle",
+    }
+    vocab = {
+        "table",
+        "chair",
+        "seat",
+        "office",
+        "kitchen",
+        "bar",
+        "wooden",
+        "lamp",
+        "lights",
+        "living",
+        "room",
+        "wine",
+        "bottle",
+        "drawers",
+    }
     assert rewrite(prompt, aliases, vocab) == (expected, swapped)
 
 
@@ -169,14 +190,43 @@ def test_lexicon_file_round_trip_and_bad_files(tmp_path):
 REAL_WORDNET = Path("/usr/share/wordnet")
 
 
-@pytest.mark.skipif(not (REAL_WORDNET / "data.noun").is_file(),
-                    reason="Debian's wordnet-base is not installed (`make test` installs it)")  # fmt: skip
+@pytest.mark.skipif(
+    not (REAL_WORDNET / "data.noun").is_file(),
+    reason="Debian's wordnet-base is not installed (`make test` installs it)",
+)
 def test_real_wordnet_reads_furniture_words_as_known_ones():
     wn = WordNet.load(REAL_WORDNET)
-    vocab = vocab_counts(["a table (office)", "a chair, seat (kitchen)", "a bottle", "a lamp",
-                          "a sofa, couch (living room)", "a white cabinet"])  # fmt: skip
-    aliases = build_aliases(wn, vocab, words=["desk", "stool", "flask", "loveseat", "black",
-                                              "bookcases", "armoire", "dog", "xyzzy"])  # fmt: skip
+    vocab = vocab_counts(
+        [
+            "a table (office)",
+            "a chair, seat (kitchen)",
+            "a bottle",
+            "a lamp",
+            "a sofa, couch (living room)",
+            "a white cabinet",
+        ]
+    )
+    aliases = build_aliases(
+        wn,
+        vocab,
+        words=[
+            "desk",
+            "stool",
+            "flask",
+            "loveseat",
+            "black",
+            "bookcases",
+            "armoire",
+            "dog",
+            "xyzzy",
+        ],
+    )
     # sofa and couch are one synset, used once each: the tie goes to the first in order
-    assert aliases == {"desk": "table", "stool": "chair", "flask": "bottle", "loveseat": "couch",
-                       "bookcases": "cabinet", "armoire": "cabinet"}  # fmt: skip
+    assert aliases == {
+        "desk": "table",
+        "stool": "chair",
+        "flask": "bottle",
+        "loveseat": "couch",
+        "bookcases": "cabinet",
+        "armoire": "cabinet",
+    }

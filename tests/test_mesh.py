@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pointdiff.colours import linear_to_srgb
-from pointdiff.meshing.mesh import (
+from pointdiff.meshing import (
     MeshError,
     TriMesh,
     evaluate_grid,
@@ -119,7 +119,7 @@ def test_vertex_colors_follow_nearest_points():
     cloud = _two_tone_sphere_cloud()
     colors = vertex_colors_from_cloud(cloud.coords[:50], cloud)  # vertices on points
     np.testing.assert_allclose(colors, cloud.colors[:50], atol=1e-3)
-    mesh = mesh_from_cloud(cloud, _np_fn(_sphere), grid_size=32)
+    mesh = mesh_from_cloud(cloud, _np_fn(_sphere), "sdf", grid_size=32).mesh
     top, bottom = mesh.verts[:, 2] > 0.1, mesh.verts[:, 2] < -0.1
     assert (mesh.colors[top, 0] > 0.9).all() and (mesh.colors[bottom, 2] > 0.9).all()
 
@@ -131,7 +131,9 @@ def test_poisson_baseline_reconstructs_sphere():
     assert np.median(np.abs(r - 0.35)) < 0.01
     assert _signed_volume(mesh) > 0
     assert mesh.colors is not None and mesh.colors.shape == mesh.verts.shape
-    assert mesh_from_cloud(cloud, method="poisson", depth=5).num_faces > 0
+    result = mesh_from_cloud(cloud, method="poisson", depth=5)
+    assert result.method == "poisson" and result.reason == "asked for"
+    assert result.mesh.num_faces > 0 and result.notes == ()
 
 
 def test_surface_samples_and_fit_to_a_cloud():
@@ -163,8 +165,9 @@ def test_snapping_moves_vertices_onto_the_cloud_and_keeps_faces():
     np.testing.assert_array_equal(snapped.faces, mesh.faces)  # topology unchanged
     # noisy points: the plane fit averages the noise out
     g = np.random.default_rng(1)
-    noisy = PointCloud(cloud.coords + g.normal(0, 0.01, cloud.coords.shape).astype(np.float32),
-                       cloud.colors)  # fmt: skip
+    noisy = PointCloud(
+        cloud.coords + g.normal(0, 0.01, cloud.coords.shape).astype(np.float32), cloud.colors
+    )
     off = np.abs(np.linalg.norm(snap_to_cloud(mesh, noisy).verts, axis=1) - 0.35).mean()
     assert off < 0.006, off
     # surface the cloud does not support stays where the SDF put it
@@ -178,7 +181,7 @@ def test_snapping_moves_vertices_onto_the_cloud_and_keeps_faces():
 
 @pytest.fixture(scope="module")
 def colored_mesh() -> TriMesh:
-    return mesh_from_cloud(_two_tone_sphere_cloud(), _np_fn(_sphere), grid_size=20)
+    return mesh_from_cloud(_two_tone_sphere_cloud(), _np_fn(_sphere), "sdf", grid_size=20).mesh
 
 
 def _bytes(c):

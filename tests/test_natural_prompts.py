@@ -71,10 +71,13 @@ def _write(tmp_path, text):
 
 
 def test_loader_reads_and_rejects(tmp_path):
-    ok = load_natural_prompts(_write(tmp_path, "prompt\tclass\tcolour\na red sofa\tsofa\tred\n"
-                                               "a lamp\tlamp\t\n\n"))  # fmt: skip
+    ok = load_natural_prompts(
+        _write(tmp_path, "prompt\tclass\tcolour\na red sofa\tsofa\tred\na lamp\tlamp\t\n\n")
+    )
     assert [(p.prompt, p.category, p.colour) for p in ok] == [
-        ("a red sofa", "sofa", "red"), ("a lamp", "lamp", None)]  # fmt: skip
+        ("a red sofa", "sofa", "red"),
+        ("a lamp", "lamp", None),
+    ]
     bad = {
         "header": "prompt\tcategory\tcolour\na lamp\tlamp\t\n",
         "fields": "prompt\tclass\tcolour\na lamp\tlamp\n",

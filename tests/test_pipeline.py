@@ -1,6 +1,5 @@
 """The text -> cloud -> mesh pipeline and the ``pointdiff`` CLI, end to end on tiny checkpoints."""
 
-import dataclasses
 import json
 import shutil
 
@@ -10,9 +9,10 @@ import torch
 
 from pointdiff.checkpoint import CheckpointError, export_for_release, save_checkpoint
 from pointdiff.cli import main
+from pointdiff.conditioning.prompts import PromptError
 from pointdiff.conditioning.text import TextEncoder
 from pointdiff.config import DiffusionConfig, SampleConfig, get_preset
-from pointdiff.meshing.mesh import TriMesh
+from pointdiff.meshing import MeshResult, TriMesh
 from pointdiff.models import build_model
 from pointdiff.pipeline import PipelineError, SurfaceUpsampler, load_pipeline
 from pointdiff.pointcloud import PointCloud
@@ -22,8 +22,9 @@ SAMPLE = SampleConfig(sampler="heun", steps=3, guidance=3.0, s_churn=1.0)
 
 def _release(tmp, name, model, cfg, text=None):
     configs = {"model": cfg, "diffusion": DiffusionConfig(), "sample": SAMPLE}
-    ckpt = save_checkpoint(tmp / f"run_{name}", 1, model, None, None, None, configs,
-                           text_encoder=text)  # fmt: skip
+    ckpt = save_checkpoint(
+        tmp / f"run_{name}", 1, model, None, None, None, configs, text_encoder=text
+    )
     return export_for_release(ckpt, tmp / "pipe" / name, dtype=torch.float32)
 
 
@@ -79,24 +80,31 @@ def test_pipeline_stages_keep_low_res_and_are_deterministic(tiny_pipeline):
         c = pipe.sample_clouds(["a chair"], seed=0, overrides={"sampler": sampler, "steps": 2})
         assert np.isfinite(c[0].coords).all()
     # per-stage overrides reach only their stage: the base part is unchanged
-    per = pipe.sample_clouds(["a chair", "a table"], seed=3,
-                             stage_overrides={"upsampler": {"sampler": "euler", "steps": 2}})  # fmt: skip
+    per = pipe.sample_clouds(
+        ["a chair", "a table"],
+        seed=3,
+        stage_overrides={"upsampler": {"sampler": "euler", "steps": 2}},
+    )
     np.testing.assert_array_equal(per[0].coords[:64], base[0].coords)
     assert not np.array_equal(per[0].coords, full[0].coords)
     with pytest.raises(PipelineError, match="unknown stages"):
         pipe.sample_clouds(["a chair"], stage_overrides={"nope": {"steps": 2}})
-    mesh = pipe.to_mesh(full[0], grid_size=24)
+    result = pipe.to_mesh(full[0], grid_size=24)
+    assert isinstance(result, MeshResult) and result.method in ("sdf_snapped", "poisson")
+    mesh = result.mesh
     assert isinstance(mesh, TriMesh) and mesh.num_faces > 0 and mesh.colors is not None
 
 
 def test_pipeline_bad_inputs(tiny_pipeline, tmp_path):
     pipe = load_pipeline(tiny_pipeline)
-    with pytest.raises(PipelineError, match="empty"):
+    with pytest.raises(PromptError, match="empty"):
         pipe.sample_clouds([])
-    with pytest.raises(PipelineError, match="list of strings"):
+    with pytest.raises(PromptError, match="list of strings"):
         pipe.sample_clouds("a chair")
-    with pytest.raises(PipelineError, match="non-empty string"):
+    with pytest.raises(PromptError, match="non-empty string"):
         pipe.sample_clouds(["a chair", 3])
+    with pytest.raises(PromptError, match="non-empty string"):
+        pipe.read_prompts(["a chair", " "])
     with pytest.raises(PipelineError, match="unknown sampler"):
         pipe.sample_clouds(["a chair"], overrides={"sampler": "ddim"})
     with pytest.raises(CheckpointError, match="does not exist"):
@@ -109,14 +117,25 @@ def test_pipeline_bad_inputs(tiny_pipeline, tmp_path):
     (tmp_path / "bad" / "config.json").write_text("{}")
     with pytest.raises(CheckpointError):
         load_pipeline(tmp_path / "bad")
-    assert pipe.prompt_warnings(["a chair", "a spaceship"]) == [
-        pipe.prompt_warnings(["a spaceship"])[0]
-    ]
+    chair, ship = pipe.read_prompts(["a chair", "a spaceship"])
+    assert chair.warnings == () and len(ship.warnings) == 1 and "shares no word" in ship.warnings[0]
 
 
 def test_cli_sample_writes_cloud_mesh_and_previews(tiny_pipeline, tmp_path, capsys):
-    args = ["sample", "a chair", "--checkpoint", str(tiny_pipeline), "--out", str(tmp_path),
-            "--steps", "2", "--grid-size", "20", "--seed", "1"]  # fmt: skip
+    args = [
+        "sample",
+        "a chair",
+        "--checkpoint",
+        str(tiny_pipeline),
+        "--out",
+        str(tmp_path),
+        "--steps",
+        "2",
+        "--grid-size",
+        "20",
+        "--seed",
+        "1",
+    ]
     assert main(args) == 0
     folder = tmp_path / "00_a_chair"
     for name in ("cloud.ply", "cloud.npz", "cloud.png", "mesh.glb", "mesh.ply", "mesh.png"):
@@ -143,8 +162,21 @@ def test_cli_mesh_any_cloud(tiny_pipeline, tmp_path, synthetic_clouds):
     cloud = tmp_path / "torus.npz"  # point-e's layout: coords and R, G, B channels in [0, 1]
     r, g, b = torus["colors"].T / np.float32(255)
     np.savez(cloud, coords=torus["coords"], R=r, G=g, B=b)
-    assert main(["mesh", str(cloud), "-o", str(out), "--checkpoint", str(tiny_pipeline),
-                 "--grid-size", "20"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "mesh",
+                str(cloud),
+                "-o",
+                str(out),
+                "--checkpoint",
+                str(tiny_pipeline),
+                "--grid-size",
+                "20",
+            ]
+        )
+        == 0
+    )
     assert out.stat().st_size > 0
     assert main(["mesh", str(cloud), "-o", str(tmp_path / "m.stl")]) == 2
     # a cloud in other units and place: the mesh comes back in the cloud's own frame
@@ -153,8 +185,23 @@ def test_cli_mesh_any_cloud(tiny_pipeline, tmp_path, synthetic_clouds):
     moved.save(tmp_path / "moved.ply")
     for method in ("poisson", "auto"):
         ply = tmp_path / f"moved_{method}.ply"
-        assert main(["mesh", str(tmp_path / "moved.ply"), "-o", str(ply), "--method", method,
-                     "--checkpoint", str(tiny_pipeline), "--grid-size", "20"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "mesh",
+                    str(tmp_path / "moved.ply"),
+                    "-o",
+                    str(ply),
+                    "--method",
+                    method,
+                    "--checkpoint",
+                    str(tiny_pipeline),
+                    "--grid-size",
+                    "20",
+                ]
+            )
+            == 0
+        )
         import trimesh
 
         v = trimesh.load(ply, process=False).vertices
@@ -163,45 +210,47 @@ def test_cli_mesh_any_cloud(tiny_pipeline, tmp_path, synthetic_clouds):
         assert (v.max(0) - v.min(0)).max() > 0.5 * (hi - lo).max()
 
 
-def test_export_pipeline_ships_subset_trained_models_at_other_point_counts(tmp_path):
-    from pointdiff.pipeline import export_pipeline
-
-    torch.manual_seed(0)
-    cfg = get_preset("tiny")
-    text = TextEncoder.from_config("tiny", seed=0)
-    ckpt = save_checkpoint(tmp_path / "run", 1, build_model(cfg), None, None, None,
-                           {"model": cfg, "diffusion": DiffusionConfig()}, text_encoder=text)  # fmt: skip
-    sample = dataclasses.replace(SAMPLE, guidance_interval=(0.1, 5.0))
-    out = export_pipeline(tmp_path / "pipe", ckpt, sample=sample, captions=["a b", "a b", "c"],
-                          points={"base": {"num_points": 96}})  # fmt: skip
-    pipe = load_pipeline(out)
-    assert pipe.known_captions == ["a b", "c"]
-    assert pipe.stages[0].sample == sample  # the interval survives config.json (list -> tuple)
-    cloud = pipe.sample_clouds(["a b"], seed=0, overrides={"steps": 2})[0]
-    assert len(cloud) == 96 and np.isfinite(cloud.coords).all()
-    with pytest.raises(ValueError, match="cannot set 'width'"):
-        export_pipeline(tmp_path / "p2", ckpt, points={"base": {"width": 8}})
-
-
 def test_auto_meshing_falls_back_to_poisson_when_the_sdf_surface_misses_the_cloud(tiny_pipeline):
-    import warnings
-
     pipe = load_pipeline(tiny_pipeline)  # its SDF head was fitted to a sphere of radius 0.3
     g = np.random.default_rng(0)
     p = g.normal(size=(2048, 3))
     p /= np.linalg.norm(p, axis=1, keepdims=True)
     colors = np.full((2048, 3), 0.5, np.float32)
     sphere = PointCloud((0.3 * p).astype(np.float32), colors)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no fallback: the SDF surface fits this cloud
-        fitted = pipe.to_mesh(sphere, grid_size=32, max_fit_error=0.05)
+    fitted = pipe.to_mesh(sphere, grid_size=32, max_fit_error=0.05)
+    assert fitted.method == "sdf_snapped" and not fitted.fallback and "fits" in fitted.reason
     small = PointCloud((0.1 * p).astype(np.float32), colors)  # the SDF head ignores it
-    with pytest.warns(UserWarning, match="does not fit the cloud"):
-        fallback = pipe.to_mesh(small, grid_size=32, max_fit_error=0.05)
-    assert np.abs(np.linalg.norm(fallback.verts, axis=1) - 0.1).mean() < 0.02
-    assert np.abs(np.linalg.norm(fitted.verts, axis=1) - 0.3).mean() < 0.05
+    fallback = pipe.to_mesh(small, grid_size=32, max_fit_error=0.05)
+    assert fallback.method == "poisson" and fallback.fallback
+    assert "does not fit the cloud" in fallback.reason
+    assert np.abs(np.linalg.norm(fallback.mesh.verts, axis=1) - 0.1).mean() < 0.02
+    assert np.abs(np.linalg.norm(fitted.mesh.verts, axis=1) - 0.3).mean() < 0.05
     # method="sdf" returns the SDF mesh whatever its fit
-    assert pipe.to_mesh(small, grid_size=32, method="sdf").num_faces > 0
+    forced = pipe.to_mesh(small, grid_size=32, method="sdf")
+    assert forced.method == "sdf_snapped" and forced.mesh.num_faces > 0
+    assert pipe.to_mesh(small, method="poisson").reason == "asked for"
+
+
+def test_auto_meshing_falls_back_only_when_the_field_has_no_surface(tiny_pipeline, monkeypatch):
+    """No surface in the field -> Poisson, saying so; any other meshing error is raised."""
+    from pointdiff.meshing import MeshError
+
+    pipe = load_pipeline(tiny_pipeline)
+    g = np.random.default_rng(0)
+    p = g.normal(size=(512, 3))
+    cloud = PointCloud(
+        (0.3 * p / np.linalg.norm(p, axis=1, keepdims=True)).astype(np.float32),
+        np.full((512, 3), 0.5, np.float32),
+    )
+    model = pipe.sdf_model
+    monkeypatch.setattr(model, "query_fn", lambda *a, **k: lambda q: torch.ones(len(q)))
+    empty = pipe.to_mesh(cloud, grid_size=16)
+    assert empty.fallback and empty.method == "poisson" and "no surface" in empty.reason
+    with pytest.raises(MeshError, match="never crosses"):
+        pipe.to_mesh(cloud, grid_size=16, method="sdf")
+    monkeypatch.setattr(model, "query_fn", lambda *a, **k: lambda q: torch.full((len(q),), np.nan))
+    with pytest.raises(MeshError, match="NaN"):
+        pipe.to_mesh(cloud, grid_size=16)
 
 
 def test_a_prompts_sample_does_not_depend_on_the_rest_of_the_batch(tiny_pipeline):
@@ -221,8 +270,9 @@ def test_stray_relocation_runs_after_each_stage_and_keeps_the_point_count(tiny_p
     pipe = load_pipeline(tiny_pipeline)
     assert pipe.stages[0].sample.stray_ratio == 0.0  # off unless the checkpoint asks for it
     raw = pipe.sample_clouds(["a chair"], seed=2, stop_after="base")[0]
-    clean = pipe.sample_clouds(["a chair"], seed=2, stop_after="base",
-                               overrides={"stray_ratio": 1.1})[0]  # fmt: skip
+    clean = pipe.sample_clouds(
+        ["a chair"], seed=2, stop_after="base", overrides={"stray_ratio": 1.1}
+    )[0]
     assert len(clean) == len(raw)
     x = to_model_space(torch.from_numpy(raw.coords), torch.from_numpy(raw.colors))[None]
     want = PointCloud.from_tensor(relocate_strays(x, 1.1)[0])
@@ -242,8 +292,12 @@ def test_guidance_interval_bounds_where_guidance_acts(tiny_pipeline):
             p.add_(0.2 * torch.randn(p.shape, generator=g))
 
     def base(**ov):
-        return pipe.sample_clouds(["a chair"], seed=3, stop_after="base",
-                                  overrides={"sampler": "dpmpp_2m", "steps": 6, **ov})[0].coords  # fmt: skip
+        return pipe.sample_clouds(
+            ["a chair"],
+            seed=3,
+            stop_after="base",
+            overrides={"sampler": "dpmpp_2m", "steps": 6, **ov},
+        )[0].coords
 
     guided, cond = base(guidance=3.0), base(guidance=1.0)
     np.testing.assert_array_equal(base(guidance=3.0, guidance_interval=(0.0, 1e9)), guided)
@@ -256,17 +310,19 @@ def test_guidance_interval_bounds_where_guidance_acts(tiny_pipeline):
 def test_a_lexicon_reads_unknown_words_as_known_ones(tiny_pipeline, tmp_path, capsys, monkeypatch):
     import shutil
 
-    from pointdiff.conditioning.lexicon import save_lexicon
+    from pointdiff.conditioning.lexicon import PromptReader, save_lexicon
 
     plain = load_pipeline(tiny_pipeline)
-    assert plain.aliases == {} and plain.read_prompt("a desk") == ("a desk", {})
-    assert plain.prompt_warnings(["a desk"])  # shares no word with "a chair", "a table"
+    (desk,) = plain.read_prompts(["a desk"])
+    assert plain.aliases == {} and (desk.read, dict(desk.swaps)) == ("a desk", {})
+    assert desk.warnings  # shares no word with "a chair", "a table"
     pipe_dir = shutil.copytree(tiny_pipeline, tmp_path / "pipe")
     save_lexicon(pipe_dir / "base", {"desk": "table", "chair": "seat"})
     pipe = load_pipeline(pipe_dir)
-    assert pipe.read_prompt("a Desk") == ("a table", {"desk": "table"})
-    assert pipe.read_prompt("a chair") == ("a chair", {})  # known words are never swapped
-    assert pipe.prompt_warnings(["a desk"]) == []
+    desk, chair = pipe.read_prompts(["a Desk", "a chair"])
+    assert (desk.text, desk.read, dict(desk.swaps)) == ("a Desk", "a table", {"desk": "table"})
+    assert (chair.read, dict(chair.swaps)) == ("a chair", {})  # known words are never swapped
+    assert desk.warnings == ()
     # the model is given the rewritten prompt: "a desk" samples exactly what "a table" does
     kw = dict(seed=3, stop_after="base", overrides={"steps": 2})
     desk = pipe.sample_clouds(["a desk"], **kw)[0].coords
@@ -276,9 +332,28 @@ def test_a_lexicon_reads_unknown_words_as_known_ones(tiny_pipeline, tmp_path, ca
     monkeypatch.setattr(pipe.text_encoder, "embed", lambda p: seen.extend(p) or embed(p))
     pipe.sample_clouds(["a desk, table (office)", "a chair"], **kw)
     assert seen == ["a table", "a chair"]  # "office" is no caption word: noise, dropped
-    args = ["sample", "a desk", "--checkpoint", str(pipe_dir), "--out", str(tmp_path / "out"),
-            "--steps", "2", "--stop-after", "base"]  # fmt: skip
+    # a prompt read once is not read again: the pipeline embeds what the Prompt says
+    seen.clear()
+    read = pipe.read_prompts(["a desk"])
+    reads = []
+    real_read = PromptReader.read
+    monkeypatch.setattr(PromptReader, "read", lambda self, t: reads.append(t) or real_read(self, t))
+    pipe.sample_clouds(read, **kw)
+    assert seen == ["a table"] and reads == []
+    args = [
+        "sample",
+        "a desk",
+        "--checkpoint",
+        str(pipe_dir),
+        "--out",
+        str(tmp_path / "out"),
+        "--steps",
+        "2",
+        "--stop-after",
+        "base",
+    ]
     assert main(args) == 0
+    assert reads == ["a desk"]  # the command reads each prompt once
     err = capsys.readouterr().err
     assert "'desk' as 'table'" in err and "warning" not in err
     assert (tmp_path / "out" / "00_a_desk" / "cloud.ply").is_file()  # files keep the user's prompt
@@ -299,8 +374,9 @@ def test_pipeline_with_a_surface_upsampler(tiny_pipeline, tmp_path):
     np.testing.assert_array_equal(full[0].coords[:64], base[0].coords)
     again = pipe.sample_clouds(["a table"], seed=4)
     np.testing.assert_array_equal(again[0].coords, full[1].coords)
-    proj = pipe.sample_clouds(["a chair"], seed=3, stop_after="base",
-                              overrides={"surface_projection": 1.0})  # fmt: skip
+    proj = pipe.sample_clouds(
+        ["a chair"], seed=3, stop_after="base", overrides={"surface_projection": 1.0}
+    )
     assert not np.array_equal(proj[0].coords, base[0].coords)
     np.testing.assert_array_equal(proj[0].colors, base[0].colors)
     (pipe_dir / "pipeline.json").write_text(

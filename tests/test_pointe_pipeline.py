@@ -128,11 +128,12 @@ def test_text_pipeline_matches_components(pointe_dir, text_encoder):
     base only, clamped x̂0; 64 steps, here 8): each stage equals the adapter + sample_heun."""
     pipe = load_pointe_pipeline(pointe_dir, text_encoder=text_encoder, overrides=OVERRIDES)
     assert [s.name for s in pipe.stages] == ["base", "upsampler"] and pipe.sdf_model is not None
-    settings = [(s.sample, s.sigma_min, s.sigma_max, s.rho, s.uses_text) for s in pipe.stages]
+    settings = [(s.sample, s.sigma_min, s.sigma_max, s.rho, s.cond_key) for s in pipe.stages]
     assert settings == [
-        (SampleConfig("heun", 64, 3.0, 3.0, True), 1e-3, 120.0, 7.0, True),
-        (SampleConfig("heun", 64, 3.0, 0.0, True), 1e-3, 160.0, 7.0, False),  # never guided
+        (SampleConfig("heun", 64, 3.0, 3.0, True), 1e-3, 120.0, 7.0, "text_emb"),
+        (SampleConfig("heun", 64, 3.0, 0.0, True), 1e-3, 160.0, 7.0, None),  # never guided
     ]
+    assert [s.takes_low_res for s in pipe.stages] == [False, True]
     assert [s.denoiser.alphas_cumprod[-1].item() for s in pipe.stages] == [
         ALPHAS_CUMPROD[k]()[-1].item() for k in ("cosine", "linear")
     ]
@@ -204,7 +205,7 @@ def test_image_upsampler_guidance_is_pointes(pointe_dir, image_encoder):
     pipe = load_pointe_pipeline(pointe_dir, image=True, image_encoder=image_encoder,
                                 sdf=False, overrides=OVERRIDES)  # fmt: skip
     up = pipe.stages[1]
-    assert up.uses_text and up.cond_key == "grid" and up.sample.guidance == 3.0
+    assert up.cond_key == "grid" and up.takes_low_res and up.sample.guidance == 3.0
     seen = {}
 
     def fake(x, sigma, low_res, grid):

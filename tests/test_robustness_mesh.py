@@ -13,7 +13,7 @@ import pytest
 
 from pointdiff.cli import main
 from pointdiff.meshing import mesh as mesh_module
-from pointdiff.meshing.mesh import vertex_colors_from_cloud
+from pointdiff.meshing import reconstruct, vertex_colors_from_cloud
 from pointdiff.pointcloud import PointCloud, PointCloudError
 
 
@@ -220,7 +220,7 @@ def test_colouring_a_large_cloud_keeps_memory_bounded():
     code = """
 import resource
 import numpy as np
-from pointdiff.meshing.mesh import vertex_colors_from_cloud
+from pointdiff.meshing import vertex_colors_from_cloud
 from pointdiff.pointcloud import PointCloud
 
 g = np.random.default_rng(0)
@@ -247,7 +247,7 @@ def test_vertex_colors_with_one_neighbour_or_one_point():
 def test_poisson_on_a_huge_cloud_reconstructs_from_a_subset_and_says_so(
     tmp_path, capsys, monkeypatch
 ):
-    monkeypatch.setattr(mesh_module, "POISSON_MAX_POINTS", 1000)  # stands in for 50k of 2M
+    monkeypatch.setattr(reconstruct, "POISSON_MAX_POINTS", 1000)  # stands in for 50k of 2M
     _sphere(3000).save(tmp_path / "big.ply")
     code, err = _mesh(capsys, tmp_path / "big.ply", "-o", tmp_path / "m.glb",
                       "--method", "poisson")  # fmt: skip
@@ -282,12 +282,12 @@ def test_fps_subsample_of_a_huge_cloud_looks_at_a_bounded_pool(monkeypatch):
 @pytest.fixture
 def no_work(monkeypatch):
     """Fail the test if meshing starts: the output and argument checks must come first."""
-    from pointdiff import pipeline
+    from pointdiff import outputs
 
     def forbidden(*args, **kwargs):
         raise AssertionError("meshing started before the arguments were checked")
 
-    monkeypatch.setattr(pipeline, "mesh_cloud_file", forbidden)
+    monkeypatch.setattr(outputs, "mesh_cloud_file", forbidden)
 
 
 def test_bad_outputs_are_reported_before_meshing(tmp_path, capsys, no_work):

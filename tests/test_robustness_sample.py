@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,7 +14,8 @@ from pointdiff.cli import main
 from pointdiff.conditioning.text import TextEncoder
 from pointdiff.config import DiffusionConfig, SampleConfig, get_preset
 from pointdiff.models import build_model
-from pointdiff.pipeline import export_pipeline, load_pipeline
+from pointdiff.pipeline import load_pipeline
+from pointdiff.release import export_pipeline
 
 SAMPLE_FILES = {"cloud.ply", "cloud.npz", "cloud.png", "prompt.txt"}
 
@@ -26,13 +28,29 @@ def tiny_pipeline(tmp_path_factory) -> Path:
     configs = {"diffusion": DiffusionConfig()}
     base_cfg, up_cfg = get_preset("tiny"), get_preset("upsample_tiny")
     text = TextEncoder.from_config("tiny", seed=0)
-    base = save_checkpoint(tmp / "run_base", 1, build_model(base_cfg), None, None, None,
-                           {**configs, "model": base_cfg}, text_encoder=text)  # fmt: skip
-    up = save_checkpoint(tmp / "run_up", 1, build_model(up_cfg), None, None, None,
-                         {**configs, "model": up_cfg})  # fmt: skip
+    base = save_checkpoint(
+        tmp / "run_base",
+        1,
+        build_model(base_cfg),
+        None,
+        None,
+        None,
+        {**configs, "model": base_cfg},
+        text_encoder=text,
+    )
+    up = save_checkpoint(
+        tmp / "run_up", 1, build_model(up_cfg), None, None, None, {**configs, "model": up_cfg}
+    )
     sample = SampleConfig(sampler="euler", steps=1, guidance=3.0)
-    return export_pipeline(tmp / "pipe", base, up, sample=sample, upsampler_sample=sample,
-                           captions=["a chair", "a table"], dtype=torch.float32)  # fmt: skip
+    return export_pipeline(
+        tmp / "pipe",
+        base,
+        up,
+        sample=sample,
+        upsampler_sample=sample,
+        captions=["a chair", "a table"],
+        dtype=torch.float32,
+    )
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str]:
@@ -45,8 +63,19 @@ def _run(argv: list[str], capsys) -> tuple[int, str]:
 
 
 def _sample(pipe: Path, out: Path, *extra: str) -> list[str]:
-    return ["sample", "a chair", "--checkpoint", str(pipe), "--out", str(out), "--steps", "1",
-            "--stop-after", "base", *extra]  # fmt: skip
+    return [
+        "sample",
+        "a chair",
+        "--checkpoint",
+        str(pipe),
+        "--out",
+        str(out),
+        "--steps",
+        "1",
+        "--stop-after",
+        "base",
+        *extra,
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -71,7 +100,7 @@ BAD_ARGS = {
     "device banana": (["--device", "banana"], "argument --device: unknown device 'banana'"),
     "device cuda:x": (["--device", "cuda:x"], "argument --device: unknown device"),
     "sampler": (["--sampler", "ddim"], "argument --sampler: invalid choice: 'ddim'"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("extra, message", BAD_ARGS.values(), ids=BAD_ARGS.keys())
@@ -91,19 +120,24 @@ def test_unavailable_device_is_named(tmp_path, capsys):
         assert code == 2 and "argument --device: 'mps': MPS is not available" in err, err
 
 
-@pytest.mark.parametrize("prompt, message", [
-    ("", "argument prompts: every prompt must be a non-empty string, got ''"),
-    ("  \t", "argument prompts: every prompt must be a non-empty string"),
-    ("a chair " * 40, "argument prompts: a prompt may have at most 300 characters, got 320"),
-], ids=["empty", "blank", "too long"])  # fmt: skip
+@pytest.mark.parametrize(
+    "prompt, message",
+    [
+        ("", "argument prompts: every prompt must be a non-empty string, got ''"),
+        ("  \t", "argument prompts: every prompt must be a non-empty string"),
+        ("a chair " * 40, "argument prompts: a prompt may have at most 300 characters, got 320"),
+    ],
+    ids=["empty", "blank", "too long"],
+)
 def test_bad_prompt_is_named(prompt, message, tmp_path, capsys):
     code, err = _run(["sample", "a table", prompt, "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and message in err, err
 
 
 def test_arguments_checked_together_before_loading(tiny_pipeline, tmp_path, capsys):
-    code, err = _run(_sample(tmp_path / "missing", tmp_path / "o", "--guidance-interval", "5", "1"),
-                     capsys)  # fmt: skip
+    code, err = _run(
+        _sample(tmp_path / "missing", tmp_path / "o", "--guidance-interval", "5", "1"), capsys
+    )
     assert code == 2 and "argument --guidance-interval: LO must be below HI, got 5 1" in err, err
     code, err = _run(["sample", "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "give text prompts or --image FILE" in err, err
@@ -111,21 +145,25 @@ def test_arguments_checked_together_before_loading(tiny_pipeline, tmp_path, caps
     code, err = _run(_sample(tiny_pipeline, tmp_path / "file"), capsys)
     assert code == 2 and f"argument --out: {tmp_path / 'file'} exists and is not a directory" in err
     # a stage the checkpoint does not have: named after loading, before sampling
-    code, err = _run(_sample(tiny_pipeline / "base", tmp_path / "o", "--stop-after", "upsampler"),
-                     capsys)  # fmt: skip
+    code, err = _run(
+        _sample(tiny_pipeline / "base", tmp_path / "o", "--stop-after", "upsampler"), capsys
+    )
     assert code == 2 and "argument --stop-after: " in err and "no 'upsampler' stage" in err, err
     assert not (tmp_path / "o").exists()
     # an interval up to infinity is a valid one
-    assert _run(_sample(tiny_pipeline, tmp_path / "o", "--guidance-interval", "0.1", "inf"),
-                capsys)[0] == 0  # fmt: skip
+    assert (
+        _run(_sample(tiny_pipeline, tmp_path / "o", "--guidance-interval", "0.1", "inf"), capsys)[0]
+        == 0
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # The output folder
 
 
-def test_non_empty_out_is_refused_and_overwrite_leaves_no_stale_file(tiny_pipeline, tmp_path,
-                                                                      capsys):  # fmt: skip
+def test_non_empty_out_is_refused_and_overwrite_leaves_no_stale_file(
+    tiny_pipeline, tmp_path, capsys
+):
     out = tmp_path / "out"
     out.mkdir()  # an existing empty folder is fine
     assert _run(_sample(tiny_pipeline, out, "--num-samples", "2"), capsys)[0] == 0
@@ -213,3 +251,34 @@ def test_tampered_classifier_is_refused(tmp_path):
     f.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=f"{f}: SHA-256 mismatch"):
         clf.load_classifier(tmp_path)
+
+
+def test_export_pipeline_ships_subset_trained_models_at_other_point_counts(tmp_path):
+    torch.manual_seed(0)
+    cfg = get_preset("tiny")
+    text = TextEncoder.from_config("tiny", seed=0)
+    ckpt = save_checkpoint(
+        tmp_path / "run",
+        1,
+        build_model(cfg),
+        None,
+        None,
+        None,
+        {"model": cfg, "diffusion": DiffusionConfig()},
+        text_encoder=text,
+    )
+    sample = SampleConfig(sampler="heun", steps=3, s_churn=1.0, guidance_interval=(0.1, 5.0))
+    out = export_pipeline(
+        tmp_path / "pipe",
+        ckpt,
+        sample=sample,
+        captions=["a b", "a b", "c"],
+        points={"base": {"num_points": 96}},
+    )
+    pipe = load_pipeline(out)
+    assert pipe.known_captions == ["a b", "c"]
+    assert pipe.stages[0].sample == sample  # the interval survives config.json (list -> tuple)
+    cloud = pipe.sample_clouds(["a b"], seed=0, overrides={"steps": 2})[0]
+    assert len(cloud) == 96 and np.isfinite(cloud.coords).all()
+    with pytest.raises(ValueError, match="cannot set 'width'"):
+        export_pipeline(tmp_path / "p2", ckpt, points={"base": {"width": 8}})

@@ -39,18 +39,26 @@ def test_shipped_pipeline_samples_deterministically(path):
     np.testing.assert_array_equal(a[0].coords, b[0].coords)
     assert len(a[0]) == sum(s.num_points for s in pipe.stages)
     assert np.abs(a[0].coords).max() < 1.0 and np.isfinite(a[0].colors).all()
-    assert pipe.prompt_warnings(["a quantum spaceship"]) and not pipe.prompt_warnings([prompt])
+    spaceship, plain = pipe.read_prompts(["a quantum spaceship", prompt])
+    assert spaceship.warnings and not plain.warnings
 
 
 # One plain prompt per category, written as a user would (none is a training caption). The
 # issue's bar: samples classified as the prompted category, >= 80 % top-1; the model card has
 # the measure proper (152 natural prompts, 3 seeds).
 CATEGORY_PROMPTS = {
-    "bed": "a double bed", "bottle": "a glass bottle", "cabinet": "a white armoire",
-    "chair": "a black office chair", "door": "a white interior door", "lamp": "a floor lamp",
-    "person": "a man standing", "plant": "a green houseplant", "sofa": "a red sofa",
-    "table": "a wooden dining table", "window": "a large window",
-}  # fmt: skip
+    "bed": "a double bed",
+    "bottle": "a glass bottle",
+    "cabinet": "a white armoire",
+    "chair": "a black office chair",
+    "door": "a white interior door",
+    "lamp": "a floor lamp",
+    "person": "a man standing",
+    "plant": "a green houseplant",
+    "sofa": "a red sofa",
+    "table": "a wooden dining table",
+    "window": "a large window",
+}
 
 
 @functools.cache
@@ -70,8 +78,11 @@ def _classify_samples(path: Path, categories: tuple[str, ...]) -> list[str]:
 
 
 @pytest.mark.slow  # samples the shipped models (the 11-prompt batch is cached)
-@pytest.mark.xfail(strict=True, reason="pointdiff-small 2 gets 7 of 11 plain prompts (64 %); "
-                   "natural-prompt accuracy 3 seeds in the model card")  # fmt: skip
+@pytest.mark.xfail(
+    strict=True,
+    reason="pointdiff-small 2 gets 7 of 11 plain prompts (64 %); "
+    "natural-prompt accuracy 3 seeds in the model card",
+)
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_shipped_samples_are_classified_as_the_prompted_category(path):
     got = _classify_samples(path, tuple(CATEGORY_PROMPTS))

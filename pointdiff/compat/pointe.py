@@ -19,8 +19,7 @@ Every released diffusion model and the SDF model map one to one onto pointdiff's
   (``cosine`` for base models, ``linear`` for the upsampler) is recorded next to the weights.
 
 Loading a ``.pt`` never executes pickled code (``torch.load(..., weights_only=True)``).
-The ``pointnet`` evaluator is converted by the metrics code, which registers a converter with
-``register_pointe_converter``.
+The ``pointnet`` evaluator is read by ``evaluation.classifier``, not here.
 """
 
 from __future__ import annotations
@@ -29,13 +28,14 @@ import dataclasses
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from pointdiff.atomic import atomic_path, write_text_atomic
 from pointdiff.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from pointdiff.checkpoint import VERSION as CHECKPOINT_VERSION
 from pointdiff.checkpoint import load_model
@@ -80,19 +80,10 @@ GRID_TOKENS = 256  # CLIP ViT-L/14 at 224 px: a 16 × 16 patch grid
 _POINTE_CHANNEL_SCALES = (2.0, 2.0, 2.0, 1 / 127.5, 1 / 127.5, 1 / 127.5)
 _POINTE_CHANNEL_BIASES = (0.0, 0.0, 0.0, -1.0, -1.0, -1.0)
 
-#: name -> (convert(sd, **overrides) -> (state_dict, cfg), build(cfg) -> nn.Module); for models
-#: converted elsewhere (the ``pointnet`` evaluator lives with the metrics).
-POINTE_CONVERTERS: dict[str, tuple[Callable, Callable]] = {}
-
-
-def register_pointe_converter(name: str, convert: Callable, build: Callable) -> None:
-    """Hook for released models converted outside this module (e.g. ``pointnet``)."""
-    POINTE_CONVERTERS[name] = (convert, build)
-
 
 def _spec(name: str) -> PointeSpec:
     if name not in POINTE_MODELS:
-        valid = ", ".join([*POINTE_MODELS, *POINTE_CONVERTERS])
+        valid = ", ".join(POINTE_MODELS)
         raise PointeConversionError(f"unknown point-e model {name!r}; choose one of: {valid}")
     return POINTE_MODELS[name]
 
@@ -195,8 +186,6 @@ def convert_pointe_state_dict(
     :return: (pointdiff state dict, config); ``build_model(cfg).load_state_dict(...)`` is strict.
     :raises PointeConversionError: unknown name, missing, mis-shaped or unexpected key.
     """
-    if name in POINTE_CONVERTERS:
-        return POINTE_CONVERTERS[name][0](sd, **overrides)
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise PointeConversionError(f"{name!r}: expected a state dict of tensors")
     spec = _spec(name)
@@ -269,8 +258,7 @@ def load_pointe_model(
     """
     sd = path_or_sd if isinstance(path_or_sd, Mapping) else load_pointe_state_dict(path_or_sd)
     state, cfg = convert_pointe_state_dict(sd, name, **overrides)
-    build = POINTE_CONVERTERS[name][1] if name in POINTE_CONVERTERS else build_model
-    model = build(cfg)
+    model = build_model(cfg)
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -299,11 +287,10 @@ def save_converted(
         "configs": {"model": to_dict(cfg)},
         "pointe": {"name": name, "schedule": spec.schedule if spec else None},
     }
-    # Write to temporary names and rename, so an interrupted run leaves no half-written file.
-    save_file(state, str(out / "model.tmp.safetensors"), metadata={"pointe_name": name})
-    os.replace(out / "model.tmp.safetensors", out / "model.safetensors")
-    (out / "config.tmp.json").write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(out / "config.tmp.json", out / "config.json")
+    # atomic: an interrupted run leaves no half-written file
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"pointe_name": name})
+    write_text_atomic(out / "config.json", json.dumps(meta, indent=2) + "\n")
     return out
 
 
@@ -321,7 +308,6 @@ __all__ = [
     "PointeConversionError",
     "PointeSpec",
     "POINTE_MODELS",
-    "register_pointe_converter",
     "pointe_config",
     "convert_pointe_state_dict",
     "load_pointe_state_dict",

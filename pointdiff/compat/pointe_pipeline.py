@@ -22,11 +22,14 @@ head's sign is flipped to pointdiff's negative-inside convention (``_flip_sdf_si
 ``exact_pointe=True`` uses point-e's floored σ → t bridge (bit parity, see
 ``pointdiff.diffusion.discrete``); the default uses continuous t. ``FAST`` holds overrides for a
 faster sampler (DPM-Solver++(2M), 32 steps per stage) for ``sample_clouds(overrides=FAST)``.
+Point-e's settings are point-e's constants (``BASE_SAMPLE``, ``UPSAMPLE_SAMPLE``), not our
+defaults, so they are spelled out here.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -57,11 +60,9 @@ IMAGE_BASES = ("base40M", "base300M", "base1B")
 CLIP_ARCH = "ViT-L-14"  # point-e's CLIP, always
 CLIP_TAG = "openai"
 
-# point-e PointCloudSampler defaults (base, upsampler)
+# point-e PointCloudSampler defaults (base, upsampler): the same but for churn
 BASE_SAMPLE = SampleConfig(sampler="heun", steps=64, guidance=3.0, s_churn=3.0, clip_denoised=True)
-UPSAMPLE_SAMPLE = SampleConfig(
-    sampler="heun", steps=64, guidance=3.0, s_churn=0.0, clip_denoised=True
-)
+UPSAMPLE_SAMPLE = replace(BASE_SAMPLE, s_churn=0.0)
 SIGMA_MIN, BASE_SIGMA_MAX, UPSAMPLE_SIGMA_MAX, RHO = 1e-3, 120.0, 160.0, 7.0
 #: our faster sampler (``sample_clouds(..., overrides=FAST)``; use with ``bf16=True``): 32 NFE
 #: per stage instead of 127. Chosen on the Bayes-optimal Gaussian ε-net through the adapter
@@ -199,7 +200,8 @@ def _flip_sdf_sign(sdf_net: torch.nn.Module) -> None:
         sdf_net.output_proj.bias.neg_()
 
 
-def _stage(name, net, schedule, sample, sigma_max, exact, uses_cond, cond_key, guide=None):
+def _stage(name, net, schedule, sample, sigma_max, exact, cond_key, guide=None):
+    """A point-e stage; ``cond_key`` None: it takes no prompt (the text upsampler)."""
     denoiser = DiscreteEpsDenoiser(net, ALPHAS_CUMPROD[schedule](), exact_pointe=exact)
     return Stage(
         name=name,
@@ -209,8 +211,8 @@ def _stage(name, net, schedule, sample, sigma_max, exact, uses_cond, cond_key, g
         sigma_min=SIGMA_MIN,
         sigma_max=sigma_max,
         rho=RHO,
-        uses_text=uses_cond,
         cond_key=cond_key,
+        takes_low_res=net.cfg.kind == "upsampler",
         guide=guide,
     )
 
@@ -258,9 +260,8 @@ def load_pointe_pipeline(
     cond_key = "grid" if image else "text_emb"
     base_net = _load_net(files[base], base, overrides.get(base, {})).to(dev)
     stages = [
-        _stage("base", base_net, "cosine", BASE_SAMPLE, BASE_SIGMA_MAX, exact_pointe, True,
-               cond_key),
-    ]  # fmt: skip
+        _stage("base", base_net, "cosine", BASE_SAMPLE, BASE_SIGMA_MAX, exact_pointe, cond_key)
+    ]
     if upsample:
         up_net = _load_net(files["upsample"], "upsample", overrides.get("upsample", {})).to(dev)
         if up_net.cfg.num_cond_points != base_net.cfg.num_points:
@@ -268,11 +269,12 @@ def load_pointe_pipeline(
                 f"upsample takes {up_net.cfg.num_cond_points} low-res points but {base} makes "
                 f"{base_net.cfg.num_points}"
             )
+        # the image upsampler is guided on the image grid; the text one takes no prompt (its
+        # grid tokens stay zero)
         guide = _pointe_upsampler_guide if image else None
-        stages.append(
-            _stage("upsampler", up_net, "linear", UPSAMPLE_SAMPLE, UPSAMPLE_SIGMA_MAX,
-                   exact_pointe, image, "grid", guide)
-        )  # fmt: skip
+        up_key = "grid" if image else None
+        up = (UPSAMPLE_SAMPLE, UPSAMPLE_SIGMA_MAX, exact_pointe, up_key, guide)
+        stages.append(_stage("upsampler", up_net, "linear", *up))
     sdf_net = None
     if sdf:
         sdf_net = _load_net(files["sdf"], "sdf", overrides.get("sdf", {})).to(dev)

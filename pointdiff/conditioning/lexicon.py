@@ -12,6 +12,9 @@ words for their alias before the prompt is embedded.
     wn = WordNet.load("/usr/share/wordnet")
     aliases = build_aliases(wn, vocab_counts(captions))     # {"desk": "table", "stool": "chair", ...}
     rewrite("a desk (office)", aliases, vocab)               # -> ("a table (office)", {"desk": "table"})
+
+:class:`PromptReader` reads a prompt once, for the whole pipeline: the user's text, the text the
+model is given, the words swapped and the warnings, in one frozen :class:`Prompt`.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ import functools
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
-from pointdiff.conditioning.text import STOPWORDS, WordEncoder
+from pointdiff.atomic import write_text_atomic
+from pointdiff.conditioning.words import STOPWORDS, WordEncoder
 
 LEXICON_NAME = "lexicon.json"
 WORDNET_DIRS = ("/usr/share/wordnet", "/usr/local/share/wordnet")
@@ -44,8 +49,16 @@ WORDNET_NOTICE = (
 )
 
 # WordNet's regular noun inflections (morphy): suffix -> base suffix.
-_NOUN_SUFFIXES = (("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"),
-                  ("men", "man"), ("ies", "y"), ("s", ""))  # fmt: skip
+_NOUN_SUFFIXES = (
+    ("ses", "s"),
+    ("xes", "x"),
+    ("zes", "z"),
+    ("ches", "ch"),
+    ("shes", "sh"),
+    ("men", "man"),
+    ("ies", "y"),
+    ("s", ""),
+)
 
 
 class LexiconError(RuntimeError):
@@ -282,14 +295,75 @@ def rewrite(
     return text, done
 
 
+# ----------------------------------------------------------------------------------------------
+# Reading a prompt once
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt as the pipeline reads it, once; every stage takes this value.
+
+    :param text: what the user typed (it names the output folder).
+    :param read: what the text encoder is given (``text`` with unknown words swapped).
+    :param swaps: ``{word(s): alias}`` swapped in ``read`` (``""``: dropped); read-only.
+    :param warnings: why the sample may not follow the prompt (no known word in it).
+    """
+
+    text: str
+    read: str
+    swaps: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    warnings: tuple[str, ...] = ()
+
+    def notes(self) -> list[str]:
+        """One line per swap set, for the user (empty when nothing was swapped)."""
+        if not self.swaps:
+            return []
+        words = ", ".join(
+            f"{w!r} as {a!r}" if a else f"{w!r} dropped" for w, a in self.swaps.items()
+        )
+        return [f"words the model never saw (WordNet lexicon): {words}; it reads {self.read!r}"]
+
+
+@dataclass(frozen=True)
+class PromptReader:
+    """What a base model knows of words: its training captions and their lexicon aliases.
+
+    ``read(text)`` rewrites unknown words (:func:`rewrite`) and warns when the prompt shares no
+    word with the captions: a model trained on a few hundred captions cannot generalise to
+    unseen words, and saying so beats silently returning noise. With no captions there is
+    nothing to compare with: the prompt is read as typed, without warnings.
+    """
+
+    known_captions: tuple[str, ...] = ()
+    aliases: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    _vocab: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "known_captions", tuple(self.known_captions))
+        object.__setattr__(self, "aliases", MappingProxyType(dict(self.aliases)))
+        object.__setattr__(self, "_vocab", frozenset(vocab_counts(self.known_captions)))
+
+    def read(self, text: str) -> Prompt:
+        """The :class:`Prompt` of ``text`` (a non-empty string)."""
+        read, swaps = text, {}
+        if self.aliases and self.known_captions:
+            read, swaps = rewrite(text, self.aliases, self._vocab)
+        warnings = ()
+        if self.known_captions and not set(WordEncoder.words(read)) & self._vocab:
+            warnings = (
+                f"prompt {read!r} shares no word with the {len(self.known_captions)} training "
+                "captions; expect an arbitrary shape (see `pointdiff prompts`)",
+            )
+        return Prompt(text, read, MappingProxyType(swaps), warnings)
+
+
 def save_lexicon(
     out_dir: str | os.PathLike, aliases: dict[str, str], notice: str = WORDNET_NOTICE
 ) -> Path:
     """Write ``lexicon.json`` (``{"notice": ..., "aliases": {...}}``) into a checkpoint folder."""
     path = Path(out_dir) / LEXICON_NAME
-    path.write_text(
-        json.dumps({"notice": notice, "aliases": dict(sorted(aliases.items()))}, indent=0)
-    )
+    data = {"notice": notice, "aliases": dict(sorted(aliases.items()))}
+    write_text_atomic(path, json.dumps(data, indent=0))
     return path
 
 

@@ -75,8 +75,10 @@ def write_obj(path, verts, faces, colors=None, normals=None) -> None:
     path = Path(path)
     mtl = path.with_suffix(".mtl")
     v = _z_up_to_y_up(np.asarray(verts, dtype=np.float64))
-    lines = ["# written by pointdiff: Y-up; 'v x y z r g b' carries sRGB vertex colours",
-             f"mtllib {mtl.name}"]  # fmt: skip
+    lines = [
+        "# written by pointdiff: Y-up; 'v x y z r g b' carries sRGB vertex colours",
+        f"mtllib {mtl.name}",
+    ]
     rows = v if colors is None else np.concatenate([v, np.clip(colors, 0, 1)], axis=1)
     lines += ["v " + " ".join(r) for r in np.char.mod("%.6g", rows).tolist()]
     has_n = normals is not None
