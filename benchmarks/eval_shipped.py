@@ -51,219 +51,43 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pointdiff.data import ShardReader
-from pointdiff.evaluation.alignment import (
-    category_r_precision,
-    nearest_reference_accuracy,
-    nearest_reference_categories,
-)
+from pointdiff.evaluation.alignment import category_r_precision, nearest_reference_accuracy
 from pointdiff.evaluation.classifier import load_classifier
-from pointdiff.evaluation.natural import (
-    colour_scores,
-    hit_rates,
-    load_natural_prompts,
-    natural_table,
-)
-from pointdiff.metrics.distances import chamfer_l1
-from pointdiff.metrics.sets import compute_set_metrics, normalize_clouds
+from pointdiff.evaluation.natural import load_natural_prompts, natural_table
+from pointdiff.metrics.sets import compute_set_metrics
 from pointdiff.metrics.surface import surface_spread
 from pointdiff.pipeline import load_pipeline
-from pointdiff.pointcloud import PointCloud, farthest_point_sample
-from pointdiff.render import render_cloud, render_grid, render_mesh_views
+from pointdiff.pointcloud import PointCloud
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # data_tools is a top-level package of the repository
+sys.path.insert(0, str(ROOT / "benchmarks"))  # run as a script or imported by tests
 NATURAL_PROMPTS = ROOT / "benchmarks" / "natural_prompts.tsv"
 
-
-def _words(text: str) -> set[str]:
-    return set("".join(c if c.isalnum() else " " for c in text.lower()).split())
-
-
-def object_class(entry: dict, names: list[str]) -> str | None:
-    """The entry's class among the classifier's ``names``: its ``category``, or for shards not
-    selected into classes the class ``data_tools.select_classes`` reads from its name."""
-    if entry.get("category") in names:
-        return entry["category"]
-    from data_tools.select_classes import classify as name_class
-
-    cls = name_class(entry)
-    return cls if cls in names else None
-
-
-def load_split(reader: ShardReader, splits: list[str], names: list[str] | None = None) -> list[int]:
-    """Rows of ``splits`` (with ``names``: only objects of a class among them)."""
-    return [i for i, e in enumerate(reader.entries) if e["split"] in splits
-            and (names is None or object_class(e, names) is not None)]  # fmt: skip
-
-
-def baseline_rows(reader, prompts, train_rows, seed) -> list[int]:
-    """For each prompt, the training object whose caption has the most words in common with it."""
-    g = np.random.default_rng(seed)
-    out = []
-    for p in prompts:
-        scores = np.array(
-            [len(_words(p) & _words(reader.entries[i]["caption"])) for i in train_rows]
-        )
-        best = np.flatnonzero(scores == scores.max())
-        out.append(train_rows[g.choice(best)])
-    return out
-
-
-def classify(model, clouds: list[PointCloud]) -> torch.Tensor:
-    x = torch.stack([torch.from_numpy(np.concatenate([c.coords, c.colors], -1)) for c in clouds])
-    idx = farthest_point_sample(x, min(1024, x.shape[1]))
-    x = torch.gather(x, 1, idx[..., None].expand(-1, -1, 6))
-    with torch.no_grad():
-        return model(x[..., : model.cfg.in_channels])["logits"]
-
-
-NEAREST_POINTS = 512  # the nearest-reference judge compares 512-point FPS subsets
-
-
-def training_references(
-    reader: ShardReader, train_rows: list[int], names: list[str] | None = None
-) -> tuple[np.ndarray, list[str]]:
-    """The training clouds (``NEAREST_POINTS`` FPS points) and their categories (with ``names``:
-    ``object_class``): the references of the nearest-reference judge
-    (``evaluation.alignment.nearest_reference_accuracy``)."""
-    coords = np.stack([reader.get(i, "coords") for i in train_rows]).astype(np.float32)
-    cats = [reader.entries[i]["category"] if names is None else object_class(reader.entries[i], names)
-            for i in train_rows]  # fmt: skip
-    return fps_np(coords, NEAREST_POINTS), cats
-
-
-def fps_np(coords: np.ndarray, k: int) -> np.ndarray:
-    t = torch.from_numpy(np.ascontiguousarray(coords, dtype=np.float32))
-    idx = farthest_point_sample(t, k)
-    return torch.gather(t, 1, idx[..., None].expand(-1, -1, 3)).numpy()
-
-
-def mesh_stats(pipe, clouds, refs, grid) -> dict:
-    import warnings
-
-    import trimesh
-
-    one, tight, cl1, fails, poisson = [], [], [], 0, 0
-    meshes = []
-    for c, ref in zip(clouds, refs, strict=True):
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                m = pipe.to_mesh(c, grid_size=grid)
-            poisson += any("Poisson instead" in str(w.message) for w in caught)
-        except ValueError:
-            fails += 1
-            meshes.append(None)
-            continue
-        meshes.append(m)
-        tm = trimesh.Trimesh(m.verts, m.faces, process=True)
-        parts = tm.split(only_watertight=False)
-        main = max(parts, key=lambda p: len(p.faces)) if len(parts) else tm
-        one.append(len(main.faces) >= 0.9 * len(tm.faces))
-        tight.append(bool(main.is_watertight))
-        surf = tm.sample(4096, seed=0).astype(np.float32)
-        a = normalize_clouds(torch.from_numpy(surf)[None], "bbox")
-        b = normalize_clouds(torch.from_numpy(ref)[None], "bbox")
-        cl1.append(float(chamfer_l1(a, b)[0]))
-    n = len(clouds)
-    return {"meshed": n - fails, "poisson_fallback": poisson, "one_component": float(np.sum(one)) / n,
-            "watertight_main": float(np.sum(tight)) / n,
-            "chamfer_l1_bbox": float(np.mean(cl1)) if cl1 else float("nan"),
-            "meshes": meshes}  # fmt: skip
-
-
-def sample(pipe, prompts, seed, base_overrides, full, bf16) -> tuple[list[PointCloud], float]:
-    """One cloud per prompt (all stages with ``full``, else the base stage) and seconds per
-    sample."""
-    t0 = time.perf_counter()
-    clouds = pipe.sample_clouds(prompts, seed=seed, bf16=bf16, stop_after=None if full else "base",
-                                stage_overrides={"base": base_overrides})  # fmt: skip
-    return clouds, (time.perf_counter() - t0) / len(prompts)
-
-
-def save_clouds(path: Path, clouds: list[PointCloud], n: int, **meta) -> None:
-    """The base clouds (``coords``, ``colors``: their first ``n`` points), the final ones when
-    more stages ran (``final_coords``, ``final_colors``) and per-cloud ``meta`` arrays."""
-    arrays = {"coords": np.stack([c.coords[:n] for c in clouds]),
-              "colors": np.stack([c.colors[:n] for c in clouds])}  # fmt: skip
-    if len(clouds[0]) > n:
-        arrays["final_coords"] = np.stack([c.coords for c in clouds])
-        arrays["final_colors"] = np.stack([c.colors for c in clouds])
-    np.savez_compressed(path, **arrays, **{k: np.array(v) for k, v in meta.items()})
-
-
-def spread_of(clouds: list[PointCloud], n: int) -> dict:
-    """Surface spread of the base clouds (first ``n`` points) and, when sampled, the final ones."""
-    out = {"surface_spread_base": surface_spread([c.coords[:n] for c in clouds])["surface_spread"]}
-    if len(clouds[0]) > n:
-        out["surface_spread_final"] = surface_spread([c.coords for c in clouds])["surface_spread"]
-    return out
-
-
-def summarise(rows: list[dict], keys: list[str]) -> dict:
-    """(mean, std) over the rows that have each key (e.g. final-cloud values: first seed only)."""
-    out = {}
-    for k in keys:
-        vals = [r[k] for r in rows if k in r]
-        if vals:
-            out[k] = (float(np.mean(vals)), float(np.std(vals)))
-    return out
-
-
-def natural_seed(clf, names, suite, clouds, n, nn_refs, nn_cats) -> dict:
-    """Metrics of one seed's clouds of a natural-prompt suite (module docstring)."""
-    cats = [p.category for p in suite]
-    base = [PointCloud(c.coords[:n], c.colors[:n]) for c in clouds]
-    logits = classify(clf, base).numpy()
-    acc = category_r_precision(logits, cats, names)  # top-1 among all classes
-    nn_pred = nearest_reference_categories(
-        fps_np(np.stack([c.coords for c in base]), NEAREST_POINTS), nn_refs, nn_cats)  # fmt: skip
-    nn_acc, nn_per = hit_rates(nn_pred, cats)
-    col = colour_scores([c.colors for c in base], [p.colour for p in suite])
-    described = iter(col["described"])
-    predictions = [{"prompt": p.prompt, "class": p.category, "classifier": names[int(k)],
-                    "nearest": r, "colour": p.colour,
-                    "described": next(described) if p.colour else None}
-                   for p, k, r in zip(suite, logits.argmax(1), nn_pred, strict=True)]  # fmt: skip
-    return {"accuracy": acc["r_precision"], "per_category": acc["per_category"],
-            "nn_accuracy": nn_acc, "nn_per_category": nn_per,
-            "colour_accuracy": col["accuracy"], "colour_chance": col["chance"],
-            "colour_share": col["share"],
-            "colour_count": col["count"], "colour_per_colour": col["per_colour"],
-            **spread_of(clouds, n), "predictions": predictions}  # fmt: skip
-
-
-NATURAL_KEYS = ["accuracy", "nn_accuracy", "colour_accuracy", "colour_chance", "colour_share",
-                "surface_spread_base", "surface_spread_final", "s_per_sample"]  # fmt: skip
-
-
-def write_sheet(path, prompts, clouds, meshes) -> None:
-    from PIL import Image
-
-    k = min(16, len(clouds))
-    pick = np.linspace(0, len(clouds) - 1, k).round().astype(int)
-    items, caps = [], []
-    for i in pick:
-        items.append(render_cloud(clouds[i], size=192))
-        m = meshes[i]
-        items.append(render_mesh_views(m.verts, m.faces, m.colors, views=1, size=192)
-                     if m is not None else np.full((192, 192, 3), 255, np.uint8))  # fmt: skip
-        caps += [prompts[i][:40], "mesh"]
-    imgs = [Image.fromarray(np.asarray(x)) for x in items]
-    render_grid(imgs, caps, cols=8).save(path)
-
-
-def _evenly(items: list, limit: int | None) -> list:
-    if not limit or limit >= len(items):
-        return items
-    return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
+# the per-seed computations; re-exported for rescore_clouds.py, surface_spread.py and the tests
+from shipped_metrics import (  # noqa: E402
+    NATURAL_KEYS,
+    NEAREST_POINTS,
+    baseline_rows,
+    classify,
+    evenly,
+    fps_np,
+    load_split,
+    mesh_stats,
+    natural_seed,
+    object_class,
+    sample,
+    save_clouds,
+    spread_of,
+    summarise,
+    training_references,
+    write_sheet,
+)
 
 
 def main() -> None:
@@ -296,28 +120,37 @@ def main() -> None:
         help="guide only where LO < sigma <= HI (default: the checkpoint's; 0 1e9: every sigma)",
     )
     ap.add_argument(
-        "--limit", type=int, default=None,
+        "--limit",
+        type=int,
+        default=None,
         help="only N held-out prompts and N natural prompts (evenly spaced)",
-    )  # fmt: skip
+    )
     ap.add_argument(
-        "--natural", nargs="?", const=str(NATURAL_PROMPTS), default=None, metavar="TSV",
+        "--natural",
+        nargs="?",
+        const=str(NATURAL_PROMPTS),
+        default=None,
+        metavar="TSV",
         help=f"also evaluate a natural-prompt suite (default TSV: {NATURAL_PROMPTS.name})",
-    )  # fmt: skip
+    )
     ap.add_argument(
-        "--only", choices=["heldout", "natural"], default=None,
+        "--only",
+        choices=["heldout", "natural"],
+        default=None,
         help="only the held-out captions, or only the natural prompts (implies --natural)",
-    )  # fmt: skip
+    )
     ap.add_argument("--mesh-grid", type=int, default=48)
     ap.add_argument("--no-mesh", action="store_true", help="base stage only on every seed")
     ap.add_argument("--sheet", default=None, help="PNG of 16 prompts -> clouds -> meshes")
     ap.add_argument("--out", default="runs/eval_ship")
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument(
-        "--save-clouds", action="store_true",
+        "--save-clouds",
+        action="store_true",
         help="also write each run's clouds to OUT/[natural-]clouds-<sampler>-<steps>-<guidance>[-gi<lo>-<hi>]-seed<k>.npz "
-             "(coords, colors: base; final_coords, final_colors where all stages ran; prompts, "
-             "categories[, colours]), so other classifiers can score them",
-    )  # fmt: skip
+        "(coords, colors: base; final_coords, final_colors where all stages ran; prompts, "
+        "categories[, colours]), so other classifiers can score them",
+    )
     args = ap.parse_args()
     heldout = args.only != "natural"
     natural_path = args.natural or (str(NATURAL_PROMPTS) if args.only == "natural" else None)
@@ -332,32 +165,41 @@ def main() -> None:
     n = pipe.stages[0].num_points  # metrics on the base clouds (the upsampler keeps them)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"classes {names}; nearest-reference judge: {len(train_rows)} training clouds of "
-          f"{args.data}")  # fmt: skip
+    print(
+        f"classes {names}; nearest-reference judge: {len(train_rows)} training clouds of "
+        f"{args.data}"
+    )
     suite = []
     if natural_path:
-        suite = _evenly(load_natural_prompts(natural_path), args.limit)
+        suite = evenly(load_natural_prompts(natural_path), args.limit)
         unknown = sorted({p.category for p in suite} - set(names))
         if unknown:
             raise SystemExit(f"{natural_path}: classes {unknown} are not classifier classes")
-        print(f"{len(suite)} natural prompts ({natural_path}), "
-              f"{sum(p.colour is not None for p in suite)} name a colour")  # fmt: skip
+        print(
+            f"{len(suite)} natural prompts ({natural_path}), "
+            f"{sum(p.colour is not None for p in suite)} name a colour"
+        )
     if heldout:
-        rows = _evenly(load_split(reader, args.splits, names), args.limit)
+        rows = evenly(load_split(reader, args.splits, names), args.limit)
         prompts = [reader.entries[i]["caption"] for i in rows]
         cats = [object_class(reader.entries[i], names) for i in rows]
         row_splits = [reader.entries[i]["split"] for i in rows]
         refs4096 = np.stack([reader.get(i, "coords") for i in rows]).astype(np.float32)
         # the held-out clouds' own surface spread, at the base and the full point count
-        real_spread = {f"surface_spread_real_{len(c[0])}": surface_spread(c)["surface_spread"]
-                       for c in (fps_np(refs4096, n), refs4096)}  # fmt: skip
-        print(f"{len(prompts)} held-out prompts ({', '.join(args.splits)}); "
-              f"{json.dumps(real_spread)}")  # fmt: skip
+        real_spread = {
+            f"surface_spread_real_{len(c[0])}": surface_spread(c)["surface_spread"]
+            for c in (fps_np(refs4096, n), refs4096)
+        }
+        print(
+            f"{len(prompts)} held-out prompts ({', '.join(args.splits)}); {json.dumps(real_spread)}"
+        )
 
     runs = [(args.sampler, args.steps, args.guidance)]
     if args.sweep:  # sampler:steps[:guidance]
-        runs = [(f[0], int(f[1]), float(f[2]) if len(f) > 2 else args.guidance)
-                for f in (s.split(":") for s in args.sweep.split())]  # fmt: skip
+        runs = [
+            (f[0], int(f[1]), float(f[2]) if len(f) > 2 else args.guidance)
+            for f in (s.split(":") for s in args.sweep.split())
+        ]
     results = []
     base_defaults = pipe.stages[0].sample
     stray = args.stray_ratio if args.stray_ratio is not None else base_defaults.stray_ratio
@@ -369,10 +211,20 @@ def main() -> None:
         sampler = sampler if sampler is not None else base_defaults.sampler
         steps = steps if steps is not None else base_defaults.steps
         guidance = guidance if guidance is not None else base_defaults.guidance
-        overrides = {"sampler": sampler, "steps": steps, "guidance": guidance,
-                     "stray_ratio": args.stray_ratio, "guidance_interval": interval}  # fmt: skip
-        settings = {"sampler": sampler, "steps": steps, "guidance": guidance,
-                    "stray_ratio": stray, "guidance_interval": interval}  # fmt: skip
+        overrides = {
+            "sampler": sampler,
+            "steps": steps,
+            "guidance": guidance,
+            "stray_ratio": args.stray_ratio,
+            "guidance_interval": interval,
+        }
+        settings = {
+            "sampler": sampler,
+            "steps": steps,
+            "guidance": guidance,
+            "stray_ratio": stray,
+            "guidance_interval": interval,
+        }
         name = f"{sampler}-{steps}-{guidance}{tag}"
         per_seed, natural_rows = [], []
         for seed in args.seeds if not args.sweep else args.seeds[:1]:
@@ -382,14 +234,27 @@ def main() -> None:
                 texts = [p.prompt for p in suite]
                 clouds, sec = sample(pipe, texts, seed, overrides, full, args.bf16)
                 if args.save_clouds:
-                    save_clouds(out / f"natural-clouds-{name}-seed{seed}.npz", clouds, n,
-                                prompts=texts, categories=[p.category for p in suite],
-                                colours=[p.colour or "" for p in suite])  # fmt: skip
-                row = {"seed": seed, **settings, "s_per_sample": sec,
-                       "sampled": "all stages" if full else "base", "points": len(clouds[0]),
-                       **natural_seed(clf, names, suite, clouds, n, nn_refs, nn_cats)}  # fmt: skip
-                print("natural " + json.dumps({k: v for k, v in row.items() if not isinstance(v, dict | list)}),
-                      flush=True)  # fmt: skip
+                    save_clouds(
+                        out / f"natural-clouds-{name}-seed{seed}.npz",
+                        clouds,
+                        n,
+                        prompts=texts,
+                        categories=[p.category for p in suite],
+                        colours=[p.colour or "" for p in suite],
+                    )
+                row = {
+                    "seed": seed,
+                    **settings,
+                    "s_per_sample": sec,
+                    "sampled": "all stages" if full else "base",
+                    "points": len(clouds[0]),
+                    **natural_seed(clf, names, suite, clouds, n, nn_refs, nn_cats),
+                }
+                print(
+                    "natural "
+                    + json.dumps({k: v for k, v in row.items() if not isinstance(v, dict | list)}),
+                    flush=True,
+                )
                 natural_rows.append(row)
             if not heldout:
                 continue
@@ -397,34 +262,53 @@ def main() -> None:
             base_clouds = [PointCloud(c.coords[:n], c.colors[:n]) for c in clouds]
             gen = np.stack([c.coords for c in base_clouds])
             if args.save_clouds:
-                save_clouds(out / f"clouds-{name}-seed{seed}.npz", clouds, n, prompts=prompts,
-                            categories=cats)  # fmt: skip
+                save_clouds(
+                    out / f"clouds-{name}-seed{seed}.npz",
+                    clouds,
+                    n,
+                    prompts=prompts,
+                    categories=cats,
+                )
             refs = fps_np(refs4096, n) if n < refs4096.shape[1] else refs4096
             logits = classify(clf, base_clouds).numpy()
             rp = category_r_precision(logits, cats, names)
             by_split = {  # held-out objects vs held-out name groups: reported apart
                 f"r_precision_{sp}": category_r_precision(
                     logits[idx], [cats[j] for j in idx], names
-                )["r_precision"]  # fmt: skip
+                )["r_precision"]
                 for sp in args.splits
                 if (idx := [j for j, s in enumerate(row_splits) if s == sp])
             }
             nn = nearest_reference_accuracy(fps_np(gen, NEAREST_POINTS), cats, nn_refs, nn_cats)
             sm = compute_set_metrics(gen, refs, protocol="bbox", metrics=("cd",), with_jsd=False)
-            base_pc = [PointCloud(reader.get(i, "coords"), reader.get(i, "colors") / np.float32(255))
-                       for i in baseline_rows(reader, prompts, train_rows, seed)]  # fmt: skip
+            base_pc = [
+                PointCloud(reader.get(i, "coords"), reader.get(i, "colors") / np.float32(255))
+                for i in baseline_rows(reader, prompts, train_rows, seed)
+            ]
             base = fps_np(np.stack([c.coords for c in base_pc]), n)
             bm = compute_set_metrics(base, refs, protocol="bbox", metrics=("cd",), with_jsd=False)
-            bm["r_precision"] = category_r_precision(
-                classify(clf, base_pc).numpy(), cats, names)["r_precision"]  # fmt: skip
-            row = {"seed": seed, **settings, "s_per_sample": sec,
-                   "sampled": "all stages" if full else "base", "points": len(clouds[0]),
-                   "r_precision": rp["r_precision"], **by_split, "per_category": rp["per_category"],
-                   "nn_accuracy": nn["accuracy"], "nn_per_category": nn["per_category"],
-                   **{k: sm[k] for k in ("1nna_cd", "cov_cd", "mmd_cd")}, **spread_of(clouds, n),
-                   **{f"baseline_{k}": bm[k] for k in ("r_precision", "1nna_cd", "cov_cd", "mmd_cd")}}  # fmt: skip
-            print(json.dumps({k: v for k, v in row.items() if not k.endswith("per_category")}),
-                  flush=True)  # fmt: skip
+            bm["r_precision"] = category_r_precision(classify(clf, base_pc).numpy(), cats, names)[
+                "r_precision"
+            ]
+            row = {
+                "seed": seed,
+                **settings,
+                "s_per_sample": sec,
+                "sampled": "all stages" if full else "base",
+                "points": len(clouds[0]),
+                "r_precision": rp["r_precision"],
+                **by_split,
+                "per_category": rp["per_category"],
+                "nn_accuracy": nn["accuracy"],
+                "nn_per_category": nn["per_category"],
+                **{k: sm[k] for k in ("1nna_cd", "cov_cd", "mmd_cd")},
+                **spread_of(clouds, n),
+                **{f"baseline_{k}": bm[k] for k in ("r_precision", "1nna_cd", "cov_cd", "mmd_cd")},
+            }
+            print(
+                json.dumps({k: v for k, v in row.items() if not k.endswith("per_category")}),
+                flush=True,
+            )
             per_seed.append(row)
             if full:
                 ms = mesh_stats(pipe, clouds, refs4096, args.mesh_grid)
@@ -435,25 +319,51 @@ def main() -> None:
                     write_sheet(args.sheet, prompts, clouds, meshes)
         result = {**settings, "seeds": per_seed}
         if heldout:
-            keys = ["r_precision", *(k for k in per_seed[0] if k.startswith("r_precision_")), "nn_accuracy", "1nna_cd", "cov_cd", "mmd_cd", "baseline_r_precision", "baseline_1nna_cd",
-                    "baseline_cov_cd", "baseline_mmd_cd", "surface_spread_base", "surface_spread_final"] + ["s_per_sample"] * bool(args.sweep)  # fmt: skip
+            keys = [
+                "r_precision",
+                *(k for k in per_seed[0] if k.startswith("r_precision_")),
+                "nn_accuracy",
+                "1nna_cd",
+                "cov_cd",
+                "mmd_cd",
+                "baseline_r_precision",
+                "baseline_1nna_cd",
+                "baseline_cov_cd",
+                "baseline_mmd_cd",
+                "surface_spread_base",
+                "surface_spread_final",
+            ] + ["s_per_sample"] * bool(args.sweep)
             summary = {**summarise(per_seed, keys), **real_spread}
             cats_all = sorted({c for r in per_seed for c in r["per_category"]})
             for key in ("per_category", "nn_per_category"):
                 summary[key] = {c: float(np.mean([r[key][c] for r in per_seed])) for c in cats_all}
             result["summary"] = summary
-            print(f"== {sampler}:{steps}:{guidance}{tag}: " + ", ".join(
-                f"{k} {v[0]:.4g}±{v[1]:.2g}" for k, v in summary.items() if isinstance(v, tuple)))  # fmt: skip
+            print(
+                f"== {sampler}:{steps}:{guidance}{tag}: "
+                + ", ".join(
+                    f"{k} {v[0]:.4g}±{v[1]:.2g}" for k, v in summary.items() if isinstance(v, tuple)
+                )
+            )
         if natural_path:
             ns = summarise(natural_rows, NATURAL_KEYS)
             for key in ("per_category", "nn_per_category", "colour_per_colour"):
-                ns[key] = {c: float(np.mean([r[key][c] for r in natural_rows]))
-                           for c in natural_rows[0][key]}  # fmt: skip
-            result["natural"] = {"suite": natural_path, "prompts": len(suite),
-                                 "seeds": natural_rows, "summary": ns}  # fmt: skip
-            print(f"== natural {sampler}:{steps}:{guidance}{tag} ({len(suite)} prompts, "
-                  f"seeds {[r['seed'] for r in natural_rows]}): " + ", ".join(
-                f"{k} {v[0]:.4g}±{v[1]:.2g}" for k, v in ns.items() if isinstance(v, tuple)))  # fmt: skip
+                ns[key] = {
+                    c: float(np.mean([r[key][c] for r in natural_rows]))
+                    for c in natural_rows[0][key]
+                }
+            result["natural"] = {
+                "suite": natural_path,
+                "prompts": len(suite),
+                "seeds": natural_rows,
+                "summary": ns,
+            }
+            print(
+                f"== natural {sampler}:{steps}:{guidance}{tag} ({len(suite)} prompts, "
+                f"seeds {[r['seed'] for r in natural_rows]}): "
+                + ", ".join(
+                    f"{k} {v[0]:.4g}±{v[1]:.2g}" for k, v in ns.items() if isinstance(v, tuple)
+                )
+            )
             print(natural_table(ns, suite))
         results.append(result)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
