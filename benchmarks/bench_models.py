@@ -35,13 +35,19 @@ from pointdiff.models.layers import SelfAttention
 
 BASE = DenoiserConfig(width=512, depth=12, heads=8, num_points=1024, cond_dim=768, out_channels=12)
 UPSAMPLE = UpsamplerConfig(
-    width=512, depth=12, heads=8, num_points=3072, num_cond_points=1024, out_channels=12,
+    width=512,
+    depth=12,
+    heads=8,
+    num_points=3072,
+    num_cond_points=1024,
+    out_channels=12,
     grid_tokens=256,
-)  # fmt: skip
+)
 
 
 class PointeAttention(nn.Module):
-    """point-e ``MultiheadAttention`` + ``QKVMultiheadAttention`` (transformer.py), verbatim maths."""
+    """point-e ``MultiheadAttention`` + ``QKVMultiheadAttention`` (transformer.py), its maths
+    verbatim."""
 
     def __init__(self, ours: SelfAttention):
         super().__init__()
@@ -134,8 +140,10 @@ def bench(label: str, models: dict, make_inputs, batches, reps: int, rows: list)
         for (impl, prec, *_), t in zip(runs, times, strict=True):
             rows.append((label, b, impl, prec, t, times[0] / t))
             print(f"{label:18s} B={b}  {impl:9s} {prec:13s} {t:7.3f} s  {times[0] / t:5.2f}x")
-        print(f"{label:18s} B={b}  max |pointdiff - point-e|: fp32 {diff:.2e}, "
-              f"bf16 autocast {diff_bf16:.2e} (output std {ref_out.std().item():.2e})")  # fmt: skip
+        print(
+            f"{label:18s} B={b}  max |pointdiff - point-e|: fp32 {diff:.2e}, "
+            f"bf16 autocast {diff_bf16:.2e} (output std {ref_out.std().item():.2e})"
+        )
 
 
 def main() -> None:
@@ -147,8 +155,10 @@ def main() -> None:
     opts = ap.parse_args()
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs"
+    )
     torch.manual_seed(0)
     rows: list = []
 

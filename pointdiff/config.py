@@ -75,9 +75,7 @@ class SDFConfig:
     num_latents: int = 0  # 0 = self-attention over all points; >0 = perceiver with latents
     init_scale: float = 0.25
     fourier_freqs: int = 0  # F>0: xyz -> [xyz, sin/cos(2^k·π·xyz), k<F] before the input Linears
-    local_k: int = (
-        0  # K>0: each query also sees its K nearest cloud points (models.sdf.LocalGeometry)
-    )
+    local_k: int = 0  # K>0: each query also sees its K nearest cloud points (LocalGeometry)
     local_k_wide: int = 64  # with local_k: neighbourhood of the "surroundedness" features
 
 
@@ -190,7 +188,7 @@ PRESETS: dict[str, Any] = {
         fourier_freqs=6,
         local_k=16,
         local_k_wide=256,
-    ),  # fmt: skip
+    ),
     "sdf_pointe": SDFConfig(),
 }
 

@@ -54,9 +54,8 @@ def test_save_load_gives_bit_identical_outputs(tmp_path, tiny_model):
     ema = _randomised(get_preset("tiny"), seed=5)
     ckpt = _save(tmp_path / "run", 7, tiny_model, ema)
     assert ckpt.name == "ckpt-0000007" and latest_checkpoint(tmp_path / "run") == ckpt
-    assert {p.name for p in ckpt.iterdir()} == {
-        "model.safetensors", "ema.safetensors", "config.json", "state.pt",
-    }  # fmt: skip
+    files = {"model.safetensors", "ema.safetensors", "config.json", "state.pt"}
+    assert {p.name for p in ckpt.iterdir()} == files
     x, c, e = _inputs(tiny_model.cfg)
     with torch.no_grad():
         for use_ema, ref in ((False, tiny_model), (True, ema)):
@@ -133,9 +132,8 @@ def test_export_for_release_keeps_ema_in_fp16_with_the_text_tower(tmp_path, tiny
     text_ema = TextEncoder.from_config("tiny", seed=1)
     ckpt = _save(tmp_path / "run", 3, tiny_model, ema, text_encoder=text, text_ema=text_ema)
     out = export_for_release(ckpt, tmp_path / "checkpoints" / "tiny")
-    assert {p.name for p in out.iterdir()} == {
-        "model.safetensors", "config.json", "text.safetensors", "text_config.json",
-    }  # fmt: skip
+    files = {"model.safetensors", "config.json", "text.safetensors", "text_config.json"}
+    assert {p.name for p in out.iterdir()} == files
     w, _ = load_weights(out)
     assert all(v.dtype == torch.float16 for v in w.values() if v.is_floating_point())
     model, configs = load_model(out, kind="denoiser")

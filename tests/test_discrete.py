@@ -208,8 +208,9 @@ def test_guided_heun_matches_pointe(textvec_tiny):
     # point-e clamps each half, then mixes (clip_denoised inside the guided denoiser)
     model = classifier_free_guidance(clamp_denoised(d), 3.0)
     sigmas = get_sigmas_karras(8, 1e-3, 120.0, 7.0)
-    out = sample_heun(model, _to_last(fx["x_T"]), sigmas, {"text_emb": fx["embeddings"]},
-                      disable=True)  # fmt: skip
+    out = sample_heun(
+        model, _to_last(fx["x_T"]), sigmas, {"text_emb": fx["embeddings"]}, disable=True
+    )
     ref = _to_last(fx["sample"])  # unscaled: xyz/2, (rgb+1)·127.5
     ref = torch.cat([ref[..., :3] * 2, ref[..., 3:] / 127.5 - 1], -1)
     # float32 ε error ~1e-7 is multiplied by σ = 120 at the first step: ≈ 2.5e-5 measured

@@ -81,11 +81,8 @@ def shards(synthetic_clouds, tmp_path_factory):
 def _run(args: list[str], nproc: int, tmp: Path) -> subprocess.CompletedProcess:
     script = tmp / "worker.py"
     script.write_text(WORKER)
-    launcher = (
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-         "--max-restarts=0"]
-        if nproc > 1 else [sys.executable]
-    )  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--max-restarts=0"]
+    launcher = [*torchrun, f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     return subprocess.run(
         [*launcher, str(script), *args], env=env, capture_output=True, text=True, timeout=600
@@ -138,7 +135,7 @@ def test_torchrun_two_ranks_match_one_process_and_resume_after_a_kill(shards, tm
 
 
 def _ckpt(run: Path, step: int) -> dict:
-    """Weights (``model.``/``ema.``/``text.``/``text_ema.`` prefixed) and state.pt of a checkpoint."""
+    """Weights (prefixed ``model.``, ``ema.``, ``text.``, ``text_ema.``) and state.pt of a ckpt."""
     d = run / f"ckpt-{step:07d}"
     files = ("model", "ema", "text", "text_ema")
     out = {f"{f}.{k}": v for f in files for k, v in load_file(str(d / f"{f}.safetensors")).items()}
@@ -216,8 +213,12 @@ def test_sampler_gives_ranks_disjoint_blocks_covering_the_epoch(size, world, blo
         parts = [list(s) for s in samplers]
         assert len({len(p) for p in parts}) == 1 and len(parts[0]) == len(samplers[0])
         order = samplers[0].order(epoch).tolist()
-        flat = [i for step in range(samplers[0].steps_per_epoch) for p in parts
-                for i in p[step * block:(step + 1) * block]]  # fmt: skip
+        flat = [
+            i
+            for step in range(samplers[0].steps_per_epoch)
+            for p in parts
+            for i in p[step * block : (step + 1) * block]
+        ]
         assert flat == order  # rank r holds block r of every global batch
         if size % (world * block) == 0:
             assert sorted(flat) == list(range(size))  # disjoint, union = dataset

@@ -138,8 +138,8 @@ def test_loss_is_clamped_and_sign_balanced():
 # ----------------------------------------------------------------------------------------------
 # Training: a tiny head overfits two closed shapes (volumetric IoU >= 0.9)
 
-# SDF samples come from data_tools.surface_sampling (open3d ray casting) in a child process: open3d's
-# thread pool, once started, slows torch's CPU kernels in the same process several-fold.
+# SDF samples come from data_tools.surface_sampling (open3d ray casting) in a child process:
+# open3d's thread pool, once started, slows torch's CPU kernels in the same process several-fold.
 _MAKE_SHAPES = """
 import sys
 import numpy as np
@@ -183,8 +183,8 @@ def closed_shapes(synthetic_meshes, tmp_path_factory) -> Path:
 
 
 def test_sdf_dataset_items_and_augmentation(closed_shapes):
-    clean = SDFDataset(closed_shapes, split=None, num_points=256, num_queries=64, noise=0.0,
-                       dropout=0.0, rotate=False)  # fmt: skip
+    exact = dict(noise=0.0, dropout=0.0, rotate=False)
+    clean = SDFDataset(closed_shapes, split=None, num_points=256, num_queries=64, **exact)
     aug = SDFDataset(closed_shapes, split=None, num_points=256, num_queries=64)
     item = clean[0]
     assert item["points"].shape == (256, 3) and item["queries"].shape == (64, 3)
@@ -214,11 +214,22 @@ def test_tiny_head_overfits_two_shapes(closed_shapes, tmp_path, one_thread):
 
     torch.manual_seed(0)
     model = build_model(TINY)
-    data = SDFDataset(closed_shapes, split=None, num_points=TINY.num_points, num_queries=2048,
-                      noise=0.0, dropout=0.0, rotate=False)  # fmt: skip
-    cfg = TrainConfig(batch_size=2, lr=3e-3, weight_decay=0.0, warmup_steps=20, max_steps=400,
-                      min_lr_ratio=0.05, grad_clip=0.0, ema_decay=0.0, log_every=50,
-                      ckpt_every=10**9)  # fmt: skip
+    exact = dict(noise=0.0, dropout=0.0, rotate=False)
+    data = SDFDataset(
+        closed_shapes, split=None, num_points=TINY.num_points, num_queries=2048, **exact
+    )
+    cfg = TrainConfig(
+        batch_size=2,
+        lr=3e-3,
+        weight_decay=0.0,
+        warmup_steps=20,
+        max_steps=400,
+        min_lr_ratio=0.05,
+        grad_clip=0.0,
+        ema_decay=0.0,
+        log_every=50,
+        ckpt_every=10**9,
+    )
     out = train(model, SDFLoss(0.1), data, cfg, tmp_path / "run", {"model": TINY}, device="cpu")
     assert out["step"] == 400
     ev = np.load(closed_shapes / "eval.npz")
@@ -268,14 +279,14 @@ def test_train_sdf_cli_trains_and_init_from_starts_from_ema(closed_shapes, tmp_p
 
     from pointdiff.checkpoint import load_weights
 
-    common = ["--data", str(closed_shapes), "--preset", "sdf_tiny", "--split", "all",
-              "--num-queries", "64", "--outliers", "0.05", "--batch_size=2", "--log_every=1"]  # fmt: skip
+    common = ["--data", str(closed_shapes), *"--preset sdf_tiny --split all".split()]
+    common += "--num-queries 64 --outliers 0.05 --batch_size=2 --log_every=1".split()
     out = main([*common, "--out", str(tmp_path / "a"), "--max_steps=2", "--ckpt_every=2"])
     assert out["step"] == 2
     ema, _ = load_weights(tmp_path / "a")
     # a new run from a's EMA weights; lr 0 keeps them, so its weights equal a's EMA
-    main([*common, "--out", str(tmp_path / "b"), "--max_steps=1", "--ckpt_every=1", "--lr=0",
-          "--init-from", str(tmp_path / "a")])  # fmt: skip
+    fine_tune = ["--max_steps=1", "--ckpt_every=1", "--lr=0", "--init-from", str(tmp_path / "a")]
+    main([*common, "--out", str(tmp_path / "b"), *fine_tune])
     raw, _ = load_weights(tmp_path / "b", use_ema=False)
     assert raw.keys() == ema.keys()
     for k in ema:

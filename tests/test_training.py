@@ -85,8 +85,15 @@ def test_tiny_model_overfits_two_clouds(two_clouds, tmp_path):
         return float(torch.stack(out).mean())
 
     before = low_sigma_loss(model.net)
-    tc = TrainConfig(batch_size=8, lr=5e-3, warmup_steps=20, max_steps=1200, log_every=10,
-                     ckpt_every=10_000, ema_decay=0.995)  # fmt: skip
+    tc = TrainConfig(
+        batch_size=8,
+        lr=5e-3,
+        warmup_steps=20,
+        max_steps=1200,
+        log_every=10,
+        ckpt_every=10_000,
+        ema_decay=0.995,
+    )
     out = train(model, BaseLoss(DIFFUSION), ds, tc, tmp_path / "run", _configs(cfg))
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "log.jsonl").open()]
     assert out["step"] == 1200 and len(losses) == 120
@@ -102,19 +109,23 @@ def test_tiny_model_overfits_two_clouds(two_clouds, tmp_path):
     sigmas = get_sigmas_karras(32, 0.002, 80.0)
     x = 80.0 * torch.randn(4, 32, 6, generator=g)
     with torch.no_grad():
-        samples = sample_heun(KarrasDenoiser(ema, 0.5), x, sigmas, {"text_emb": emb.repeat(2, 1)},
-                              disable=True, s_churn=3.0, generator=g)  # fmt: skip
+        den, extra = KarrasDenoiser(ema, 0.5), {"text_emb": emb.repeat(2, 1)}
+        samples = sample_heun(den, x, sigmas, extra, disable=True, s_churn=3.0, generator=g)
     own = _chamfer(samples, clouds.repeat(2, 1, 1))
     other = _chamfer(samples, clouds.flip(0).repeat(2, 1, 1))
     # the resolution limit at 32 points: a different random 32-point sampling of the same object
     resampled = PointCloudDataset(two_clouds, num_points=32, subsample="random", seed=1)
-    limit = torch.stack([
-        _chamfer(clouds, torch.stack([resampled[i]["points"] for i in range(2)]))
-        for _ in range(4) if resampled.set_epoch(_) is None
-    ]).mean(0).repeat(2)  # fmt: skip
-    print(f"train loss {losses[0]:.3f} -> {np.mean(losses[-10:]):.3f}; "
-          f"low-σ loss {before:.3f} -> {after:.3f}; Chamfer own {own} other {other} "
-          f"re-sampled {limit}")  # fmt: skip
+
+    def resampled_chamfer(epoch):
+        resampled.set_epoch(epoch)
+        return _chamfer(clouds, torch.stack([resampled[i]["points"] for i in range(2)]))
+
+    limit = torch.stack([resampled_chamfer(epoch) for epoch in range(4)]).mean(0).repeat(2)
+    print(
+        f"train loss {losses[0]:.3f} -> {np.mean(losses[-10:]):.3f}; "
+        f"low-σ loss {before:.3f} -> {after:.3f}; Chamfer own {own} other {other} "
+        f"re-sampled {limit}"
+    )
     assert (own < other).all() and (own < 1.25 * limit).all(), (own, other, limit)
 
 
@@ -125,8 +136,16 @@ def _resume_setup(two_clouds):
     ds = PointCloudDataset(two_clouds, num_points=64, subsample="random", augment=True)
     text = TextEncoder.from_text_config(TextConfig(arch="tiny", trainable=True), seed=0)
     model = TextConditioned(build_diffusion_model(cfg, DIFFUSION), text)
-    tc = TrainConfig(batch_size=2, grad_accum=2, lr=1e-3, warmup_steps=2, max_steps=6,
-                     log_every=1, ckpt_every=2, ema_decay=0.9)  # fmt: skip
+    tc = TrainConfig(
+        batch_size=2,
+        grad_accum=2,
+        lr=1e-3,
+        warmup_steps=2,
+        max_steps=6,
+        log_every=1,
+        ckpt_every=2,
+        ema_decay=0.9,
+    )
     return model, BaseLoss(DIFFUSION, "caption"), ds, tc, _configs(cfg)
 
 
@@ -140,8 +159,11 @@ def test_resume_matches_an_uninterrupted_run_step_for_step(two_clouds, tmp_path)
 
     model, loss, ds, tc, cfgs = _resume_setup(two_clouds)
     seen = []
-    train(model, loss, ds, tc, tmp_path / "b", cfgs, stop_at=3,
-          callback=lambda step, info: seen.append(step))  # fmt: skip
+
+    def record(step, info):
+        seen.append(step)
+
+    train(model, loss, ds, tc, tmp_path / "b", cfgs, stop_at=3, callback=record)
     assert seen == [1, 2, 3]
     with pytest.raises(TrainError, match="already has checkpoints"):
         train(model, loss, ds, tc, tmp_path / "b", cfgs)
@@ -246,14 +268,14 @@ def test_train_cli_builds_trains_resumes_and_rejects_bad_overrides(two_clouds, t
     from pointdiff.training.run import main
 
     run = str(tmp_path / "cli")
-    argv = ["tiny", "--data", str(two_clouds), "--run-dir", run, "--batch_size=2", "--max_steps=2",
-            "--ckpt_every=1", "--warmup_steps=1", "--p_mean=-1.0"]  # fmt: skip
+    argv = ["tiny", "--data", str(two_clouds), "--run-dir", run]
+    argv += "--batch_size=2 --max_steps=2 --ckpt_every=1 --warmup_steps=1 --p_mean=-1.0".split()
     assert main("base", argv)["step"] == 2
     _, configs = load_model(run, kind="denoiser")
     assert configs["text"] == TextConfig(arch="tiny", pretrained="", trainable=True)
     assert configs["diffusion"].p_mean == -1.0 and configs["train"].max_steps == 2
-    assert main("base", [*argv[:-4], "--max_steps=3", "--ckpt_every=1", "--warmup_steps=1",
-                         "--p_mean=-1.0", "--resume"])["step"] == 3  # fmt: skip
+    longer = "--max_steps=3 --ckpt_every=1 --warmup_steps=1 --p_mean=-1.0 --resume".split()
+    assert main("base", [*argv[:-4], *longer])["step"] == 3
     with pytest.raises(TrainError, match="differs from the run's"):
         main("base", [*argv, "--width=64", "--resume"])
     with pytest.raises(ValueError, match="no config has a field 'nope'"):
@@ -267,12 +289,12 @@ def test_train_cli_builds_trains_resumes_and_rejects_bad_overrides(two_clouds, t
 def test_init_from_starts_a_new_run_from_a_checkpoints_ema_weights(two_clouds, tmp_path):
     from pointdiff.training.run import main
 
-    common = ["tiny", "--data", str(two_clouds), "--batch_size=2", "--ckpt_every=1",
-              "--warmup_steps=1", "--lr=0"]  # fmt: skip
+    common = ["tiny", "--data", str(two_clouds), *"--batch_size=2 --ckpt_every=1".split()]
+    common += ["--warmup_steps=1", "--lr=0"]
     a = main("base", [*common, "--run-dir", str(tmp_path / "a"), "--max_steps=1", "--lr=1e-2"])
     # fine-tune at another point count from a's EMA; with lr=0 the weights stay a's EMA
-    b = main("base", [*common, "--run-dir", str(tmp_path / "b"), "--max_steps=1",
-                      "--num_points=32", "--init-from", str(tmp_path / "a")])  # fmt: skip
+    fine_tune = ["--max_steps=1", "--num_points=32", "--init-from", str(tmp_path / "a")]
+    b = main("base", [*common, "--run-dir", str(tmp_path / "b"), *fine_tune])
     for src, dst in (("ema", "model"), ("text_ema", "text")):
         wa = load_file(str(a["checkpoint"] / f"{src}.safetensors"))
         wb = load_file(str(b["checkpoint"] / f"{dst}.safetensors"))
@@ -287,8 +309,8 @@ def test_train_cli_with_the_words_encoder_ships_a_loadable_text_pipeline(two_clo
     from pointdiff.training.run import main
 
     run = tmp_path / "words"
-    argv = ["tiny", "--data", str(two_clouds), "--run-dir", str(run), "--batch_size=2",
-            "--max_steps=1", "--ckpt_every=1", "--warmup_steps=1", "--text", "words-32"]  # fmt: skip
+    argv = ["tiny", "--data", str(two_clouds), "--run-dir", str(run)]
+    argv += "--batch_size=2 --max_steps=1 --ckpt_every=1 --warmup_steps=1 --text words-32".split()
     out = main("base", argv)
     _, configs = load_model(run, kind="denoiser")
     assert configs["text"] == TextConfig(arch="words-32", pretrained="", trainable=False)
@@ -300,8 +322,8 @@ def test_train_cli_with_the_words_encoder_ships_a_loadable_text_pipeline(two_clo
     with pytest.raises(ValueError, match="64-d conditions but --text gives 32-d"):
         main("base", [*argv, "--cond_dim=64"])
     # a cond_bias model fine-tunes from it: the new zero-init layer is the only missing weight
-    biased = [*argv[:3], "--run-dir", str(tmp_path / "bias"), *argv[5:], "--cond_bias=True",
-              "--lr=0", "--init-from", str(run)]  # fmt: skip
+    biased = [*argv[:3], "--run-dir", str(tmp_path / "bias"), *argv[5:]]
+    biased += ["--cond_bias=True", "--lr=0", "--init-from", str(run)]
     b = main("base", biased)
     wa, wb = (
         load_file(str(out["checkpoint"] / "ema.safetensors")),

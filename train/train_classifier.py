@@ -45,8 +45,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", required=True)
     p.add_argument("--shapenet", default=None, help="directory of ShapeNet subset .npz files")
     p.add_argument("--shards", nargs="*", default=[], help="shard directories with 'category'")
-    p.add_argument("--categories", nargs="*", default=None,
-                   help="keep only these labels, from every source (e.g. Sweet Home 3D's kinds)")  # fmt: skip
+    p.add_argument(
+        "--categories",
+        nargs="*",
+        default=None,
+        help="keep only these labels, from every source (e.g. Sweet Home 3D's kinds)",
+    )
     p.add_argument("--preset", default="small", choices=sorted(CLASSIFIER_PRESETS))
     p.add_argument("--epochs", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=16)
@@ -100,10 +104,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     model = PointNet2Classifier(cfg)
     history = train_classifier(
-        model, train, args.epochs, args.batch_size, args.num_points, args.lr, args.seed,
-        log_path=f"{args.out}/log.jsonl" if _mkdir(args.out) else None, held_out=held,
-        rotation=args.rotation, noise=args.noise, outliers=args.outliers,
-    )  # fmt: skip
+        model,
+        train,
+        args.epochs,
+        args.batch_size,
+        args.num_points,
+        args.lr,
+        args.seed,
+        log_path=f"{args.out}/log.jsonl" if _mkdir(args.out) else None,
+        held_out=held,
+        rotation=args.rotation,
+        noise=args.noise,
+        outliers=args.outliers,
+    )
     noisy = perturb(held, NOISY_SIGMA, NOISY_STRAYS)  # with the generator's measured defects
     result = {
         "held_out": accuracy(model, held, args.num_points) if len(held) else None,

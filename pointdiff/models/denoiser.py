@@ -1,8 +1,9 @@
 """``PointDenoiser``: the Point-E point-diffusion transformer (base stage).
 
-Token sequence ``[text, (text-token states), time, (256 image-grid tokens), points…]`` → pre-LN transformer → the point
-tokens → ``output_proj``. The network only sees ``(x_in, c_noise, condition)``; everything about σ
-(c_in, c_skip, c_out, or point-e's discrete ε-parameterisation) lives in a diffusion wrapper.
+Token sequence ``[text, (text-token states), time, (256 image-grid tokens), points…]`` → pre-LN
+transformer → the point tokens → ``output_proj``. The network only sees
+``(x_in, c_noise, condition)``; everything about σ (c_in, c_skip, c_out, or point-e's discrete
+ε-parameterisation) lives in the diffusion wrapper it is built in.
 """
 
 from __future__ import annotations

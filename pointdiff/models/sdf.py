@@ -29,9 +29,9 @@ model space of the diffusion models); the SDF is negative inside.
 Parameter names equal Point-E's (``encoder_input_proj``, ``encoder.resblocks.i.attn.c_qkv``,
 ``decoder.resblocks.i.attn.c_q/c_kv``, ``ln_1/ln_2/ln_3``, ``mlp.c_fc/c_proj``, ``ln_post``,
 ``output_proj``); only the row order of the fused projections differs (``models.layers``), which
-``pointdiff.compat.pointe`` permutes. Sign: ours is negative inside. Point-E's released SDF appears to be
-positive inside (its mesher swaps scikit-image's winding, which is outward only for negative-inside
-volumes); if so, negating ``output_proj`` converts it.
+``pointdiff.compat.pointe`` permutes. Sign: ours is negative inside. Point-E's released SDF appears
+to be positive inside (its mesher swaps scikit-image's winding, which is outward only for
+negative-inside volumes); if so, negating ``output_proj`` converts it.
 """
 
 from __future__ import annotations
@@ -95,8 +95,8 @@ class LocalGeometry(nn.Module):
         out = []
         for q in q_all.split(self.chunk, dim=1):
             d, idx = torch.cdist(q, pts).topk(wide, dim=-1, largest=False)  # sorted ascending
-            nb = torch.gather(pts[:, None].expand(-1, q.shape[1], -1, -1), 2,
-                              idx[..., None].expand(-1, -1, -1, 3)) - q[:, :, None]  # fmt: skip
+            per_query = pts[:, None].expand(-1, q.shape[1], -1, -1)  # [B, q, N, 3]
+            nb = torch.gather(per_query, 2, idx[..., None].expand(-1, -1, -1, 3)) - q[:, :, None]
             near = nb[:, :, :k]  # [B, q, k, 3]
             if k < self.k:  # fewer cloud points than K: repeat the farthest
                 near = torch.cat([near, near[:, :, -1:].expand(-1, -1, self.k - k, -1)], 2)

@@ -36,7 +36,8 @@ class PointTransformer(nn.Module):
     ``ln_pre`` → blocks → ``ln_post``, zero-init ``output_proj``. Subclasses define ``forward``.
 
     :param cfg: a config with ``width, depth, heads, in_channels, out_channels, cond_dim,
-        cond_drop_prob, init_scale, grid_tokens, grid_dim`` (``DenoiserConfig``/``UpsamplerConfig``).
+        cond_drop_prob, init_scale, grid_tokens, grid_dim`` (``DenoiserConfig`` or
+        ``UpsamplerConfig``).
     """
 
     def __init__(self, cfg):

@@ -41,13 +41,16 @@ class LabelledClouds:
         return len(self.coords)
 
     def subset(self, mask: np.ndarray) -> LabelledClouds:
-        return LabelledClouds(*(a[mask] for a in (self.coords, self.colors, self.labels, self.splits, self.source)))  # fmt: skip
+        return LabelledClouds(
+            *(a[mask] for a in (self.coords, self.colors, self.labels, self.splits, self.source))
+        )
 
 
 def load_shapenet_subset(
     root: str | Path, num_points: int = 4096, yaw: float = 0.0
 ) -> LabelledClouds:
-    """The derived ShapeNet clouds (one ``<synset>_<name>.npz`` per synset), labelled by synset name.
+    """The derived ShapeNet clouds (one ``<synset>_<name>.npz`` per synset), labelled by synset
+    name.
 
     :param yaw: rotate about the up axis by this many degrees (180 turns ShapeNet's chair backs
         from −y to +y, where Sweet Home 3D's are).
@@ -142,8 +145,17 @@ def _augment(
     return out
 
 
-def _batch(data: LabelledClouds, idx, num_points, in_channels, g, train, rotation=180.0,
-           noise=0.0, outliers=0.0):  # fmt: skip
+def _batch(
+    data: LabelledClouds,
+    idx,
+    num_points,
+    in_channels,
+    g,
+    train,
+    rotation=180.0,
+    noise=0.0,
+    outliers=0.0,
+):
     p = data.coords.shape[1]
     if train:  # a fresh random subset of points each time
         pick = torch.stack([torch.randperm(p, generator=g)[:num_points] for _ in idx])
@@ -225,8 +237,9 @@ def train_classifier(
         total, correct, count = 0.0, 0, 0
         for s in range(steps_per_epoch):
             idx = order[s * batch_size : (s + 1) * batch_size].numpy()
-            x = _batch(data, idx, num_points, model.cfg.in_channels, g, True, rotation, noise,
-                       outliers)  # fmt: skip
+            x = _batch(
+                data, idx, num_points, model.cfg.in_channels, g, True, rotation, noise, outliers
+            )
             logits = model(x)["logits"]
             loss = F.cross_entropy(logits, y[idx], label_smoothing=0.1)
             opt.zero_grad(set_to_none=True)
@@ -237,8 +250,12 @@ def train_classifier(
             correct += int((logits.argmax(-1) == y[idx]).sum())
             count += len(idx)
         if (epoch + 1) % log_every == 0 or epoch + 1 == epochs:
-            rec = {"epoch": epoch + 1, "loss": total / count, "train_acc_aug": correct / count,
-                   "time_s": round(time.time() - t0, 1)}  # fmt: skip
+            rec = {
+                "epoch": epoch + 1,
+                "loss": total / count,
+                "train_acc_aug": correct / count,
+                "time_s": round(time.time() - t0, 1),
+            }
             if held_out is not None and len(held_out):
                 rec["held_out_acc"] = accuracy(model, held_out, num_points)["acc"]
             history.append(rec)

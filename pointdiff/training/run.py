@@ -94,7 +94,8 @@ def build_text(spec: str, clip_weights: str | None, download: bool, freeze: bool
         return TextEncoder.from_text_config(cfg, seed=0), cfg
     if not spec.startswith("clip:"):
         raise ValueError(
-            f"--text {spec!r}: use clip:ARCH[:TAG], hf:DIR_OR_HUB_ID, tiny, small, words[-D] or none"
+            f"--text {spec!r}: use clip:ARCH[:TAG], hf:DIR_OR_HUB_ID, tiny, small, words[-D] "
+            "or none"
         )
     arch, _, tag = spec[len("clip:") :].partition(":")
     enc = TextEncoder.from_pretrained(

@@ -17,9 +17,10 @@ normalisation. Per item, as a function of (seed, epoch, index) only (exact resum
    and holes, as diffusion samples have);
 4. Gaussian noise with a per-cloud σ ~ U(0, noise) added to the cloud (never to the queries);
 5. "outliers": a fraction ~ U(0, outliers) of the points moved by a further Gaussian of σ
-   ``pointcloud.STRAY_SIGMA`` (the stray points a small generator scatters around thin parts: measured on
-   the shipped model's samples, 2–4 % of points lie > 3× the median k-NN spacing from the rest,
-   and the out-of-plane spread is σ ≈ 0.01–0.015 against ≈ 0.005–0.01 for real clouds).
+   ``pointcloud.STRAY_SIGMA`` (the stray points a small generator scatters around thin parts:
+   measured on the shipped model's samples, 2–4 % of points lie > 3× the median k-NN spacing
+   from the rest, and the out-of-plane spread is σ ≈ 0.01–0.015 against ≈ 0.005–0.01 for real
+   clouds).
 
 **Loss** (``SDFLoss``): clamped L1, ``|f(x) - clamp(sdf(x), ±clamp)|`` averaged over queries
 (DeepSDF's clamped L1 with δ = 0.1 object units, 10 % of the object). Marching cubes needs
