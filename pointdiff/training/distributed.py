@@ -1,4 +1,4 @@
-"""Process-group helpers: torchrun-aware, one-process fallback (nanoGPT/DiT/EDM style).
+"""Process groups: torchrun-aware, one-process fallback (nanoGPT/DiT/EDM style).
 
 ``init()`` reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, plus
 ``MASTER_ADDR``/``MASTER_PORT`` set by torchrun) and starts NCCL on CUDA, gloo on CPU. Without
