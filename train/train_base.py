@@ -9,6 +9,11 @@
 ``--key=value`` overrides go to DenoiserConfig, TrainConfig or DiffusionConfig by field name
 (e.g. ``--width=384 --lr=3e-4 --max_steps=200000 --bf16=True``). The run is set up in
 ``pointdiff.training.run``; the loss is ``pointdiff.training.objectives.BaseLoss``.
+
+Fine-tune OpenAI's released Point-E base model (converted by ``pointdiff convert-pointe``) with
+point-e's own loss (``pointdiff.training.pointe_objective``), chosen from the checkpoint:
+
+    .venv/bin/python train/train_base.py --init-from pe/base40M-textvec --data ... --run-dir ...
 """
 
 import sys

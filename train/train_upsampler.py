@@ -7,6 +7,8 @@ Each training cloud of num_cond_points + num_points points (4096) is split into 
 farthest-point subset (the low-res condition, 1024) and the remaining points (the 3072
 targets): see ``pointdiff.training.objectives.UpsamplerLoss``. Overrides go to UpsamplerConfig,
 TrainConfig or DiffusionConfig by field name (e.g. ``--low_res_noise=0.02``).
+``--init-from pe/upsample`` (a converted point-e upsampler) fine-tunes it with point-e's own loss
+on its linear schedule (``pointdiff.training.pointe_objective``).
 """
 
 import sys

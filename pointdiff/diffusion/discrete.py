@@ -18,6 +18,10 @@ off there.
 
 Schedules: point-e ``gaussian_diffusion.get_named_beta_schedule`` (1024 steps): ``cosine`` for the
 base models (Nichol & Dhariwal 2021), ``linear`` scaled by 1000/1024 for the upsampler.
+
+``DiscreteDiffusion`` is the training side: point-e's forward process and the loss its networks
+were made for (ε MSE + the variational bound of the learned variance), used to fine-tune the
+released weights (``pointdiff.training.pointe_objective``).
 """
 
 from __future__ import annotations
@@ -132,3 +136,115 @@ class DiscreteEpsDenoiser(nn.Module):
         recip = (1.0 / acp).sqrt().to(x.dtype).reshape(shape)
         recipm1 = (1.0 / acp - 1).sqrt().to(x.dtype).reshape(shape)
         return recip * x_in - recipm1 * eps
+
+
+# ----------------------------------------------------------------------------------------------
+# Training: the loss point-e's released models were made for
+
+
+def _gather(table: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``table[t]`` as float32 [B, 1, …, 1]: the float64 table is rounded after the gather, as
+    point-e's ``_extract_into_tensor`` does, so both compute the loss in float32 alike."""
+    return table.to(t.device)[t].float().reshape(-1, *([1] * (ndim - 1)))
+
+
+class DiscreteDiffusion:
+    """The discrete forward process of a point-e model and its "hybrid" training loss (Ho et al.
+    2020; learned variance: Nichol & Dhariwal 2021, "Improved DDPM" §3.1 and eq. 15-16).
+
+    q(x_t | x0) = N(√ᾱ_t·x0, (1 − ᾱ_t)·I). The net returns 2C channels: ε̂ and, per channel,
+    v ∈ [-1, 1] (not clamped) setting the reverse step's log variance between the posterior's
+    log β̃_t and log β_t ("learned_range"). The loss is MSE(ε̂, ε) + L_vb, where L_vb is
+    KL(q(x_{t−1} | x_t, x0) ‖ p(x_{t−1} | x_t)) in bits per element, computed on a stop-gradient
+    ε̂ so that only v learns from it (the mean is trained by the MSE alone). It is not rescaled
+    (point-e's ``loss_type="mse"``, not ``"rescaled_mse"``), and at t = 0 it is 0: point-e has no
+    discretised decoder term for point clouds.
+
+    :param alphas_cumprod: [T] ᾱ table (``ALPHAS_CUMPROD[name]()``); β, the posterior and every
+        other table derive from it in float64 (β_t = 1 − ᾱ_t/ᾱ_{t−1}).
+    """
+
+    def __init__(self, alphas_cumprod: torch.Tensor):
+        acp = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        if acp.ndim != 1 or not bool((acp[1:] < acp[:-1]).all()):
+            raise ValueError("alphas_cumprod must be a 1-D strictly decreasing table")
+        prev = torch.cat([acp.new_ones(1), acp[:-1]])  # ᾱ_{t−1}, with ᾱ_{−1} = 1
+        betas = 1 - acp / prev
+        self.num_timesteps = len(acp)
+        self.sqrt_alphas_cumprod = acp.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = (1 - acp).sqrt()
+        self.sqrt_recip_alphas_cumprod = (1 / acp).sqrt()
+        self.sqrt_recipm1_alphas_cumprod = (1 / acp - 1).sqrt()
+        # q(x_{t−1} | x_t, x0) = N(coef1·x0 + coef2·x_t, β̃_t) (DDPM eq. 6-7)
+        posterior_variance = betas * (1 - prev) / (1 - acp)
+        self.posterior_mean_coef1 = betas * prev.sqrt() / (1 - acp)
+        self.posterior_mean_coef2 = (1 - prev) * (1 - betas).sqrt() / (1 - acp)
+        # β̃_0 = 0 has no log: the table starts with β̃_1 instead (as improved DDPM)
+        clipped = torch.cat([posterior_variance[1:2], posterior_variance[1:]])
+        self.posterior_log_variance_clipped = clipped.log()
+        self.log_betas = betas.log()
+
+    def add_noise(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·noise. :param x0, noise: [B, N, C]. :param t: [B] long."""
+        a = _gather(self.sqrt_alphas_cumprod, t, x0.ndim)
+        s = _gather(self.sqrt_one_minus_alphas_cumprod, t, x0.ndim)
+        return a * x0 + s * noise
+
+    def vb_terms(
+        self,
+        x0: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        eps: torch.Tensor,
+        var_values: torch.Tensor,
+    ) -> torch.Tensor:
+        """L_vb per example, in bits (mean over points and channels; 0 where t = 0).
+
+        :param x0, x_t: [B, N, C] clean and noised data. :param t: [B] long steps.
+        :param eps: [B, N, C] predicted ε (detach it for the hybrid loss).
+        :param var_values: [B, N, C] the variance outputs v.
+        """
+        nd = x0.ndim
+        coef1 = _gather(self.posterior_mean_coef1, t, nd)
+        coef2 = _gather(self.posterior_mean_coef2, t, nd)
+        true_mean = coef1 * x0 + coef2 * x_t
+        true_log_var = _gather(self.posterior_log_variance_clipped, t, nd)
+        # the model's mean: the posterior mean at x̂0 = √(1/ᾱ)·x_t − √(1/ᾱ − 1)·ε̂ (DDPM eq. 15)
+        recip = _gather(self.sqrt_recip_alphas_cumprod, t, nd)
+        recipm1 = _gather(self.sqrt_recipm1_alphas_cumprod, t, nd)
+        mean = coef1 * (recip * x_t - recipm1 * eps) + coef2 * x_t
+        # v ∈ [-1, 1] spans [log β̃_t, log β_t] (improved DDPM eq. 15)
+        frac = (var_values + 1) / 2
+        log_var = frac * _gather(self.log_betas, t, nd) + (1 - frac) * true_log_var
+        # KL of two diagonal Gaussians, in the order of point-e's normal_kl (bit parity)
+        kl = 0.5 * (
+            -1.0
+            + log_var
+            - true_log_var
+            + torch.exp(true_log_var - log_var)
+            + (true_mean - mean) ** 2 * torch.exp(-log_var)
+        )
+        kl = kl.flatten(1).mean(1) / math.log(2.0)
+        return torch.where(t == 0, torch.zeros_like(kl), kl)
+
+    def training_losses(
+        self, out: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The hybrid loss of one noised batch (point-e ``training_losses`` with ``epsilon``,
+        ``learned_range``, ``mse``), each term [B].
+
+        :param out: [B, N, 2C] the net's output at ``add_noise(x0, t, noise)`` and t.
+        :param x0, noise: [B, N, C]. :param t: [B] long steps.
+        :return: ``{"mse", "vb", "loss" = mse + vb}``.
+        """
+        c = x0.shape[-1]
+        if out.shape[-1] != 2 * c:
+            raise ValueError(
+                f"the net returned {out.shape[-1]} channels; the point-e loss needs 2 × {c} "
+                "(ε and the learned variance)"
+            )
+        eps, var_values = out[..., :c], out[..., c:]
+        x_t = self.add_noise(x0, t, noise)
+        mse = (noise - eps).pow(2).flatten(1).mean(1)
+        vb = self.vb_terms(x0, x_t, t, eps.detach(), var_values)
+        return {"mse": mse, "vb": vb, "loss": mse + vb}

@@ -18,6 +18,10 @@ tower becomes part of the trained module (``objectives.TextConditioned``).
 
 The default follows the preset's ``cond_dim``: 768 → ``clip:ViT-L-14:openai`` (Point-E),
 512 → ``small``, 32 → ``tiny``, 0 → ``none``.
+
+``--init-from`` a converted point-e model (``pointdiff convert-pointe``) fine-tunes it with
+point-e's own loss (``training.pointe_objective``; ``--objective pointe|edm`` chooses
+explicitly): the model config is the checkpoint's, and the run has no EDM diffusion config.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from pointdiff.config import (
     to_dict,
 )
 from pointdiff.data import PointCloudDataset
-from pointdiff.models import count_params
+from pointdiff.models import build_model, count_params
 from pointdiff.training import distributed as dist
 from pointdiff.training.loop import train
 from pointdiff.training.objectives import (
@@ -50,6 +54,11 @@ from pointdiff.training.objectives import (
     TextConditioned,
     UpsamplerLoss,
     build_diffusion_model,
+)
+from pointdiff.training.pointe_objective import (
+    PointeLoss,
+    choose_objective,
+    mark_pointe_checkpoints,
 )
 from pointdiff.training.run_dir import TrainError
 
@@ -116,7 +125,12 @@ def parse(stage: str, argv: list[str] | None):
         description=f"Train the {stage} diffusion model ({kind}). Launch with torchrun for "
         "several GPUs/nodes. Extra --key=value arguments override model/train/diffusion fields.",
     )
-    p.add_argument("preset", nargs="?", default=preset, help=f"model preset (default {preset})")
+    p.add_argument(
+        "preset",
+        nargs="?",
+        default=None,
+        help=f"model preset (default {preset}; a point-e --init-from brings its own)",
+    )
     p.add_argument("--data", required=True, help="shard directory (data_tools output)")
     p.add_argument("--run-dir", required=True, help="checkpoints, log.jsonl, config.json go here")
     p.add_argument(
@@ -146,19 +160,34 @@ def parse(stage: str, argv: list[str] | None):
         help="start a new run from a checkpoint's EMA weights (same architecture; e.g. to "
         "fine-tune at another num_points or on other data); the optimizer starts fresh",
     )
+    p.add_argument(
+        "--objective",
+        default=None,
+        choices=["edm", "pointe"],
+        help="edm (the default) | pointe: point-e's discrete ε + learned-variance loss "
+        "(training.pointe_objective; the default when --init-from is a point-e model)",
+    )
     return p.parse_known_args(argv)
 
 
 def main(stage: str, argv: list[str] | None = None) -> dict:
     """Run one training command line of ``stage`` (``base`` or ``upsampler``)."""
     args, overrides = parse(stage, argv)
-    kind = STAGES[stage][0]
-    model_cfg = get_preset(args.preset)
+    kind, preset = STAGES[stage][0], args.preset or STAGES[stage][1]
+    # point-e's objective trains a point-e network: its config, no EDM diffusion config
+    model_cfg, pointe = choose_objective(args.objective, args.init_from, kind)
+    if model_cfg is not None and args.preset:
+        raise ValueError(f"--init-from {args.init_from} brings its model config; drop {preset!r}")
+    model_cfg = model_cfg or get_preset(preset)
     if model_cfg.kind != kind:
-        raise ValueError(f"preset {args.preset!r} is a {model_cfg.kind}, not a {kind}")
-    configs = {"model": model_cfg, "train": TrainConfig(), "diffusion": DiffusionConfig()}
+        raise ValueError(f"preset {preset!r} is a {model_cfg.kind}, not a {kind}")
+    configs = {"model": model_cfg, "train": TrainConfig()}
+    if not pointe:
+        configs["diffusion"] = DiffusionConfig()
     configs = route_overrides(configs, overrides)
-    model_cfg, train_cfg, diff_cfg = configs["model"], configs["train"], configs["diffusion"]
+    model_cfg, train_cfg, diff_cfg = configs["model"], configs["train"], configs.get("diffusion")
+    if pointe and model_cfg.out_channels != 2 * model_cfg.in_channels:
+        raise ValueError("--objective pointe trains ε + variance outputs: pass --out_channels=12")
 
     spec = args.text or DEFAULT_TEXT.get(model_cfg.cond_dim, "none")
     text, text_cfg = build_text(spec, args.clip_weights, args.clip_download, args.freeze_text)
@@ -182,14 +211,15 @@ def main(stage: str, argv: list[str] | None = None) -> dict:
     )
     device = dist.init(args.device)
     torch.manual_seed(train_cfg.seed)  # same init on every rank (DDP broadcasts anyway)
-    model = build_diffusion_model(model_cfg, diff_cfg)
+    model = build_model(model_cfg) if pointe else build_diffusion_model(model_cfg, diff_cfg)
     text_note = "none" if text_cfg is None else text_cfg.arch + (" (trained)" * text_cfg.trainable)
+    source = args.init_from if pointe and args.init_from else preset  # where the model is from
     dist.print0(
-        f"{stage} {args.preset}: {count_params(model) / 1e6:.2f} M params, {len(dataset)} objects, "
+        f"{stage} {source}: {count_params(model) / 1e6:.2f} M params, {len(dataset)} objects, "
         f"text {text_note}"
     )
     if args.init_from:
-        _init_from(Path(args.init_from), model.net, text, dataset)
+        _init_from(Path(args.init_from), model if pointe else model.net, text, dataset)
 
     # the condition the stage's loss hands the model (see training.objectives)
     condition = None
@@ -198,11 +228,15 @@ def main(stage: str, argv: list[str] | None = None) -> dict:
     elif text is not None:
         set_text_table(dataset, text.to(device), getattr(model_cfg, "text_tokens", 0))
         condition = "text_emb"
-    if stage == "base":
+    if pointe:
+        loss_fn = PointeLoss(
+            pointe["schedule"], condition, getattr(model_cfg, "num_cond_points", 0)
+        )
+    elif stage == "base":
         loss_fn = BaseLoss(diff_cfg, condition)
     else:
         loss_fn = UpsamplerLoss(diff_cfg, model_cfg.num_cond_points, condition)
-    return train(
+    result = train(
         model,
         loss_fn,
         dataset,
@@ -213,6 +247,9 @@ def main(stage: str, argv: list[str] | None = None) -> dict:
         device=device,
         stop_at=args.stop_at,
     )
+    if pointe and dist.is_main():  # its checkpoints describe themselves as the converted model
+        mark_pointe_checkpoints(args.run_dir, pointe)
+    return result
 
 
 def set_text_table(dataset: PointCloudDataset, text, tokens: int = 0) -> None:
