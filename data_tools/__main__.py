@@ -1,8 +1,9 @@
 """``python -m data_tools <command> ...``: convert mesh collections into pointdiff data shards.
 
-Commands: shapenet, objaverse, sweethome3d, folder (convert), merge (pack after a job array),
-preview (PNG contact sheet). Every conversion writes OUT/{meta.json,index.jsonl,shard-*},
-OUT/errors.jsonl, OUT/summary.json and resumable per-object work files in OUT/work/.
+Commands: shapenet, objaverse, sweethome3d, folder (convert meshes), clouds (resample coloured
+point clouds, e.g. Cap3D's), merge (pack after a job array), preview (PNG contact sheet). Every
+conversion writes OUT/{meta.json,index.jsonl,shard-*}, OUT/errors.jsonl, OUT/filtered.jsonl,
+OUT/summary.json and resumable per-object work files in OUT/work/.
 ``captions SHARD_DIR`` adds natural captions to a converted index (data_tools/captions.py).
 """
 
@@ -11,11 +12,35 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
-from data_tools import captions, folder, objaverse, runner, shapenet, sweethome3d
+from data_tools import captions, clouds, folder, objaverse, runner, shapenet, sweethome3d
 from data_tools.jobs import DEFAULT_SPLIT, Settings, SourceError
+from data_tools.listing import listed_jobs
 from data_tools.preview import preview
 from data_tools.work_files import OutputError, RunError
+from data_tools.workers import available_cpus
+
+#: options of a run, not of its source: they do not change the list of objects
+_RUN_OPTIONS = {
+    "out",
+    "workers",
+    "limit",
+    "part_index",
+    "num_parts",
+    "retry_failed",
+    "objects_per_shard",
+    "no_progress",
+    "timeout",
+    "num_points",
+    "oversample",
+    "views",
+    "sdf_queries",
+    "max_disagree",
+    "max_faces",
+    "allow_missing_assets",
+    "download_processes",
+}
 
 
 def _positive(text: str) -> int:
@@ -38,6 +63,21 @@ def _int_at_least(text: str, low: int) -> int:
     return value
 
 
+def _workers(text: str) -> int:
+    """argparse type: a positive integer, or ``auto`` (the CPUs this process may use)."""
+    return available_cpus() if text == "auto" else _positive(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be ≥ 0 seconds, got {text}")
+    return value
+
+
 def _fraction(text: str) -> float:
     """argparse type: a finite number in [0, 1]."""
     try:
@@ -52,7 +92,18 @@ def _fraction(text: str) -> float:
 def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, help="output directory (shards, work files, logs)")
-    g.add_argument("--workers", type=_positive, default=1, help="worker processes (default 1)")
+    g.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="worker processes, or auto: the CPUs allowed by affinity and cgroup (default 1)",
+    )
+    g.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=300.0,
+        help="seconds per object before it fails as `timeout` (0: no limit; default 300)",
+    )
     g.add_argument(
         "--limit", type=_positive, help="convert only N objects (a seeded random subset)"
     )
@@ -126,10 +177,21 @@ def build_parser() -> argparse.ArgumentParser:
     _split_arg(p, "official")
     _common(p)
 
-    p = sub.add_parser("objaverse", help="folder of <uid>.glb + captions")
-    p.add_argument("root", help="directory searched recursively for *.glb")
+    p = sub.add_parser("objaverse", help="folder of <uid>.glb (or --download) + captions")
+    p.add_argument("root", nargs="?", help="directory searched recursively for *.glb")
+    p.add_argument(
+        "--download",
+        metavar="UIDS_FILE",
+        help="fetch these uids (one a line) with the objaverse package instead of a root",
+    )
+    p.add_argument("--download-processes", type=_workers, default=4, help="parallel downloads")
     p.add_argument("--captions", help="Cap3D-style CSV (uid,caption) or JSON {uid: caption}")
     p.add_argument("--licences", nargs="*", help="keep only these licences, e.g. CC-BY-4.0 CC0-1.0")
+    p.add_argument(
+        "--include-unknown-licences",
+        action="store_true",
+        help="with --licences, keep objects that name no licence too (research use)",
+    )
     p.add_argument(
         "--require-caption",
         action="store_true",
@@ -158,6 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
     _split_arg(p, DEFAULT_SPLIT)
     _common(p)
 
+    p = sub.add_parser("clouds", help="coloured point clouds (.ply/.npz/.pt) + captions CSV")
+    p.add_argument("--points", required=True, help="directory of <uid>.ply|.npz|.pt (any depth)")
+    p.add_argument("--captions", required=True, help="CSV uid,caption (Cap3D) or JSON map")
+    p.add_argument("--name", default="objaverse", help="id prefix (default objaverse)")
+    p.add_argument("--up", choices=("z", "y"), default="z", help="up axis of the clouds")
+    p.add_argument("--test-uids", help="text file of uids assigned to the test split")
+    _split_arg(p, DEFAULT_SPLIT)
+    _common(p)
+
     p = sub.add_parser("merge", help="pack all work files of OUT (after --num-parts tasks)")
     p.add_argument("out")
     p.add_argument("--objects-per-shard", type=_positive, default=256)
@@ -183,14 +254,22 @@ def _jobs(args) -> list:
     if args.command == "shapenet":
         return shapenet.open_source(args.root, args.table, args.split, args.seed, args.synsets)
     if args.command == "objaverse":
-        return objaverse.open_source(
-            args.root,
+        options = objaverse.Options(
             args.captions,
             args.licences,
+            args.include_unknown_licences,
             args.require_caption,
             args.split,
             args.test_uids,
             args.seed,
+        )
+        if args.download:
+            part = (args.part_index, args.num_parts, args.download_processes)
+            return objaverse.download_source(args.download, options, *part)
+        return objaverse.open_source(args.root, options)
+    if args.command == "clouds":
+        return clouds.open_source(
+            args.points, args.captions, args.name, args.up, args.split, args.test_uids, args.seed
         )
     if args.command == "sweethome3d":
         return sweethome3d.open_source(args.catalogs, args.split, args.seed)
@@ -199,11 +278,24 @@ def _jobs(args) -> list:
     )
 
 
+def _listed_jobs(args) -> list:
+    """The source's jobs; in a job array, this part's, from a list made once for all parts
+    (``data_tools.listing``). Downloads are split by part before they start."""
+    if args.num_parts == 1 or getattr(args, "download", None):
+        return _jobs(args)
+    runner.check_part(args.part_index, args.num_parts)
+    key = {k: v for k, v in vars(args).items() if k not in _RUN_OPTIONS}
+    part = None if args.limit else (args.part_index, args.num_parts)  # --limit samples all
+    return listed_jobs(Path(args.out) / "work", key, lambda: _jobs(args), part)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "num_points", 0) > getattr(args, "oversample", 0):
         parser.error(f"--oversample ({args.oversample}) must be ≥ --num-points ({args.num_points})")
+    if args.command == "objaverse" and (args.root is None) == (args.download is None):
+        parser.error("objaverse takes a root folder of GLBs or --download UIDS_FILE (one of them)")
     try:
         if args.command == "captions":
             rows = captions.caption_shards(args.shards, args.seed, dry_run=args.dry_run)
@@ -237,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                 strict_assets=not args.allow_missing_assets,
                 seed=args.seed,
             )
-            jobs = runner.limit_jobs(_jobs(args), args.limit, args.seed)
+            jobs = runner.limit_jobs(_listed_jobs(args), args.limit, args.seed)
             summary = runner.run(
                 jobs,
                 args.out,
@@ -248,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                 num_parts=args.num_parts,
                 objects_per_shard=args.objects_per_shard,
                 progress=not args.no_progress,
+                timeout=args.timeout,
             )
     except (SourceError, RunError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -29,52 +29,158 @@ MIN_GROUP = 4  # objects sharing a noun before their own median sizes are used
 TALL, WIDE, LARGE = 1.4, 1.4, 2.5  # size ratio to the group median (inverse: low, narrow, small)
 
 # Misspelt or foreign words of the catalogs → English (whole words of the name).
-WORD_FIXES = {"teck": "teak", "trunck": "trunk", "hashtray": "ashtray", "mocassin": "moccasin",
-              "bank": "bench", "toilets": "toilet", "puff": "pouf", "gaz": "gas", "male": "man",
-              "female": "woman", "lamppost": "lamp post"}  # fmt: skip
+WORD_FIXES = {
+    "teck": "teak",
+    "trunck": "trunk",
+    "hashtray": "ashtray",
+    "mocassin": "moccasin",
+    "bank": "bench",
+    "toilets": "toilet",
+    "puff": "pouf",
+    "gaz": "gas",
+    "male": "man",
+    "female": "woman",
+    "lamppost": "lamp post",
+}
 # Names whose last word is not the object: the whole head.
 COMPOUND_HEADS = {
-    "hot dog": "hot dog", "teddy bear": "teddy bear", "rocking horse": "rocking horse",
-    "clothes horse": "clothes horse", "fork lift": "forklift", "car model": "toy car",
-    "air conditioning": "air conditioner", "table tennis": "ping-pong table",
-    "shower head": "shower head", "white board": "whiteboard", "dog house": "doghouse",
-    "toilet unit": "toilet", "wood logs": "logs", "french fries": "french fries",
-    "card game": "playing cards", "dart game": "dartboard", "bell ring": "doorbell",
-    "speech unit": "intercom", "lip stick": "lipstick", "tape measure": "tape measure",
-    "trash can": "trash can", "doll house": "dollhouse", "living room": "shelving unit",
-}  # fmt: skip
+    "hot dog": "hot dog",
+    "teddy bear": "teddy bear",
+    "rocking horse": "rocking horse",
+    "clothes horse": "clothes horse",
+    "fork lift": "forklift",
+    "car model": "toy car",
+    "air conditioning": "air conditioner",
+    "table tennis": "ping-pong table",
+    "shower head": "shower head",
+    "white board": "whiteboard",
+    "dog house": "doghouse",
+    "toilet unit": "toilet",
+    "wood logs": "logs",
+    "french fries": "french fries",
+    "card game": "playing cards",
+    "dart game": "dartboard",
+    "bell ring": "doorbell",
+    "speech unit": "intercom",
+    "lip stick": "lipstick",
+    "tape measure": "tape measure",
+    "trash can": "trash can",
+    "doll house": "dollhouse",
+    "living room": "shelving unit",
+}
 # Name words that are the head wherever they stand ("Arrow turn right").
 HEAD_WORDS = {"arrow", "mannequin", "frame"}
 # Heads too vague alone: the head is the last two words ("sandwich maker", "knife stand").
-VAGUE_HEADS = {"maker", "unit", "device", "control", "stand", "holder", "station", "base",
-               "tower", "rack", "bag", "detector", "game", "ring", "goal", "slot", "sign", "lock",
-               "board", "machine", "press", "player", "strip", "stall", "extension"}  # fmt: skip
+VAGUE_HEADS = {
+    "maker",
+    "unit",
+    "device",
+    "control",
+    "stand",
+    "holder",
+    "station",
+    "base",
+    "tower",
+    "rack",
+    "bag",
+    "detector",
+    "game",
+    "ring",
+    "goal",
+    "slot",
+    "sign",
+    "lock",
+    "board",
+    "machine",
+    "press",
+    "player",
+    "strip",
+    "stall",
+    "extension",
+}
 # Head noun → the more common word a person would type (also used as the size group).
-GENERAL = {"couch": "sofa", "armchair": "chair", "shelves": "shelf", "bookcase": "shelf",
-           "cupboard": "cabinet", "washbasin": "sink", "lavatory": "sink", "refrigerator": "fridge",
-           "television": "tv", "light": "lamp", "lights": "lamps", "bike": "bicycle",
-           "trashcan": "trash can", "dustbin": "trash can", "sedan": "car", "suv": "car",
-           "crib": "bed", "mug": "cup", "orchids": "flowers", "tulips": "flowers", "lily": "flower",
-           "bush": "bush", "hedge": "hedge", "truck": "truck", "bus": "bus", "van": "van",
-           "tablet": "tablet", "laptop": "laptop", "printer": "printer", "box": "box",
-           "bottle": "bottle", "scooter": "scooter"}  # fmt: skip
+GENERAL = {
+    "couch": "sofa",
+    "armchair": "chair",
+    "shelves": "shelf",
+    "bookcase": "shelf",
+    "cupboard": "cabinet",
+    "washbasin": "sink",
+    "lavatory": "sink",
+    "refrigerator": "fridge",
+    "television": "tv",
+    "light": "lamp",
+    "lights": "lamps",
+    "bike": "bicycle",
+    "trashcan": "trash can",
+    "dustbin": "trash can",
+    "sedan": "car",
+    "suv": "car",
+    "crib": "bed",
+    "mug": "cup",
+    "orchids": "flowers",
+    "tulips": "flowers",
+    "lily": "flower",
+    "bush": "bush",
+    "hedge": "hedge",
+    "truck": "truck",
+    "bus": "bus",
+    "van": "van",
+    "tablet": "tablet",
+    "laptop": "laptop",
+    "printer": "printer",
+    "box": "box",
+    "bottle": "bottle",
+    "scooter": "scooter",
+}
 # Tags that name the kind of a brand or species name (Ford Focus → car, Yucca → plant), and
 # the categories where they do (a helmet tagged Motorbike is no motorbike).
 _VEHICLE, _PLANT = {"vehicles"}, {"living room", "exterior"}
-KIND_TAGS = {"car": ("car", _VEHICLE), "motorbike": ("motorbike", _VEHICLE),
-             "motorcycle": ("motorbike", _VEHICLE), "bicycle": ("bicycle", _VEHICLE),
-             "plant": ("plant", _PLANT), "tree": ("tree", _PLANT), "flowers": ("flowers", _PLANT),
-             "computer": ("computer", {"office"})}  # fmt: skip
+KIND_TAGS = {
+    "car": ("car", _VEHICLE),
+    "motorbike": ("motorbike", _VEHICLE),
+    "motorcycle": ("motorbike", _VEHICLE),
+    "bicycle": ("bicycle", _VEHICLE),
+    "plant": ("plant", _PLANT),
+    "tree": ("tree", _PLANT),
+    "flowers": ("flowers", _PLANT),
+    "computer": ("computer", {"office"}),
+}
 # Name words that state a material (only before the head: "glass table", not "beer glass").
-MATERIALS = {"wood": "wooden", "wooden": "wooden", "oak": "wooden", "teak": "wooden",
-             "alder": "wooden", "metal": "metal", "iron": "metal", "steel": "metal",
-             "chrome": "metal", "aluminium": "metal", "wire": "metal", "glass": "glass",
-             "leather": "leather", "plastic": "plastic", "wicker": "wicker", "rattan": "wicker",
-             "marble": "marble", "fabric": "fabric", "burlap": "fabric", "velvet": "fabric",
-             "concrete": "concrete", "stone": "stone", "cardboard": "cardboard",
-             "bamboo": "bamboo"}  # fmt: skip
-ROOMS = {"living room": "living room", "kitchen": "kitchen", "bedroom": "bedroom",
-         "bathroom": "bathroom", "office": "office", "exterior": "garden"}  # fmt: skip
+MATERIALS = {
+    "wood": "wooden",
+    "wooden": "wooden",
+    "oak": "wooden",
+    "teak": "wooden",
+    "alder": "wooden",
+    "metal": "metal",
+    "iron": "metal",
+    "steel": "metal",
+    "chrome": "metal",
+    "aluminium": "metal",
+    "wire": "metal",
+    "glass": "glass",
+    "leather": "leather",
+    "plastic": "plastic",
+    "wicker": "wicker",
+    "rattan": "wicker",
+    "marble": "marble",
+    "fabric": "fabric",
+    "burlap": "fabric",
+    "velvet": "fabric",
+    "concrete": "concrete",
+    "stone": "stone",
+    "cardboard": "cardboard",
+    "bamboo": "bamboo",
+}
+ROOMS = {
+    "living room": "living room",
+    "kitchen": "kitchen",
+    "bedroom": "bedroom",
+    "bathroom": "bathroom",
+    "office": "office",
+    "exterior": "garden",
+}
 _KEEP_CAPS = {"TV", "DVD", "SUV", "MP3", "CCTV", "PC"}  # upper-case name words that are words
 _ARTICLES = {"a", "an", "the"}
 _SINGULAR = {"bus", "gas", "cactus", "chess", "glass", "mattress", "canvas", "lens"}
@@ -214,18 +320,27 @@ def build_captions(
     nouns = list(dict.fromkeys([noun.general, noun.head, noun.phrase]))
     short = list(dict.fromkeys([noun.general, noun.head]))  # one word, no adjectives of the name
     families = [
-        ([f"{_a(n)} in {colour}" for n in nouns] if people else
-         [_a(colour, n) for n in (short if sized else nouns)] + [f"{colour} {n}" for n in short])
-        if colour else [],
+        (
+            [f"{_a(n)} in {colour}" for n in nouns]
+            if people
+            else [_a(colour, n) for n in (short if sized else nouns)]
+            + [f"{colour} {n}" for n in short]
+        )
+        if colour
+        else [],
         [_a(size, n) for n in short] if size else [],
         [_a(material, n) for n in short] if material else [],
         [_a(size, colour, n) for n in short] if size and colour and not people else [],
         [_a(colour, material, n) for n in short] if colour and material else [],
-        ([f"{_a(n)} for the {room}" for n in nouns] + [f"{_a(n)} in {_a(room)}" for n in nouns]
-         + ([f"{_a(colour, n)} for the {room}" for n in short] if colour and not people else []))
-        if room else [],
+        (
+            [f"{_a(n)} for the {room}" for n in nouns]
+            + [f"{_a(n)} in {_a(room)}" for n in nouns]
+            + ([f"{_a(colour, n)} for the {room}" for n in short] if colour and not people else [])
+        )
+        if room
+        else [],
         [_a(n) for n in nouns] + short,
-    ]  # fmt: skip
+    ]
     picks = [row["caption"]] + [o[g.integers(len(o))] for o in families if o]  # one per family
     rest = [c for options in families for c in options]
     g.shuffle(rest)

@@ -1,4 +1,4 @@
-"""One object: mesh file → normalised coloured 4096-point cloud + SDF samples (a record).
+"""One object: mesh file (or a point cloud: ``data_tools.clouds``) → normalised coloured 4096-point cloud + SDF samples (a record).
 
 Steps: load (``data_tools.mesh_reader``, Z-up) → normalise on the mesh bbox → area-weighted surface
 sample (``oversample`` points) → keep points visible from ``views`` viewpoints → farthest point
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import os
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -19,20 +18,12 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
-from data_tools.jobs import Job, Settings, id_hash
+from data_tools.clouds import convert_cloud
+from data_tools.jobs import Filtered, Job, Settings, id_hash
 from data_tools.mesh_files import MeshError, gltf_asset_extras
 from data_tools.mesh_reader import load_mesh
 from data_tools.surface_sampling import MeshRaycaster, sample_sdf, sample_surface
 from pointdiff.pointcloud import farthest_point_sample, normalize_bbox
-
-
-class Filtered(Exception):
-    """The object is deliberately not converted (licence filter, no caption): not an error."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
 
 # ----------------------------------------------------------------------------------------------
 # Metadata hooks (run in the worker, where the file is opened anyway)
@@ -40,8 +31,10 @@ class Filtered(Exception):
 
 def _gltf_extras_hook(job: Job) -> Job:
     """glTF/GLB: licence, title and author from ``asset.extras`` (Objaverse/Sketchfab put them
-    there); the licence filter (``allowed_licences``); the title as caption when none is given
-    (else ``fallback_caption``; objects left without a caption are filtered)."""
+    there, else the source's, e.g. Objaverse's annotations); the licence filter
+    (``allowed_licences``; ``unknown`` passes only with ``allow_unknown_licence``); the title as
+    caption when none is given (else ``fallback_caption``; objects left without a caption are
+    filtered)."""
     extras = gltf_asset_extras(job.path)
     raw = str(extras.get("license", ""))
     licence = raw.split(" (")[0].strip() or job.licence
@@ -52,8 +45,15 @@ def _gltf_extras_hook(job: Job) -> Job:
     if raw:
         meta["licence_full"] = raw
     allowed = meta.pop("allowed_licences", None)
-    if allowed and licence not in allowed:
-        raise Filtered(f"licence {licence}")
+    unknown_ok = meta.pop("allow_unknown_licence", False) and licence == "unknown"
+    if allowed and licence not in allowed and not unknown_ok:
+        why = f"licence {licence} is not one of --licences {' '.join(allowed)}"
+        if licence == "unknown":
+            why = (
+                "no licence in the GLB's asset.extras (nor in annotations); "
+                "--include-unknown-licences keeps such objects (research use)"
+            )
+        raise Filtered(f"licence {licence}", why)
     caption, fallback = job.caption, meta.pop("fallback_caption", "")
     if not caption:
         if meta.pop("require_caption", False):
@@ -81,6 +81,8 @@ def convert_object(job: Job, settings: Settings, threads: int = 0) -> tuple[dict
         plus the geometry-derived metadata under key ``meta``; ``job`` as completed by its hook.
     :raises MeshError: unusable input (``reason`` names why); ``Filtered`` for filtered objects.
     """
+    if job.kind == "cloud":
+        return convert_cloud(job, settings)
     if job.archive:
         with tempfile.TemporaryDirectory(prefix="pointdiff-") as tmp:
             path, root = _extract(job, Path(tmp))
@@ -173,8 +175,3 @@ def _convert(job: Job, settings: Settings, threads: int, original: Job) -> tuple
     # Report the job with the caller's paths (not the temporary extraction folder).
     done = dataclasses.replace(job, path=original.path, root=original.root)
     return arrays, done
-
-
-def default_threads(workers: int) -> int:
-    """Threads per worker for open3d ray casting: the cores divided among the workers."""
-    return max(1, (os.cpu_count() or 1) // max(1, workers))

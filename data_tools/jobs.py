@@ -18,6 +18,15 @@ class SourceError(ValueError):
     """A source that cannot be listed (missing folder, unreadable table), with the reason."""
 
 
+class Filtered(Exception):
+    """The object is deliberately not converted (licence filter, no caption): not an error.
+    ``reason`` is the short tag counted in the summary, ``message`` says why."""
+
+    def __init__(self, reason: str, message: str = ""):
+        super().__init__(message or reason)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Settings:
     """Conversion settings (``fingerprint()`` is stored in the work dir and checked on reruns).
@@ -63,6 +72,7 @@ class Job:
     :param hook: name of a ``convert.HOOKS`` entry that completes metadata from the file
         (e.g. Objaverse licence and title from the GLB) and may filter the object.
     :param extras: JSON-able metadata copied into the index.
+    :param kind: ``mesh`` (a mesh file to sample) or ``cloud`` (a point-cloud file to resample).
     """
 
     id: str
@@ -79,6 +89,7 @@ class Job:
     rotation: tuple[float, ...] | None = None
     hook: str | None = None
     extras: dict = field(default_factory=dict)
+    kind: str = "mesh"
 
     def metadata(self) -> dict:
         """The index fields this job contributes (overriding what its work file holds)."""
@@ -95,6 +106,12 @@ class Job:
 def id_hash(key: str, seed: int = 0) -> int:
     """A stable 32-bit hash of an object id (crc32; identical on every machine and run)."""
     return zlib.crc32(f"{seed}:{key}".encode())
+
+
+def in_part(object_id: str, part_index: int, num_parts: int) -> bool:
+    """Whether an object belongs to part ``part_index`` of a job array: a hash of its id alone,
+    so every task agrees without listing the others' objects, whatever each task listed."""
+    return num_parts == 1 or id_hash(object_id, seed=-1) % num_parts == part_index
 
 
 def parse_split(spec: str) -> dict[str, float] | str:

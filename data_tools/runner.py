@@ -6,8 +6,12 @@ data shards and writes ``OUT/summary.json`` (counts by outcome and reason, throu
 
 A rerun skips objects that have a work file (or a fail file, unless ``retry_failed``), so an
 interrupted conversion resumes where it stopped; packing sorts by id, so the shards are the same
-bytes as those of an uninterrupted run. In a job array (``num_parts`` > 1) a task converts every
-``num_parts``-th job (starting at ``part_index``) and leaves packing to ``merge``.
+bytes as those of an uninterrupted run. In a job array (``num_parts`` > 1) a task converts the
+jobs whose id hashes to its part (``jobs.in_part``) and leaves packing to ``merge``, which
+streams every work file into shards.
+
+An object that runs past ``timeout`` seconds is recorded as failed (``timeout``) and the run
+goes on: pools kill its worker, in-process runs (``workers`` = 1) interrupt it with an alarm.
 
 Output that cannot be written (disk full, read-only) stops the run with ``OutputError``: no
 object is recorded as failed for it, no partial file keeps a final name, and a rerun resumes.
@@ -23,19 +27,20 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_tools.convert import default_threads
-from data_tools.jobs import Job, Settings, id_hash
+from data_tools.jobs import Job, Settings, id_hash, in_part
 from data_tools.work_files import (
     OutputError,
     RunError,
     check_settings,
     pack,
-    work_files,
     work_key,
-    write_errors,
     write_output_text,
+    write_reports,
 )
-from data_tools.workers import init_worker, run_one, run_pool
+from data_tools.workers import default_threads, init_worker, run_one, run_pool
+
+#: threads reading work files while packing and reporting (I/O bound)
+IO_THREADS = 8
 
 
 @dataclass
@@ -88,10 +93,14 @@ def limit_jobs(jobs: list[Job], limit: int | None, seed: int = 0) -> list[Job]:
 
 
 def select_part(jobs: list[Job], part_index: int, num_parts: int) -> list[Job]:
-    """Every ``num_parts``-th job of the id-sorted list, from ``part_index``."""
+    """The jobs of part ``part_index`` (by a hash of the id: ``jobs.in_part``), sorted by id."""
+    check_part(part_index, num_parts)
+    return sorted((j for j in jobs if in_part(j.id, part_index, num_parts)), key=lambda j: j.id)
+
+
+def check_part(part_index: int, num_parts: int) -> None:
     if not 0 <= part_index < num_parts:
         raise RunError(f"--part-index {part_index} not in [0, {num_parts})")
-    return sorted(jobs, key=lambda j: j.id)[part_index::num_parts]
 
 
 def run(
@@ -104,9 +113,13 @@ def run(
     num_parts: int = 1,
     objects_per_shard: int = 256,
     progress: bool = True,
+    timeout: float | None = None,
 ) -> Summary:
     """Convert ``jobs`` into ``out`` (see the module docstring); pack them unless this is one
-    part of a job array (``num_parts`` > 1)."""
+    part of a job array (``num_parts`` > 1).
+
+    :param timeout: seconds one object may take (None or 0: no limit).
+    """
     from tqdm import tqdm
 
     out = Path(out)
@@ -146,11 +159,12 @@ def run(
         file=sys.stderr,
         dynamic_ncols=True,
     )
+    timeout = timeout or None
     if workers <= 1:
         init_worker(threads)
-        results = (run_one(job, settings, str(work), threads) for job in todo)
+        results = (run_one(job, settings, str(work), threads, timeout) for job in todo)
     else:
-        results = run_pool(todo, settings, str(work), workers, threads)
+        results = run_pool(todo, settings, str(work), workers, threads, timeout)
     for _, outcome, reason in results:
         bar.update(1)
         if outcome == "converted":
@@ -161,9 +175,9 @@ def run(
     bar.close()
     summary.seconds = round(time.time() - t0, 2)
     suffix = "" if num_parts == 1 else f"-part{part_index:05d}-of-{num_parts:05d}"
-    write_errors(out / f"errors{suffix}.jsonl", work, [j.id for j in jobs])
+    write_reports(out, suffix, work, [j.id for j in jobs], IO_THREADS)
     if num_parts == 1:
-        summary.packed = pack(work, out, [j.id for j in jobs], objects_per_shard)
+        summary.packed = pack(work, out, [j.id for j in jobs], objects_per_shard, IO_THREADS)
     write_output_text(out / f"summary{suffix}.json", json.dumps(summary.to_dict(), indent=1))
     return summary
 
@@ -204,18 +218,25 @@ def _count(summary: Summary, outcome: str, reason: str) -> None:
     summary.by_reason[f"{outcome}:{reason}"] += 1
 
 
-def merge(out: str | os.PathLike, objects_per_shard: int = 256) -> Summary:
-    """Pack every work file of ``out/work`` (after a job array) and write ``errors.jsonl``."""
+def merge(
+    out: str | os.PathLike, objects_per_shard: int = 256, threads: int = IO_THREADS
+) -> Summary:
+    """Pack every work file of ``out/work`` (after a job array) and write ``errors.jsonl`` and
+    ``filtered.jsonl``. One pass over the fail files, one over the work files' headers (for
+    their ids), then the records stream into shards: memory holds an (id, path) pair per
+    object, not the objects."""
     out = Path(out)
     work = out / "work"
     if not (work / "settings.json").is_file():
         raise RunError(f"{out}: no work directory (run a conversion with --out {out} first)")
     summary = Summary()
-    for f in work_files(work, "*.fail.json"):
-        rec = json.loads(f.read_text())
-        _count(summary, rec["outcome"], rec["reason"])
-    write_errors(out / "errors.jsonl", work, None)
-    summary.packed = summary.converted = pack(work, out, None, objects_per_shard)
+    for key, n in write_reports(out, "", work, None, threads).items():
+        summary.by_reason[key] += n
+        if key.startswith("filtered:"):
+            summary.filtered += n
+        else:
+            summary.failed += n
+    summary.packed = summary.converted = pack(work, out, None, objects_per_shard, threads)
     summary.total = summary.packed + summary.failed + summary.filtered
     write_output_text(out / "summary.json", json.dumps(summary.to_dict(), indent=1))
     return summary

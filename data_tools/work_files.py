@@ -7,6 +7,11 @@ Layout of an output directory ``OUT``::
     OUT/work/<xx>/<key>.fail.json     one failed or filtered object, with its reason
     OUT/meta.json, index.jsonl, shard-*.safetensors   the packed data shards (pointdiff.data)
     OUT/errors.jsonl                  one line per failed object: id, path, reason, message
+    OUT/filtered.jsonl                one line per filtered object (licence, no caption), why
+
+Reports and packing read the work files through a few threads (``map_files``: on network
+file systems the latency of opening a file dominates), in order and with a bounded number in
+flight, so memory does not grow with the number of objects beyond one (id, path) pair each.
 
 Every file is written atomically (``pointdiff.atomic``: a hidden temporary sibling, renamed), so
 a killed worker leaves at most a hidden temporary file, which packing ignores. A write that
@@ -19,6 +24,9 @@ import json
 import os
 import re
 import shutil
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -110,34 +118,77 @@ def check_settings(work: Path, settings: Settings) -> None:
         write_output_text(path, json.dumps(want, indent=1, sort_keys=True))
 
 
-def write_errors(path: Path, work: Path, ids: list[str] | None) -> int:
-    """errors.jsonl: failed (not filtered) objects among ``ids`` (all when None), by id."""
+def map_files(fn: Callable, items: Iterable, threads: int = 8) -> Iterator:
+    """``fn`` over ``items`` in ``threads`` threads (file reads release the GIL), yielding the
+    results in order, with at most ``4 × threads`` of them pending."""
+    if threads <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        pending = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 4 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _read_fail(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def write_reports(
+    out: Path, suffix: str, work: Path, ids: list[str] | None, threads: int = 8
+) -> Counter:
+    """``errors{suffix}.jsonl`` (failed objects) and ``filtered{suffix}.jsonl`` (filtered ones,
+    with the reason and why) among ``ids`` (all when None), sorted by id.
+
+    :return: counts of ``outcome:reason`` over the fail files read.
+    """
     if ids is None:
-        files = sorted(work_files(work, "*.fail.json"))
+        files = work_files(work, "*.fail.json")
     else:
-        files = [work / (work_key(i) + ".fail.json") for i in sorted(ids)]
-    lines = []
-    for f in files:
-        if f.is_file():
-            rec = json.loads(f.read_text())
-            if rec["outcome"] == "failed":
-                lines.append(json.dumps(rec, sort_keys=True))
-    lines.sort()
-    write_output_text(path, "".join(line + "\n" for line in lines))
-    return len(lines)
+        files = [work / (work_key(i) + ".fail.json") for i in ids]
+    lines: dict[str, list[str]] = {"failed": [], "filtered": []}
+    counts = Counter()
+    for rec in map_files(_read_fail, files, threads):
+        if rec is not None:
+            counts[f"{rec['outcome']}:{rec['reason']}"] += 1
+            lines[rec["outcome"]].append(json.dumps(rec, sort_keys=True))
+    for outcome, name in (("failed", "errors"), ("filtered", "filtered")):
+        rows = sorted(lines[outcome])  # rows start with {"id": ...: sorted by id
+        write_output_text(out / f"{name}{suffix}.jsonl", "".join(r + "\n" for r in rows))
+    return counts
 
 
-def pack(work: Path, out: Path, ids: list[str] | None = None, objects_per_shard: int = 256) -> int:
+def _work_id(path: Path) -> str:
+    """The object id of a work file, from its safetensors header alone (u64 length + JSON)."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    return json.loads(header["__metadata__"]["record"])["id"]
+
+
+def pack(
+    work: Path,
+    out: Path,
+    ids: list[str] | None = None,
+    objects_per_shard: int = 256,
+    threads: int = 8,
+) -> int:
     """Write the shards of ``out`` from the work files of ``ids`` (every work file when None),
-    sorted by id. Returns the number of objects packed (0: no shards written)."""
+    sorted by id, streaming: records are read ahead by ``threads`` threads, in order. Returns
+    the number of objects packed (0: no shards written)."""
     if ids is None:
-        entries = []
-        for f in work_files(work, "*.safetensors"):
-            with safe_open(str(f), framework="numpy") as h:
-                entries.append((json.loads(h.metadata()["record"])["id"], f))
+        files = work_files(work, "*.safetensors")
+        entries = list(zip(map_files(_work_id, files, threads), map(str, files), strict=True))
     else:
-        entries = [(i, work / (work_key(i) + ".safetensors")) for i in ids]
-        entries = [(i, f) for i, f in entries if f.is_file()]
+        entries = [(i, str(work / (work_key(i) + ".safetensors"))) for i in ids]
+        entries = [(i, f) for i, f in entries if os.path.isfile(f)]
     entries.sort()
     if not entries:
         return 0
@@ -147,7 +198,8 @@ def pack(work: Path, out: Path, ids: list[str] | None = None, objects_per_shard:
     staging = out / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        meta = write_shards((load_work(f) for _, f in entries), staging, objects_per_shard)
+        records = map_files(lambda e: load_work(Path(e[1])), entries, threads)
+        meta = write_shards(records, staging, objects_per_shard)
     except OSError as e:
         shutil.rmtree(staging, ignore_errors=True)
         raise OutputError(f"cannot write shards into {out}: {e.strerror or e}") from None

@@ -443,8 +443,8 @@ def test_disk_full_while_packing_keeps_the_previous_shards(
     monkeypatch.setattr(pointdiff.data, "save_file", _fill_disk_after(0))
     code, err = _convert(capsys, "folder", str(good_folder), "--out", str(out))
     assert code == 1 and "cannot write shards" in err and "No space left on device" in err
-    left = {p.name for p in out.iterdir()}  # the work files, errors.jsonl: no shard, no index
-    assert left == {"work", "errors.jsonl"}
+    left = {p.name for p in out.iterdir()}  # the work files and reports: no shard, no index
+    assert left == {"work", "errors.jsonl", "filtered.jsonl"}
     monkeypatch.undo()
     assert _convert(capsys, "folder", str(good_folder), "--out", str(out))[0] == 0
     before = _files(out)
