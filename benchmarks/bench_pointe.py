@@ -210,7 +210,8 @@ def main() -> None:
     same_run = "" if None in pe else f", vs point-e attn this run (est.) {pe_total / t_fast:.1f}x"
     print(
         f"text sample (1024 + 3072 points): {t_fast:.1f} s; vs point-e's settings in "
-        f"pointdiff fp32 ({'measured' if args.full else 'est.'}) {totals[False] / t_fast:.1f}x, vs point-e (ref. est.) "
+        f"pointdiff fp32 ({'measured' if args.full else 'est.'}) {totals[False] / t_fast:.1f}x, "
+        "vs point-e (ref. est.) "
         f"{ref_total / t_fast:.1f}x{same_run}"
     )
 

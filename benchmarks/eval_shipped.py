@@ -42,7 +42,8 @@ and its held-out splits the prompts; an object's class is its ``category`` when 
 classifier class, else (shards not yet selected, e.g. all of Sweet Home 3D) the class
 ``data_tools.select_classes`` gives its name; objects of no class are left out.
 
-``--sweep`` instead times samplers/steps/guidance scales on the first seed (quality vs seconds), to choose the
+``--sweep`` instead times samplers/steps/guidance scales on the first seed (quality vs
+seconds), to choose the
 default. ``--sheet`` writes a PNG of prompts -> clouds -> meshes.
 """
 
@@ -147,7 +148,8 @@ def main() -> None:
     ap.add_argument(
         "--save-clouds",
         action="store_true",
-        help="also write each run's clouds to OUT/[natural-]clouds-<sampler>-<steps>-<guidance>[-gi<lo>-<hi>]-seed<k>.npz "
+        help="also write each run's clouds to "
+        "OUT/[natural-]clouds-<sampler>-<steps>-<guidance>[-gi<lo>-<hi>]-seed<k>.npz "
         "(coords, colors: base; final_coords, final_colors where all stages ran; prompts, "
         "categories[, colours]), so other classifiers can score them",
     )

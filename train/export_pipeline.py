@@ -1,7 +1,8 @@
 """Export training checkpoints as a shipped pipeline directory (fp16 EMA weights + configs).
 
     .venv/bin/python train/export_pipeline.py checkpoints/pointdiff-small \
-        --base runs/ship/base --sdf runs/ship/sdf [--upsampler runs/ship/up | --surface-upsampler 3072] \
+        --base runs/ship/base --sdf runs/ship/sdf \
+        [--upsampler runs/ship/up | --surface-upsampler 3072] \
         --sampler dpmpp_2m --steps 24 --guidance 3 --captions-from runs/data/ship --wordnet \
         [--base-points 1024 --up-points 1024 3072]   # models trained on point subsets
 
@@ -9,9 +10,9 @@ Each stage's config.json records the SHA-256 of its weight files ("sha256"); loa
 so a corrupt or changed file is named instead of sampled from.
 
 --wordnet also writes base/lexicon.json: every WordNet noun mapped to the nearest word of the
-training captions (pointdiff.conditioning.lexicon), so prompts with words the model never saw ("a desk") are
-read as words it knows ("a table"). It needs Debian's wordnet-base (`make sysdeps`) at export
-time only.
+training captions (pointdiff.conditioning.lexicon), so prompts with words the model never saw
+("a desk") are read as words it knows ("a table"). It needs Debian's wordnet-base
+(`make sysdeps`) at export time only.
 """
 
 import argparse

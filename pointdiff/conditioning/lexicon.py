@@ -10,8 +10,8 @@ weights (``lexicon.json``, no WordNet needed at sampling time) and :func:`rewrit
 words for their alias before the prompt is embedded.
 
     wn = WordNet.load("/usr/share/wordnet")
-    aliases = build_aliases(wn, vocab_counts(captions))     # {"desk": "table", "stool": "chair", ...}
-    rewrite("a desk (office)", aliases, vocab)               # -> ("a table (office)", {"desk": "table"})
+    aliases = build_aliases(wn, vocab_counts(captions))  # {"desk": "table", "stool": "chair", ...}
+    rewrite("a desk (office)", aliases, vocab)  # ("a table (office)", {"desk": "table"})
 
 :class:`PromptReader` reads a prompt once, for the whole pipeline: the user's text, the text the
 model is given, the words swapped and the warnings, in one frozen :class:`Prompt`.
@@ -94,7 +94,8 @@ class WordNet:
             or not (root / "data.noun").is_file()
         ):
             raise LexiconError(
-                f"no WordNet database at {folder or ' or '.join(WORDNET_DIRS)} (index.noun, data.noun); "
+                f"no WordNet database at {folder or ' or '.join(WORDNET_DIRS)} "
+                "(index.noun, data.noun); "
                 "install it with `apt-get install -y wordnet-base` or pass the folder that holds it"
             )
         senses, hypernyms, lemmas, exceptions = {}, {}, {}, {}

@@ -11,8 +11,8 @@ Axes and colours per format, chosen so common viewers show the object upright an
   ``.mtl`` so viewers that ignore vertex colours still load it. No texture is baked.
 * **GLB** (glTF 2.0 binary, written here with numpy + json): Y-up (+Z front) as the spec requires,
   ``POSITION``/``NORMAL``/``COLOR_0`` (float32 VEC3, **linear** RGB as the spec requires; converted
-  from sRGB) and uint32 indices, one white, non-metallic, double-sided material so the vertex colours
-  show unmodified in Blender, three.js, model-viewer and Windows 3D Viewer.
+  from sRGB) and uint32 indices, one white, non-metallic, double-sided material so the vertex
+  colours show unmodified in Blender, three.js, model-viewer and Windows 3D Viewer.
 
 Every writer goes through ``pointdiff.atomic``, so a crash never leaves half a file.
 """

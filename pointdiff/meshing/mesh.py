@@ -18,7 +18,8 @@ from pointdiff.meshing import export
 
 
 class MeshError(ValueError):
-    """Bad input to meshing or export (empty/NaN data, bad grid, unwritable path), with the reason."""
+    """Bad input to meshing or export (empty/NaN data, bad grid, unwritable path), with the
+    reason."""
 
 
 class NoSurfaceError(MeshError):
