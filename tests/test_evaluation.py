@@ -578,3 +578,20 @@ def test_rescore_clouds_nearest_judge_needs_no_classifier(tmp_path, monkeypatch)
     assert res == {"nn_accuracy": (0.5, 0.5)}
     with pytest.raises(SystemExit):
         main([str(tmp_path / "own.npz")])
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_fps_share_trains_on_the_farthest_point_prefix_that_share_of_the_time(share):
+    from pointdiff.training.classifier import LabelledClouds, _batch
+
+    n, p = 400, 100
+    coords = np.zeros((n, p, 3), dtype=np.float32)
+    coords[..., 0] = np.arange(p)  # x = the point's index (the augmentation's jitter is 0.005)
+    data = LabelledClouds(
+        coords, np.zeros_like(coords), np.full(n, "a"), np.full(n, "train"), np.full(n, "x")
+    )
+    g = torch.Generator().manual_seed(0)
+    out = _batch(data, np.arange(n), 10, 3, g, True, rotation=0.0, fps_share=share)
+    # the prefix is points 0..9 in order; a random pick is in increasing order with p ≈ 1/10!
+    in_order = (out[..., 0].diff(dim=1) > 0).all(1)
+    assert abs(in_order.float().mean().item() - share) < 0.08

@@ -83,6 +83,13 @@ def main(argv: list[str] | None = None) -> dict:
         help="rotate the ShapeNet clouds about the up axis by this many degrees "
         "(180 faces ShapeNet's chairs like Sweet Home 3D's)",
     )
+    p.add_argument(
+        "--fps-share",
+        type=float,
+        default=0.0,
+        help="share of training clouds subsampled by their farthest-point prefix (as at "
+        "evaluation) instead of at random, so both subsets are judged alike (e.g. 0.5)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     args, overrides = p.parse_known_args(argv)
     if args.threads:
@@ -116,6 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         rotation=args.rotation,
         noise=args.noise,
         outliers=args.outliers,
+        fps_share=args.fps_share,
     )
     noisy = perturb(held, NOISY_SIGMA, NOISY_STRAYS)  # with the generator's measured defects
     result = {

@@ -155,10 +155,13 @@ def _batch(
     rotation=180.0,
     noise=0.0,
     outliers=0.0,
+    fps_share=0.0,
 ):
     p = data.coords.shape[1]
-    if train:  # a fresh random subset of points each time
+    if train:  # a fresh random subset of points each time, or (fps_share) the FPS prefix
         pick = torch.stack([torch.randperm(p, generator=g)[:num_points] for _ in idx])
+        prefix = torch.rand(len(idx), generator=g) < fps_share
+        pick[prefix] = torch.arange(num_points)
     else:  # clouds are stored in farthest-point order: the first points are a good subsample
         pick = torch.arange(num_points).expand(len(idx), -1)
     coords = torch.from_numpy(data.coords[idx]).gather(1, pick[..., None].expand(-1, -1, 3))
@@ -206,6 +209,7 @@ def train_classifier(
     rotation: float = 180.0,
     noise: float = 0.0,
     outliers: float = 0.0,
+    fps_share: float = 0.0,
 ) -> list[dict]:
     """Train on ``data`` (labels must be in ``model.cfg.class_names``) with AdamW + cosine LR.
 
@@ -213,6 +217,8 @@ def train_classifier(
         any orientation; small values for generators trained in canonical orientation).
     :param noise, outliers: generator-like defects added by the augmentation (max jitter σ, max
         stray fraction; see ``_augment``), so generated clouds are judged by shape, not by noise.
+    :param fps_share: the share of training clouds subsampled as their farthest-point prefix (as
+        at evaluation) instead of a random subset: both subsets are then judged alike.
 
     Classes are balanced by sampling each epoch's clouds with weights 1 / class frequency.
     :return: one dict per logged epoch (loss, train accuracy, held-out accuracy if given).
@@ -238,7 +244,16 @@ def train_classifier(
         for s in range(steps_per_epoch):
             idx = order[s * batch_size : (s + 1) * batch_size].numpy()
             x = _batch(
-                data, idx, num_points, model.cfg.in_channels, g, True, rotation, noise, outliers
+                data,
+                idx,
+                num_points,
+                model.cfg.in_channels,
+                g,
+                True,
+                rotation,
+                noise,
+                outliers,
+                fps_share,
             )
             logits = model(x)["logits"]
             loss = F.cross_entropy(logits, y[idx], label_smoothing=0.1)
