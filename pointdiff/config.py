@@ -145,7 +145,7 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 500
     seed: int = 0
-    num_workers: int = 0
+    num_workers: int = -1  # DataLoader workers per rank; -1 = min(4, CPUs per rank - 1)
     keep_checkpoints: int = 3  # keep the last K ckpt-* directories of a run
     compile: bool = False  # torch.compile the network
     fsdp: bool = False  # shard params/grads/AdamW/EMA over ranks (FSDP2) instead of DDP replicas

@@ -4,7 +4,7 @@ them; the converters that make shards are ``data_tools``.
 Shard format (a directory; memory-mappable, no pickle):
 
 * ``meta.json``: ``{"format": "pointdiff-shards", "version": 1, "num_objects", "num_points",
-  "num_sdf", "shards": [...]}``.
+  "num_sdf", "shards": [...]}`` (+ ``"point_order": "fps"``: clouds stored in FPS order).
 * ``shard-00000.safetensors`` …: per shard of K objects
   ``coords`` [K, P, 3] float32 (object space, Z-up, xyz ∈ [-0.5, 0.5]),
   ``colors`` [K, P, 3] uint8 (sRGB bytes), and when SDF samples exist
@@ -12,8 +12,10 @@ Shard format (a directory; memory-mappable, no pickle):
 * ``index.jsonl``: one JSON object per line, in row order: ``id``, ``caption``, ``source``,
   ``licence``, ``split`` (train/val/test), ``shard`` (file name), ``row`` (index in the shard),
   plus whatever the converter adds (``center``, ``scale``, ``category``, ``sdf_reliable``, …).
-
 Files are written to a temporary name and renamed, so a reader never sees half a shard.
+The dataset holds the index as columns (``ShardIndex``: numpy arrays, no object per entry): a
+million objects cost tens of MB, shared by forked DataLoader workers (reference counts touch
+every dict of a list of dicts, copying its pages into each worker; never numpy buffers).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,7 @@ from pointdiff.pointcloud import farthest_point_sample, normalize_bbox, to_model
 FORMAT = "pointdiff-shards"
 VERSION = 1
 _REQUIRED = ("id", "caption", "source", "licence", "split")
+SUBSAMPLES = ("auto", "fps", "random", "first")
 
 
 class ShardError(ValueError):
@@ -46,7 +50,10 @@ class ShardError(ValueError):
 
 
 def write_shards(
-    records: Iterable[Mapping], out_dir: str | os.PathLike, objects_per_shard: int = 256
+    records: Iterable[Mapping],
+    out_dir: str | os.PathLike,
+    objects_per_shard: int = 256,
+    point_order: str | None = None,
 ) -> dict:
     """Write records to a shard directory (replacing any previous index there).
 
@@ -55,6 +62,8 @@ def write_shards(
     ``sdf_points`` [Q, 3] and ``sdf_values`` [Q], and any JSON-able extras. All records share P
     (and Q). Output bytes depend only on the records and their order.
 
+    :param point_order: ``"fps"`` when every cloud is in farthest-point order (recorded in
+        ``meta.json``; the dataset then takes the first N points instead of running FPS).
     :return: the ``meta.json`` dict.
     """
     out = Path(out_dir)
@@ -70,9 +79,8 @@ def write_shards(
         arrays["coords"] = arrays["coords"].astype(np.float32)
         if arrays["colors"].dtype != np.uint8:
             arrays["colors"] = np.round(np.clip(arrays["colors"], 0, 1) * 255).astype(np.uint8)
-        for k in ("sdf_points", "sdf_values"):
-            if k in arrays:
-                arrays[k] = arrays[k].astype(np.float32)
+        for k in {"sdf_points", "sdf_values"} & arrays.keys():
+            arrays[k] = arrays[k].astype(np.float32)
         with atomic_path(out / name) as tmp:
             save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
         for row, r in enumerate(buf):
@@ -110,12 +118,11 @@ def write_shards(
         "num_points": int(shape["coords"][0]),
         "num_sdf": int(shape["sdf_values"][0]) if "sdf_values" in shape else 0,
         "shards": shards,
+        **({"point_order": point_order} if point_order else {}),
     }
     write_text_atomic(out / "index.jsonl", "\n".join(index_lines) + "\n")
-    write_json_atomic(
-        out / "meta.json", meta, sort_keys=False
-    )  # meta.json last: readers start there
-    return meta
+    write_json_atomic(out / "meta.json", meta, sort_keys=False)
+    return meta  # meta.json was written last: readers start there
 
 
 def _jsonable(v):
@@ -130,8 +137,8 @@ def _jsonable(v):
 # Reading
 
 
-def read_index(root: str | os.PathLike) -> list[dict]:
-    """The index entries of a shard directory (one dict per object, in row order)."""
+def read_meta(root: str | os.PathLike) -> dict:
+    """A shard directory's ``meta.json`` (checked)."""
     root = Path(root)
     meta_path = root / "meta.json"
     if not meta_path.is_file():
@@ -141,32 +148,122 @@ def read_index(root: str | os.PathLike) -> list[dict]:
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != FORMAT:
         raise ShardError(f"{root}: meta.json format is {meta.get('format')!r}, expected {FORMAT!r}")
-    with open(root / "index.jsonl") as f:
+    return meta
+
+
+def read_index(root: str | os.PathLike) -> list[dict]:
+    """The index entries of a shard directory (one dict per object, in row order)."""
+    read_meta(root)
+    with open(Path(root) / "index.jsonl") as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
-class ShardReader:
-    """Random access to the arrays of one shard directory (memory-mapped safetensors)."""
+class StringColumn(Sequence[str]):
+    """Strings as one UTF-8 buffer and offsets: ``col[i]`` decodes string i."""
 
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-        self.entries = read_index(self.root)
-        self._handles: dict[str, object] = {}
+    def __init__(self, strings: list[str]):
+        data = [s.encode() for s in strings]
+        self.offsets, self.buffer = (
+            np.cumsum([0, *map(len, data)]),
+            np.frombuffer(b"".join(data), np.uint8),
+        )
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.offsets) - 1
 
-    def get(self, i: int, key: str) -> np.ndarray:
-        """Array ``key`` of object i (e.g. ``coords`` [P, 3], ``colors`` [P, 3] uint8)."""
-        e = self.entries[i]
-        h = self._handles.get(e["shard"])
+    def __getitem__(self, i):
+        return self.buffer[self.offsets[i] : self.offsets[i + 1]].tobytes().decode()
+
+
+class ShardIndex:
+    """``index.jsonl`` as columns, built in one streaming pass (no list of dicts is kept).
+
+    ``shard``/``row`` [N] locate each object's arrays, ``split`` [N] names its split; object i's
+    captions (its ``captions`` list, else ``[caption]``) are the ids
+    ``caption_ids[caption_start[i] : caption_start[i + 1]]`` into ``vocab``, the sorted distinct
+    captions.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.meta = read_meta(root)
+        shard_code = {name: k for k, name in enumerate(self.meta["shards"])}
+        vocab: dict[str, int] = {}
+        shard, row, split, cap_ids, cap_count = [], [], [], [], []
+        with open(Path(root) / "index.jsonl") as f:
+            for e in map(json.loads, filter(str.strip, f)):
+                shard.append(shard_code[e["shard"]])
+                row.append(e["row"])
+                split.append(e["split"])
+                caps = e.get("captions") or [e["caption"]]
+                cap_ids += [vocab.setdefault(c, len(vocab)) for c in caps]
+                cap_count.append(len(caps))
+        self.shard, self.row = np.array(shard, np.int32), np.array(row, np.int64)
+        self.split = np.array(split)
+        # renumber the captions so that the vocabulary is sorted (id order = string order)
+        words = np.array(list(vocab), dtype=object)
+        order = np.argsort(words, kind="stable")
+        self.vocab = StringColumn(list(words[order]))
+        new_id = np.empty(len(order), np.int32)
+        new_id[order] = np.arange(len(order), dtype=np.int32)
+        self.caption_ids = new_id[np.array(cap_ids, np.int64)]
+        self.caption_start = np.cumsum([0, *cap_count], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+    def captions_of(self, i: int) -> np.ndarray:
+        """Caption ids of object ``i`` (into ``vocab``)."""
+        return self.caption_ids[self.caption_start[i] : self.caption_start[i + 1]]
+
+    def caption_ids_of(self, rows: np.ndarray) -> np.ndarray:
+        """Sorted distinct caption ids of the objects ``rows``."""
+        start, count = self.caption_start[rows], np.diff(self.caption_start)[rows]
+        offsets = np.repeat(start - np.cumsum(count) + count, count)
+        return np.unique(self.caption_ids[offsets + np.arange(count.sum())])
+
+
+class ShardReader:
+    """Random access to the arrays of one shard directory (memory-mapped safetensors); ``index``
+    is its columnar index, ``entries`` its index as dicts (read on first use, for tools)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root, self.index = Path(root), ShardIndex(root)
+        self._entries: list[dict] | None = None
+        self._handles: dict[int, object] = {}
+
+    @property
+    def entries(self) -> list[dict]:
+        if self._entries is None:
+            self._entries = read_index(self.root)
+        return self._entries
+
+    def get(self, i: int, key: str, first: int | None = None) -> np.ndarray:
+        """Array ``key`` of object i (e.g. ``coords`` [P, 3], ``colors`` [P, 3] uint8); with
+        ``first``, only its first ``first`` rows (read from the file, not sliced after)."""
+        k = int(self.index.shard[i])
+        h = self._handles.get(k)
         if h is None:
-            h = safe_open(str(self.root / e["shard"]), framework="numpy")
-            self._handles[e["shard"]] = h
-        return h.get_slice(key)[e["row"]]
+            h = safe_open(str(self.root / self.index.meta["shards"][k]), framework="numpy")
+            self._handles[k] = h
+        row = int(self.index.row[i])
+        return h.get_slice(key)[row] if first is None else h.get_slice(key)[row, :first]
 
     def __getstate__(self):  # handles are per process (DataLoader workers reopen them)
-        return {**self.__dict__, "_handles": {}}
+        return {**self.__dict__, "_handles": {}, "_entries": None}
+
+
+def is_fps_ordered(reader: ShardReader, rows: np.ndarray, k: int, probes: int = 4) -> bool:
+    """Whether clouds are stored in farthest-point order (``data_tools`` stores them in the order
+    FPS picked them): ``meta.json`` says so, or FPS of ``k`` points from point 0 gives the first
+    ``k`` points of ``probes`` objects spread over ``rows``."""
+    if reader.index.meta.get("point_order") == "fps":
+        return True
+    picks = rows[np.linspace(0, len(rows) - 1, min(probes, len(rows))).astype(int)]
+    for i in picks:
+        coords = torch.from_numpy(reader.get(int(i), "coords"))
+        if not np.array_equal(farthest_point_sample(coords, k).numpy(), np.arange(k)):
+            return False
+    return True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,15 +281,19 @@ class PointCloudDataset(torch.utils.data.Dataset):
     """Clouds of one split of a shard directory, in model space.
 
     Items: ``{"points": [num_points, 6], "caption": str, "index": int}`` plus ``"text_emb"``
-    [D] once ``set_text_embeddings`` was called (per-caption cache, computed once per caption).
-    An object with a ``captions`` list gets one of them per item, drawn from (seed, epoch, index).
+    [D] (float32) once ``set_text_embeddings`` was called. An object with a ``captions`` list
+    gets one of them per item, drawn from (seed, epoch, index).
 
     Augmentation (``augment=True``): a random rotation about the up axis (then the bbox is
     re-normalised, keeping xyz in [-0.5, 0.5]) and a scale jitter in [1 - scale_jitter, 1].
     Its randomness is a function of (seed, epoch, index) only, so a resumed run sees exactly the
     data an uninterrupted one would (call ``set_epoch`` at each epoch).
 
-    :param subsample: ``fps`` (farthest points, cached per object), ``random`` or ``first``.
+    :param subsample: ``first`` (the first points: the FPS subset of clouds stored in FPS
+        order, read without computing anything), ``fps`` (farthest points from point 0, cached
+        for the last ``fps_cache`` objects), ``random``, or ``auto``: ``first`` when the clouds
+        are FPS-ordered (``is_fps_ordered``; then it picks the very points ``fps`` would),
+        else ``fps``. ``self.subsample`` is the resolved choice.
     """
 
     def __init__(
@@ -200,24 +301,27 @@ class PointCloudDataset(torch.utils.data.Dataset):
         root: str | os.PathLike,
         split: str | None = "train",
         num_points: int = 1024,
-        subsample: str = "fps",
+        subsample: str = "auto",
         augment: bool = False,
         scale_jitter: float = 0.1,
         seed: int = 0,
+        fps_cache: int = 65_536,
     ):
         self.reader = ShardReader(root)
-        self.rows = [
-            i for i, e in enumerate(self.reader.entries) if split is None or e["split"] == split
-        ]
-        if not self.rows:
+        index = self.reader.index
+        self.rows = np.flatnonzero(index.split == split) if split else np.arange(len(index))
+        if not len(self.rows):
             raise ShardError(f"{root}: no objects in split {split!r}")
-        if subsample not in ("fps", "random", "first"):
-            raise ValueError(f"unknown subsample {subsample!r} (fps | random | first)")
+        if subsample not in SUBSAMPLES:
+            raise ValueError(f"unknown subsample {subsample!r} ({' | '.join(SUBSAMPLES)})")
+        if num_points > (points := index.meta["num_points"]):
+            raise ShardError(f"objects have {points} points, fewer than num_points={num_points}")
+        if subsample == "auto":  # the first points are the FPS subset of an FPS-ordered cloud
+            subsample = "first" if is_fps_ordered(self.reader, self.rows, num_points) else "fps"
         self.num_points, self.subsample = num_points, subsample
-        self.augment, self.scale_jitter, self.seed = augment, scale_jitter, seed
-        self.epoch = 0
-        self._fps_cache: dict[int, np.ndarray] = {}
-        self._text: Mapping[str, torch.Tensor] | None = None
+        self.augment, self.scale_jitter, self.seed, self.epoch = augment, scale_jitter, seed, 0
+        self._fps_cache, self._fps_cache_size = OrderedDict(), fps_cache  # LRU, per process
+        self._text, self._text_row = None, None  # rows; caption id -> row
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -228,128 +332,69 @@ class PointCloudDataset(torch.utils.data.Dataset):
     @property
     def captions(self) -> list[str]:
         """The distinct captions of this split (every caption of every object), sorted."""
-        return sorted({c for i in range(len(self)) for c in self.captions_of(i)})
+        vocab = self.reader.index.vocab
+        return [vocab[int(c)] for c in self.reader.index.caption_ids_of(self.rows)]
 
     def captions_of(self, i: int) -> list[str]:
-        """Object ``i``'s captions: its ``captions`` list (``data_tools captions``), else
-        ``[caption]``."""
-        e = self.entry(i)
-        return e.get("captions") or [e["caption"]]
+        """Object ``i``'s captions: its ``captions`` list (``data_tools captions``) or caption."""
+        vocab = self.reader.index.vocab
+        return [vocab[int(c)] for c in self.reader.index.captions_of(int(self.rows[i]))]
 
-    def entry(self, i: int) -> dict:
+    def entry(self, i: int) -> dict:  # the whole index line (reads the index as dicts once)
         return self.reader.entries[self.rows[i]]
 
-    def set_text_embeddings(self, table: Mapping[str, torch.Tensor]) -> None:
-        """Attach precomputed embeddings, one [D] tensor per caption."""
-        missing = [c for c in self.captions if c not in table]
-        if missing:
-            raise KeyError(f"no text embedding for {len(missing)} captions, e.g. {missing[:3]}")
+    def set_text_embeddings(self, table: Mapping[str, torch.Tensor] | Sequence) -> None:
+        """Attach precomputed embeddings: a mapping caption → [D] tensor, or rows (a [C, D]
+        tensor, a memory-mapped table) of the C captions of ``self.captions``, in that order."""
+        captions = self.captions
+        if isinstance(table, Mapping):
+            missing = [c for c in captions if c not in table]
+            if missing:
+                raise KeyError(f"no text embedding for {len(missing)} captions, e.g. {missing[:3]}")
+            table = torch.stack([table[c] for c in captions])
+        if len(table) != len(captions):
+            raise KeyError(f"{len(table)} text embeddings for {len(captions)} captions")
+        self._text_row = np.full(len(self.reader.index.vocab), -1, dtype=np.int64)
+        self._text_row[self.reader.index.caption_ids_of(self.rows)] = np.arange(len(captions))
         self._text = table
 
-    def _indices(self, i: int, n: int, g: np.random.Generator) -> np.ndarray:
+    def _indices(self, i: int, n: int, g: np.random.Generator | None) -> np.ndarray | None:
         k = self.num_points
-        if k > n:
-            raise ShardError(f"objects have {n} points, fewer than num_points={k}")
         if self.subsample == "first" or k == n:
-            return np.arange(k)
+            return None  # the first k points, read as such
         if self.subsample == "random":
             return g.choice(n, size=k, replace=False)
-        if i not in self._fps_cache:
-            coords = torch.from_numpy(self.reader.get(self.rows[i], "coords"))
-            self._fps_cache[i] = farthest_point_sample(coords, k).numpy()
-        return self._fps_cache[i]
+        idx = self._fps_cache.pop(i, None)
+        if idx is None:
+            coords = torch.from_numpy(self.reader.get(int(self.rows[i]), "coords"))
+            idx = farthest_point_sample(coords, k).numpy().astype(np.int32)
+        self._fps_cache[i] = idx  # the most recently used last
+        if len(self._fps_cache) > self._fps_cache_size:
+            self._fps_cache.popitem(last=False)
+        return idx
 
     def __getitem__(self, i: int) -> dict:
-        row = self.rows[i]
-        coords = self.reader.get(row, "coords")
-        colors = self.reader.get(row, "colors").astype(np.float32) / 255.0
-        g = np.random.default_rng([self.seed, self.epoch, i])
-        idx = self._indices(i, len(coords), g)
-        coords, colors = coords[idx], colors[idx]
+        row = int(self.rows[i])
+        # randomness: a function of (seed, epoch, i); the generator is made only when used
+        random = self.augment or self.subsample == "random"
+        g = np.random.default_rng([self.seed, self.epoch, i]) if random else None
+        idx = self._indices(i, self.reader.index.meta["num_points"], g)
+        first = self.num_points if idx is None else None
+        coords = self.reader.get(row, "coords", first)
+        colors = self.reader.get(row, "colors", first)
+        if idx is not None:
+            coords, colors = coords[idx], colors[idx]
         if self.augment:
             coords, _, _ = normalize_bbox(rotate_z(coords, g.uniform(0, 2 * math.pi)))
             coords = coords * g.uniform(1 - self.scale_jitter, 1.0)
-        points = to_model_space(torch.from_numpy(coords).float(), torch.from_numpy(colors))
+        colors = torch.from_numpy(colors.astype(np.float32) / 255.0)
+        points = to_model_space(torch.from_numpy(coords).float(), colors)
         # One caption per step when an object has several; its own stream, so objects with one
         # caption see the same points as before captions lists existed.
-        caps = self.captions_of(i)
-        pick = np.random.default_rng([self.seed, self.epoch, i, 1]).integers(len(caps))
-        item = {"points": points, "caption": caps[int(pick)], "index": i}
+        caps, pick = self.reader.index.captions_of(row), 0
+        if len(caps) > 1:
+            pick = int(np.random.default_rng([self.seed, self.epoch, i, 1]).integers(len(caps)))
+        item = {"points": points, "caption": self.reader.index.vocab[int(caps[pick])], "index": i}
         if self._text is not None:
-            item["text_emb"] = self._text[item["caption"]]
+            item["text_emb"] = self._text[int(self._text_row[caps[pick]])].float()
         return item
-
-
-# ----------------------------------------------------------------------------------------------
-# Sampling order (distributed, resumable)
-
-
-class ResumableSampler(torch.utils.data.Sampler[int]):
-    """Seeded per-epoch order, split across ranks in blocks, that can start mid-epoch.
-
-    Each epoch is a permutation seeded by (seed, epoch) (several concatenated ones when the
-    dataset is smaller than one global batch), cut to a whole number of global batches of
-    ``block * num_replicas`` indices (the tail is dropped, differently every epoch). Global batch
-    ``s`` is ``order[s*G : (s+1)*G]``; rank r takes its r-th block of ``block`` indices. With
-    ``block = batch_size * grad_accum`` one rank reads, step after step, exactly the samples a
-    single process with ``grad_accum * num_replicas`` micro-steps would give to micro-steps
-    ``r*grad_accum …``: the ranks are disjoint, their union is the epoch, and the split does not
-    depend on the rank count beyond that.
-
-    ``set_position(epoch, start)`` resumes after ``start`` samples (global) of ``epoch``.
-    """
-
-    def __init__(
-        self,
-        size: int,
-        num_replicas: int = 1,
-        rank: int = 0,
-        block: int = 1,
-        seed: int = 0,
-        shuffle: bool = True,
-    ):
-        if size <= 0 or block <= 0 or not 0 <= rank < num_replicas:
-            raise ValueError(
-                f"bad sampler args size={size} block={block} rank={rank}/{num_replicas}"
-            )
-        self.size, self.num_replicas, self.rank, self.block = size, num_replicas, rank, block
-        self.seed, self.shuffle = seed, shuffle
-        self.epoch, self.start = 0, 0
-
-    @property
-    def global_batch(self) -> int:
-        return self.block * self.num_replicas
-
-    @property
-    def steps_per_epoch(self) -> int:
-        """Global batches per epoch."""
-        return max(1, self.size // self.global_batch)
-
-    def order(self, epoch: int) -> np.ndarray:
-        """The global sample order of ``epoch``: [steps_per_epoch * global_batch] indices."""
-        reps = -(-self.global_batch // self.size)  # datasets smaller than one global batch
-        perms = [
-            np.random.default_rng([self.seed, epoch, j]).permutation(self.size)
-            if self.shuffle
-            else np.arange(self.size)
-            for j in range(reps)
-        ]
-        return np.concatenate(perms)[: self.steps_per_epoch * self.global_batch]
-
-    def set_epoch(self, epoch: int) -> None:
-        self.set_position(epoch, 0)
-
-    def set_position(self, epoch: int, start: int) -> None:
-        """Resume at global sample ``start`` (a multiple of the global batch) of ``epoch``."""
-        if start % self.global_batch or not 0 <= start <= self.steps_per_epoch * self.global_batch:
-            raise ValueError(
-                f"start={start} is not a whole number of global batches ({self.global_batch})"
-            )
-        self.epoch, self.start = epoch, start
-
-    def __iter__(self):
-        blocks = self.order(self.epoch)[self.start :].reshape(-1, self.num_replicas, self.block)
-        return iter(blocks[:, self.rank].reshape(-1).tolist())
-
-    def __len__(self) -> int:
-        return (self.steps_per_epoch * self.global_batch - self.start) // self.num_replicas

@@ -74,3 +74,55 @@ def test_shard_errors(tmp_path):
     (tmp_path / "meta.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(ShardError, match="format"):
         read_index(tmp_path)
+
+
+def _fps_ordered(records):
+    """The records with each cloud reordered as FPS (from point 0) picks it: data_tools' order."""
+    from pointdiff.pointcloud import farthest_point_sample
+
+    for r in records:
+        order = farthest_point_sample(torch.from_numpy(r["coords"]), len(r["coords"])).numpy()
+        yield {**r, "coords": r["coords"][order], "colors": r["colors"][order]}
+
+
+def test_auto_subsample_reads_the_first_points_of_fps_ordered_clouds(tmp_path):
+    write_shards(_fps_ordered(_records()), tmp_path / "fps")
+    write_shards(_records(), tmp_path / "plain")
+    write_shards(_records(), tmp_path / "told", point_order="fps")
+    auto = PointCloudDataset(tmp_path / "fps", num_points=64)
+    fps = PointCloudDataset(tmp_path / "fps", num_points=64, subsample="fps")
+    assert auto.subsample == "first" and fps.subsample == "fps"
+    for i in range(len(auto)):  # the very points FPS would pick, without running it
+        assert torch.equal(auto[i]["points"], fps[i]["points"])
+    assert PointCloudDataset(tmp_path / "plain", num_points=64).subsample == "fps"
+    assert PointCloudDataset(tmp_path / "told", num_points=64).subsample == "first"
+    # the FPS cache is bounded (least recently used objects go first)
+    small = PointCloudDataset(tmp_path / "plain", num_points=64, subsample="fps", fps_cache=2)
+    for i in (0, 1, 2, 3, 1):
+        small[i]
+    assert list(small._fps_cache) == [3, 1]
+
+
+def test_index_is_columnar_and_text_tables_may_be_row_indexed(tmp_path):
+    recs = list(_records())
+    recs[1]["captions"] = ["thing 1", "a red thing", "a big thing"]
+    write_shards(recs, tmp_path)
+    ds = PointCloudDataset(tmp_path, num_points=64)
+    index = ds.reader.index
+    assert index.shard.dtype == np.int32 and index.caption_ids.dtype == np.int32
+    assert list(index.vocab) == sorted({"thing 0", "thing 1", "a red thing", "a big thing"})
+    assert ds.captions == ["a big thing", "a red thing", "thing 0", "thing 1"]
+    assert ds.captions_of(0) == ["thing 1", "a red thing", "a big thing"]
+    items = [ds[i] for i in range(len(ds))]
+    assert ds.reader._entries is None  # no list of dicts was built to read items
+    assert ds.entry(0)["id"] == "obj1" and ds.reader._entries is not None
+    # a [C, D] table in the order of ds.captions (what the text cache stores), fp16 rows
+    table = torch.arange(8, dtype=torch.float16).view(4, 2)
+    ds.set_text_embeddings(table)
+    for item in (ds[i] for i in range(len(ds))):
+        row = ds.captions.index(item["caption"])
+        assert item["text_emb"].dtype == torch.float32
+        assert item["text_emb"].tolist() == table[row].float().tolist()
+    assert [it["caption"] for it in items] == [ds[i]["caption"] for i in range(len(ds))]
+    with pytest.raises(KeyError, match="3 text embeddings for 4 captions"):
+        ds.set_text_embeddings(table[:3])

@@ -20,7 +20,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pointdiff.data import ResumableSampler, write_shards
+from pointdiff.data import write_shards
+from pointdiff.training.batches import ResumableSampler
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # each test runs several 2-process jobs (~1 min each on 2 cores)

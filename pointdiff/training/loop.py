@@ -21,10 +21,9 @@ from torch import nn
 from tqdm import tqdm
 
 from pointdiff.config import TrainConfig
-from pointdiff.data import ResumableSampler
 from pointdiff.training import distributed as dist
 from pointdiff.training import fsdp
-from pointdiff.training.batches import micro_batches, micro_step_seed
+from pointdiff.training.batches import ResumableSampler, micro_batches, micro_step_seed
 from pointdiff.training.optim import build_optimizer, ema_decay, update_ema
 from pointdiff.training.run_dir import RunDir
 

@@ -45,7 +45,7 @@ from pointdiff.config import (
     get_preset,
     to_dict,
 )
-from pointdiff.data import PointCloudDataset
+from pointdiff.data import SUBSAMPLES, PointCloudDataset
 from pointdiff.models import build_model, count_params
 from pointdiff.training import distributed as dist
 from pointdiff.training.loop import train
@@ -150,7 +150,13 @@ def parse(stage: str, argv: list[str] | None):
     p.add_argument("--clip-download", action="store_true", help="let open_clip download weights")
     p.add_argument("--freeze-text", action="store_true", help="do not train a tiny/small tower")
     p.add_argument("--split", default="train", help="shard split to train on ('all' = every one)")
-    p.add_argument("--subsample", default="fps", choices=["fps", "random", "first"])
+    p.add_argument(
+        "--subsample",
+        default="auto",
+        choices=SUBSAMPLES,
+        help="points of each stored cloud: auto (default) = first when the shards are stored in "
+        "farthest-point order (data_tools writes them so: no FPS at load time), else fps",
+    )
     p.add_argument("--no-augment", action="store_true", help="no rotation / scale jitter")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument(
@@ -216,7 +222,7 @@ def main(stage: str, argv: list[str] | None = None) -> dict:
     source = args.init_from if pointe and args.init_from else preset  # where the model is from
     dist.print0(
         f"{stage} {source}: {count_params(model) / 1e6:.2f} M params, {len(dataset)} objects, "
-        f"text {text_note}"
+        f"text {text_note}, subsample {dataset.subsample}"
     )
     if args.init_from:
         _init_from(Path(args.init_from), model if pointe else model.net, text, dataset)

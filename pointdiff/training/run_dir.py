@@ -17,10 +17,10 @@ from torch import nn
 from pointdiff.atomic import write_json_atomic, write_text_atomic
 from pointdiff.checkpoint import latest_checkpoint, load_into, load_training_state, save_checkpoint
 from pointdiff.config import TrainConfig, to_dict
-from pointdiff.data import ResumableSampler
 from pointdiff.diffusion.precond import KarrasDenoiser
 from pointdiff.training import distributed as dist
 from pointdiff.training import fsdp
+from pointdiff.training.batches import ResumableSampler
 from pointdiff.training.objectives import TextConditioned
 from pointdiff.training.rng import get_rng_state, set_rng_state
 
