@@ -24,8 +24,8 @@ from pointdiff.training.objectives import (
     split_low_res,
 )
 from pointdiff.training.optim import lr_factor, update_ema
-from pointdiff.training.run import set_text_table
 from pointdiff.training.run_dir import TrainError
+from pointdiff.training.text_cache import set_text_table
 
 # tiny models: one intra-op thread (conftest's one_thread) avoids oversubscription stalls
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -331,3 +331,26 @@ def test_train_cli_with_the_words_encoder_ships_a_loadable_text_pipeline(two_clo
     )
     assert set(wb) - set(wa) == {"text_bias.weight", "text_bias.bias"}
     assert all(torch.equal(wa[k], wb[k]) for k in wa) and not wb["text_bias.weight"].any()
+
+
+def test_text_table_is_cached_beside_the_shards_and_read_back_on_restart(two_clouds, tmp_path):
+    def counted(seed):
+        text = TextEncoder.from_config("tiny", seed=seed).freeze()
+        calls, encode = [], text._encode
+        text._encode = lambda prompts: calls.append(list(prompts)) or encode(prompts)
+        return text, calls
+
+    cache = tmp_path / "text-cache"
+    text, calls = counted(0)
+    ds = PointCloudDataset(two_clouds, num_points=64)
+    path = set_text_table(ds, text, cache_dir=cache)
+    assert calls == [ds.captions] and path.parent == cache
+    # a restart: new encoder object (same weights), new dataset; the encoder is not called
+    again, calls_again = counted(0)
+    ds2 = PointCloudDataset(two_clouds, num_points=64)
+    assert set_text_table(ds2, again, cache_dir=cache) == path and calls_again == []
+    want = text.embed([ds2[0]["caption"]])[0]
+    assert torch.equal(ds2[0]["text_emb"], want.half().float())  # stored fp16
+    # other weights (or captions, or text_tokens) are another table
+    other, calls_other = counted(1)
+    assert set_text_table(ds2, other, cache_dir=cache) != path and len(calls_other) == 1

@@ -13,7 +13,8 @@ error listing the valid ones. ``--text`` chooses the condition:
 * ``tiny`` / ``small`` a from-scratch tower trained jointly (``--freeze-text`` keeps it fixed);
 * ``none`` unconditional (the model's ``cond_dim`` must be 0).
 
-A frozen encoder embeds every caption once, before training (``set_text_table``); a trained
+A frozen encoder embeds every caption once, before training, into a table cached beside the
+shards (``training.text_cache``: a restart reads it back) and is then released; a trained
 tower becomes part of the trained module (``objectives.TextConditioned``).
 
 The default follows the preset's ``cond_dim``: 768 → ``clip:ViT-L-14:openai`` (Point-E),
@@ -35,7 +36,7 @@ import torch
 
 from pointdiff.checkpoint import init_from_checkpoint, load_configs, load_into, load_weights
 from pointdiff.conditioning import hf_text, transfer
-from pointdiff.conditioning.text import SCRATCH_CONFIGS, TextEncoder, text_condition
+from pointdiff.conditioning.text import SCRATCH_CONFIGS, TextEncoder
 from pointdiff.conditioning.words import WordEncoder
 from pointdiff.config import (
     DiffusionConfig,
@@ -61,6 +62,7 @@ from pointdiff.training.pointe_objective import (
     mark_pointe_checkpoints,
 )
 from pointdiff.training.run_dir import TrainError
+from pointdiff.training.text_cache import cache_dir_for, set_text_table
 
 STAGES = {"base": ("denoiser", "small"), "upsampler": ("upsampler", "upsample_small")}
 DEFAULT_TEXT = {768: "clip:ViT-L-14:openai", 512: "small", 32: "tiny", 0: "none"}
@@ -232,8 +234,11 @@ def main(stage: str, argv: list[str] | None = None) -> dict:
     if text is not None and text.trainable:
         model, condition = TextConditioned(model, text), "caption"
     elif text is not None:
-        set_text_table(dataset, text.to(device), getattr(model_cfg, "text_tokens", 0))
-        condition = "text_emb"
+        cache = cache_dir_for(args.data, args.run_dir)
+        set_text_table(dataset, text, getattr(model_cfg, "text_tokens", 0), cache, device)
+        text, condition = None, "text_emb"  # the table holds all the encoder gives: free it
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     if pointe:
         loss_fn = PointeLoss(
             pointe["schedule"], condition, getattr(model_cfg, "num_cond_points", 0)
@@ -256,17 +261,6 @@ def main(stage: str, argv: list[str] | None = None) -> dict:
     if pointe and dist.is_main():  # its checkpoints describe themselves as the converted model
         mark_pointe_checkpoints(args.run_dir, pointe)
     return result
-
-
-def set_text_table(dataset: PointCloudDataset, text, tokens: int = 0) -> None:
-    """A frozen text encoder's condition for every caption of ``dataset``, computed once in one
-    batched pass outside the training graph; the dataset hands it out as ``text_emb``.
-
-    :param tokens: the model's ``text_tokens`` (per-token states after the pooled vector).
-    """
-    captions = dataset.captions
-    table = text_condition(text, captions, tokens).cpu()
-    dataset.set_text_embeddings(dict(zip(captions, table, strict=True)))
 
 
 def _init_from(path: Path, model, text, dataset) -> None:
