@@ -149,6 +149,7 @@ class TrainConfig:
     keep_checkpoints: int = 3  # keep the last K ckpt-* directories of a run
     compile: bool = False  # torch.compile the network
     fsdp: bool = False  # shard params/grads/AdamW/EMA over ranks (FSDP2) instead of DDP replicas
+    grad_checkpointing: bool = False  # recompute each block in backward: less activation memory
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # each test runs several 2-process jobs (~1 min each on 2 cores)
 
 WORKER = r"""
-import json, os, sys
+import json, os, sys, time
 from pathlib import Path
 import torch
 from safetensors.torch import save_file
@@ -47,19 +47,24 @@ net = build_diffusion_model(cfg, DiffusionConfig())
 text = TextEncoder.from_text_config(TextConfig(arch="tiny", trainable=True), seed=0)
 model = TextConditioned(net, text)
 ds = PointCloudDataset(shards, num_points=64, subsample="random", augment=True)
+steps, sleep = int(os.environ.get("MAX_STEPS", 6)), float(os.environ.get("STEP_SLEEP", 0))
 tc = TrainConfig(batch_size=int(batch), grad_accum=int(accum), lr=1e-3, warmup_steps=2,
-                 max_steps=6, log_every=1, ckpt_every=2, ema_decay=0.9, fsdp=fsdp)
+                 max_steps=steps, log_every=1, ckpt_every=2, ema_decay=0.9, fsdp=fsdp,
+                 grad_checkpointing=os.environ.get("GRAD_CKPT") == "1")
 rank = dist.rank()
 seen = open(Path(out) / f"seen-rank{rank}.jsonl", "a")
+(Path(out) / f"pid-rank{rank}").write_text(str(os.getpid()))
 
 def callback(step, info):
     seen.write(json.dumps({"step": step, "indices": info["indices"]}) + "\n")
     seen.flush()
+    time.sleep(sleep)
     if step == int(kill_at) and rank == 1:
         os._exit(1)  # a node failure: no cleanup, no checkpoint
 
-train(model, BaseLoss(DiffusionConfig(), "caption"), ds, tc, run, {"model": cfg},
-      resume=resume == "1", callback=callback)
+result = train(model, BaseLoss(DiffusionConfig(), "caption"), ds, tc, run, {"model": cfg},
+               resume=resume == "1", callback=callback)
+(Path(out) / f"result-rank{rank}.json").write_text(json.dumps({**result, "checkpoint": None}))
 full = lambda v: (v.full_tensor() if hasattr(v, "full_tensor") else v).contiguous()  # FSDP: DTensor
 sharded = all(hasattr(v, "full_tensor") for v in model.parameters())
 (Path(out) / f"sharded-rank{rank}").write_text(str(sharded))
@@ -79,15 +84,25 @@ def shards(synthetic_clouds, tmp_path_factory):
     return out
 
 
-def _run(args: list[str], nproc: int, tmp: Path) -> subprocess.CompletedProcess:
+def _start(args: list[str], nproc: int, tmp: Path, **env) -> subprocess.Popen:
     script = tmp / "worker.py"
     script.write_text(WORKER)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--max-restarts=0"]
     launcher = [*torchrun, f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [*launcher, str(script), *args], env=env, capture_output=True, text=True, timeout=600
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **env}
+    return subprocess.Popen(
+        [*launcher, str(script), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+
+
+def _run(args: list[str], nproc: int, tmp: Path, **env) -> subprocess.CompletedProcess:
+    proc = _start(args, nproc, tmp, **env)
+    out, err = proc.communicate(timeout=600)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _seen(out: Path, rank: int) -> dict[int, list[int]]:
@@ -150,19 +165,25 @@ def test_fsdp_matches_ddp_and_its_checkpoints_resume_with_or_without_fsdp(shards
     Against the same job under DDP, losses and gradient norms agree to rtol 1e-5, weights, EMA
     and AdamW moments to atol 1e-6 (measured: losses equal, weights within 3e-8; gradients are
     reduced by reduce-scatter instead of all-reduce and the clip norm is summed from shards, so
-    only float summation order differs). An FSDP run killed after step 5 resumes from its step-4
-    checkpoint under FSDP and, from a copy, under DDP.
+    only float summation order differs). The FSDP job also recomputes its blocks in backward
+    (``grad_checkpointing``), which changes no number. An FSDP run killed after step 5 resumes
+    from its step-4 checkpoint under FSDP and, from a copy, under DDP.
     """
     ddp, fsdp, cross = tmp_path / "ddp", tmp_path / "fsdp", tmp_path / "cross"
     for d in (ddp, fsdp, cross):
         d.mkdir()
     r = _run([str(shards), str(ddp / "run"), str(ddp), "2", "2", "0", "0"], 2, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    r = _run([str(shards), str(fsdp / "run"), str(fsdp), "2", "2", "5", "0", "fsdp"], 2, tmp_path)
+    ckpt = {"GRAD_CKPT": "1"}  # activation checkpointing under FSDP: same numbers
+    r = _run(
+        [str(shards), str(fsdp / "run"), str(fsdp), "2", "2", "5", "0", "fsdp"], 2, tmp_path, **ckpt
+    )
     assert r.returncode != 0 and not (fsdp / "final-rank0.safetensors").exists()
     assert json.loads((fsdp / "run" / "latest.json").read_text())["step"] == 4
     shutil.copytree(fsdp / "run", cross / "run")
-    r = _run([str(shards), str(fsdp / "run"), str(fsdp), "2", "2", "0", "1", "fsdp"], 2, tmp_path)
+    r = _run(
+        [str(shards), str(fsdp / "run"), str(fsdp), "2", "2", "0", "1", "fsdp"], 2, tmp_path, **ckpt
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     r = _run([str(shards), str(cross / "run"), str(cross), "2", "2", "0", "1"], 2, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]

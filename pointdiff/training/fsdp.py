@@ -1,11 +1,15 @@
-"""Data parallelism for ``pointdiff.training.loop.train``: DDP, or FSDP (``TrainConfig.fsdp``),
-with the gradient-sync switch and the gathering of full state for checkpoints.
+"""Data parallelism and memory for ``pointdiff.training.loop.train``: DDP, or FSDP
+(``TrainConfig.fsdp``), with the gradient-sync switch, the gathering of full state for
+checkpoints, and activation checkpointing (``TrainConfig.grad_checkpointing``).
 
 PyTorch's own FSDP2 (``torch.distributed.fsdp.fully_shard``): parameters become ``DTensor``s
 sharded on dim 0 over a 1-D mesh of all ranks. Each transformer block is one unit (all-gathered
 just before its forward/backward and freed after), and the trained module is the root.
 Optimizer states and the EMA copy stay sharded, so their memory is divided by the number of
-ranks (README "Training at scale").
+ranks (README "Training at scale"). The model and its EMA copy reach the GPU only as shards:
+they are built (and a resumed run loaded) on the CPU, and each unit moves to the device as it is
+sharded. On CUDA the all-gathered weights are bf16 and gradients are reduced in fp32
+(``MixedPrecisionPolicy``); the sharded fp32 weights are the optimizer's.
 
 Checkpoints keep the unsharded format of a DDP run: every rank takes part in gathering full
 tensors, which land on rank 0's CPU; rank 0 then calls ``save_checkpoint`` with plain modules
@@ -27,10 +31,11 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_optimizer_state_dict,
+    set_model_state_dict,
     set_optimizer_state_dict,
 )
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
@@ -52,49 +57,59 @@ def make_mesh(device: torch.device) -> DeviceMesh:
     return init_device_mesh(device.type, (tdist.get_world_size(),))
 
 
-@torch.no_grad()
-def broadcast_from_rank0(module: nn.Module) -> None:
-    """Give every rank rank 0's parameters and buffers (what DDP does at construction; FSDP
-    shards whatever each rank holds, so differing initialisations would mix)."""
-    for t in chain(module.parameters(), module.buffers()):
-        tdist.broadcast(t.data, src=0)
-
-
-def shard(module: nn.Module, mesh: DeviceMesh) -> None:
+def shard(module: nn.Module, mesh: DeviceMesh, mp_policy: MixedPrecisionPolicy | None = None):
     """``fully_shard`` bottom-up, in place: each block (``BLOCK_NAMES``) of ``module``, then
     ``module`` itself as the root unit (a text encoder is entered through ``embed()``, not
-    ``forward``, so its top-level weights belong to the root too).
+    ``forward``, so its top-level weights belong to the root too). A CPU module moves to the
+    mesh's device unit by unit, so only one unit is ever there in full.
 
     Parameter names and order are unchanged (an optimizer built afterwards numbers its
     parameters as on an unsharded module). A module that is never run (the EMA copy) may be
     sharded too: its parameters then live as shards with the same layout as the trained ones.
     """
+    policy = {"mp_policy": mp_policy} if mp_policy is not None else {}
     for block in module.modules():
         if type(block).__name__ in BLOCK_NAMES:
-            fully_shard(block, mesh=mesh)
-    fully_shard(module, mesh=mesh)
+            fully_shard(block, mesh=mesh, **policy)
+    fully_shard(module, mesh=mesh, **policy)
 
 
 def wrap(model: nn.Module, ema: nn.Module, device: torch.device, fsdp: bool) -> nn.Module:
     """The module a training micro-step calls.
 
-    ``fsdp``: ``model`` and its EMA copy ``ema`` get rank 0's weights and are sharded in place
-    with the same layout (the EMA update stays shard-local); ``model`` is returned. Otherwise
-    DDP around ``model`` with several ranks (DDP broadcasts rank 0's weights itself), else
-    ``model`` itself.
+    ``fsdp``: ``model`` and its EMA copy ``ema``, still on the CPU, are sharded in place with
+    the same layout (the EMA update stays shard-local) and take rank 0's weights (broadcast one
+    tensor at a time: differing initialisations cannot mix); ``model`` is returned. Otherwise
+    DDP around ``model`` (already on ``device``) with several ranks (DDP broadcasts rank 0's
+    weights itself), else ``model`` itself.
     """
     if fsdp:
-        broadcast_from_rank0(model)
-        broadcast_from_rank0(ema)
+        full = [(m, m.state_dict()) for m in (model, ema)]  # CPU tensors, freed on return
         mesh = make_mesh(device)
-        shard(model, mesh)
+        # bf16 all-gathers and compute, fp32 gradient reduction; the loop's autocast decides
+        # each op's precision as without FSDP (so inputs are not cast here)
+        mp = MixedPrecisionPolicy(torch.bfloat16, torch.float32, cast_forward_inputs=False)
+        shard(model, mesh, mp if device.type == "cuda" else None)
         shard(ema, mesh)
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        for module, state in full:
+            set_model_state_dict(module, state, options=options)
         return model
     if tdist.is_initialized() and tdist.get_world_size() > 1:
         return DistributedDataParallel(
             model, device_ids=[device] if device.type == "cuda" else None
         )
     return model
+
+
+def set_grad_checkpointing(model: nn.Module) -> None:
+    """Recompute every transformer block in backward instead of storing its activations
+    (``set_grad_checkpointing`` of each trunk in ``model``): less memory for ~1/3 more compute."""
+    trunks = [m for m in model.modules() if hasattr(m, "set_grad_checkpointing")]
+    if not trunks:
+        raise ValueError(f"grad_checkpointing: {type(model).__name__} has no checkpointable trunk")
+    for trunk in trunks:
+        trunk.set_grad_checkpointing(True)
 
 
 @contextmanager

@@ -56,9 +56,12 @@ def train(
     block = cfg.batch_size * cfg.grad_accum  # this rank's samples per optimizer step
     sampler = ResumableSampler(len(data), world, rank, block=block, seed=cfg.seed)
 
-    # --- model and EMA; the run directory; resume (before sharding: weights are full on disk)
-    model.to(device).train()
+    # --- model and EMA; the run directory; resume (before sharding: weights are full on disk).
+    # FSDP: both stay on the CPU until sharded, so no GPU ever holds them in full
     sharded = cfg.fsdp and world > 1  # one process: nothing to shard
+    model.to("cpu" if sharded else device).train()
+    if cfg.grad_checkpointing:
+        fsdp.set_grad_checkpointing(model)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     run = RunDir(run_dir, model, ema, {**(configs or {}), "train": cfg}, sampler, cfg, sharded)
     state = run.resume(allowed=resume)
