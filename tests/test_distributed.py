@@ -5,14 +5,17 @@ checkpoint is step 4) and resumed; a single process with grad_accum=2 (same glob
 the reference. Tolerance for "matches": float reduction order differs ((a+b)/2 across ranks vs
 a/2 + b/2 accumulated), so losses agree to rtol 1e-4 and weights to atol 1e-5 after 6 steps.
 A second pair of 2-rank jobs compares FSDP (``TrainConfig.fsdp``) with DDP and resumes an FSDP
-checkpoint under both.
+checkpoint under both. A third job is stopped by a SIGTERM sent to one rank from outside (a
+scheduler's preemption) and resumed.
 """
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +227,59 @@ def test_fsdp_matches_ddp_and_its_checkpoints_resume_with_or_without_fsdp(shards
             assert type(opt_b["state"][i][name]) is torch.Tensor  # not a DTensor
             torch.testing.assert_close(opt_b["state"][i][name], s[name], atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(opt_b["state"][i]["step"], s["step"])
+
+
+def test_sigterm_to_one_rank_stops_both_after_the_same_step_and_resume_loses_nothing(
+    shards, tmp_path
+):
+    """2 ranks x batch 2, 12 steps (4 epochs of 3): SIGTERM reaches rank 1 from outside while
+    the job runs. Both ranks finish the step, write one checkpoint at it and return; --resume
+    continues at the next step. Every step's samples (rank 0 + rank 1) are the one-process
+    reference's, and each step was trained exactly once."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    steps = {"MAX_STEPS": "12"}
+    r = _run([str(shards), str(one / "run"), str(one), "2", "2", "0", "0"], 1, tmp_path, **steps)
+    assert r.returncode == 0, r.stderr[-3000:]
+    job = _start(
+        [str(shards), str(two / "run"), str(two), "2", "1", "0", "0"],
+        2,
+        tmp_path,
+        STEP_SLEEP="0.3",  # slow steps: the signal lands mid-run
+        **steps,
+    )
+    seen1 = two / "seen-rank1.jsonl"
+    deadline = time.monotonic() + 300
+    while not (seen1.is_file() and len(seen1.read_text().splitlines()) >= 2):
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()[1][-3000:]
+        time.sleep(0.05)
+    os.kill(int((two / "pid-rank1").read_text()), signal.SIGTERM)
+    _, err = job.communicate(timeout=300)
+    assert job.returncode == 0, err[-3000:]
+    results = [json.loads((two / f"result-rank{r}.json").read_text()) for r in (0, 1)]
+    stop = results[0]["step"]
+    assert [(x["step"], x["stopped"]) for x in results] == [(stop, "SIGTERM")] * 2
+    assert 2 <= stop < 12
+    assert json.loads((two / "run" / "latest.json").read_text())["step"] == stop
+    first = {
+        r: [s["step"] for s in map(json.loads, (two / f"seen-rank{r}.jsonl").open())]
+        for r in (0, 1)
+    }
+    assert first[0] == first[1] == list(range(1, stop + 1))
+
+    r = _run([str(shards), str(two / "run"), str(two), "2", "1", "0", "1"], 2, tmp_path, **steps)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for rank in (0, 1):  # each step once, in order, across the two halves
+        records = [json.loads(line) for line in (two / f"seen-rank{rank}.jsonl").open()]
+        assert [x["step"] for x in records] == list(range(1, 13))
+    ref, s0, s1 = _seen(one, 0), _seen(two, 0), _seen(two, 1)
+    for step in range(1, 13):
+        assert s0[step] + s1[step] == ref[step], step
+    w0 = load_file(str(two / "final-rank0.safetensors"))
+    ref_w = load_file(str(one / "final-rank0.safetensors"))
+    for k in ref_w:
+        torch.testing.assert_close(w0[k], ref_w[k], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("size, world, block", [(12, 2, 2), (12, 3, 1), (10, 2, 2), (3, 2, 4)])

@@ -2,6 +2,12 @@
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +21,7 @@ from pointdiff.data import PointCloudDataset, write_shards
 from pointdiff.diffusion.precond import KarrasDenoiser
 from pointdiff.diffusion.samplers import sample_heun
 from pointdiff.diffusion.schedules import get_sigmas_karras
+from pointdiff.training.batches import ResumableSampler, micro_batches
 from pointdiff.training.loop import train
 from pointdiff.training.objectives import (
     BaseLoss,
@@ -24,6 +31,7 @@ from pointdiff.training.objectives import (
     split_low_res,
 )
 from pointdiff.training.optim import lr_factor, update_ema
+from pointdiff.training.preemption import REQUEUE_EXIT_CODE
 from pointdiff.training.run_dir import TrainError
 from pointdiff.training.text_cache import set_text_table
 
@@ -333,6 +341,55 @@ def test_train_cli_with_the_words_encoder_ships_a_loadable_text_pipeline(two_clo
     assert all(torch.equal(wa[k], wb[k]) for k in wa) and not wb["text_bias.weight"].any()
 
 
+def test_a_signal_stops_after_its_step_with_a_checkpoint_and_resume_continues(two_clouds, tmp_path):
+    model, loss, ds, tc, cfgs = _resume_setup(two_clouds)
+    full = train(model, loss, ds, tc, tmp_path / "a", cfgs)
+
+    model, loss, ds, tc, cfgs = _resume_setup(two_clouds)
+    seen, handler = [], signal.getsignal(signal.SIGUSR1)
+
+    def preempt(step, info):  # SLURM's warning arrives during step 3
+        seen.append((step, info["indices"]))
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    out = train(model, loss, ds, tc, tmp_path / "b", cfgs, callback=preempt)
+    assert out["stopped"] == "SIGUSR1" and out["step"] == 3
+    assert out["checkpoint"].name == "ckpt-0000003"  # not a ckpt_every multiple: the stop's own
+    assert signal.getsignal(signal.SIGUSR1) == handler  # the handlers are restored
+    model, loss, ds, tc, cfgs = _resume_setup(two_clouds)
+    record = lambda step, info: seen.append((step, info["indices"]))  # noqa: E731
+    resumed = train(model, loss, ds, tc, tmp_path / "b", cfgs, resume=True, callback=record)
+    assert resumed["step"] == 6 and resumed["stopped"] is None
+    assert [s for s, _ in seen] == [1, 2, 3, 4, 5, 6]  # no step lost or repeated
+    for name in ("model", "ema", "text", "text_ema"):
+        wa = load_file(str(full["checkpoint"] / f"{name}.safetensors"))
+        wb = load_file(str(resumed["checkpoint"] / f"{name}.safetensors"))
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
+
+
+def test_one_loader_with_workers_reads_what_the_main_process_reads_across_epochs(two_clouds):
+    """Augmentation depends on the epoch: the workers' dataset copies follow it, and a stream
+    started mid-way (a resumed run) continues the uninterrupted one."""
+    ds = PointCloudDataset(two_clouds, num_points=64, subsample="random", augment=True)
+    sampler = ResumableSampler(len(ds), block=1, seed=0)  # 2 steps per epoch
+
+    def take(workers, step, n):
+        cfg = TrainConfig(batch_size=1, num_workers=workers)
+        stream = micro_batches(ds, sampler, cfg, step, torch.device("cpu"))
+        out = [next(stream) for _ in range(n)]
+        stream.close()
+        return out
+
+    main, workers, resumed = take(0, 0, 6), take(2, 0, 6), take(2, 3, 3)
+    for a, b in zip(main, workers, strict=True):
+        assert a["index"].tolist() == b["index"].tolist() and torch.equal(a["points"], b["points"])
+    for a, b in zip(main[3:], resumed, strict=True):
+        assert a["index"].tolist() == b["index"].tolist() and torch.equal(a["points"], b["points"])
+    same_object = [i for i in range(2, 6) if main[i]["index"] == main[0]["index"]]
+    assert not torch.equal(main[0]["points"], main[same_object[0]]["points"])  # new epoch
+
+
 def test_text_table_is_cached_beside_the_shards_and_read_back_on_restart(two_clouds, tmp_path):
     def counted(seed):
         text = TextEncoder.from_config("tiny", seed=seed).freeze()
@@ -354,3 +411,47 @@ def test_text_table_is_cached_beside_the_shards_and_read_back_on_restart(two_clo
     # other weights (or captions, or text_tokens) are another table
     other, calls_other = counted(1)
     assert set_text_table(ds2, other, cache_dir=cache) != path and len(calls_other) == 1
+
+
+def test_train_script_stopped_by_sigterm_to_its_process_group_exits_75_and_resumes(
+    two_clouds, tmp_path
+):
+    """As a scheduler does: SIGTERM to every process of the job, DataLoader workers included.
+    The run checkpoints the step it was in, exits with the requeue status, and resumes."""
+    repo = Path(__file__).resolve().parents[1]
+    run = tmp_path / "run"
+    argv = [
+        sys.executable,
+        str(repo / "train" / "train_base.py"),
+        "tiny",
+        "--data",
+        str(two_clouds),
+    ]
+    argv += ["--run-dir", str(run), "--device", "cpu", "--resume"]
+    argv += (
+        "--batch_size=2 --warmup_steps=1 --log_every=1 --ckpt_every=1000 --num_workers=1".split()
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    job = subprocess.Popen(
+        [*argv, "--max_steps=100000"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a job's
+    )
+    log, deadline = run / "log.jsonl", time.monotonic() + 300
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 3):
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()[1][-3000:]
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGTERM)
+    out, err = job.communicate(timeout=300)
+    assert job.returncode == REQUEUE_EXIT_CODE, err[-3000:]
+    assert "SIGTERM: stopped after step" in out + err
+    stop = json.loads((run / "latest.json").read_text())["step"]
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == list(range(1, stop + 1))
+    again = subprocess.run(
+        [*argv, f"--max_steps={stop + 1}"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((run / "latest.json").read_text())["step"] == stop + 1

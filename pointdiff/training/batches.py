@@ -22,6 +22,7 @@ import torch
 
 from pointdiff.config import TrainConfig
 from pointdiff.training import distributed as dist
+from pointdiff.training.preemption import ignore_in_worker
 
 
 class ResumableSampler(torch.utils.data.Sampler[int]):
@@ -152,6 +153,7 @@ def micro_batches(
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=ignore_in_worker,  # the main process decides when to stop
     )
     dist.print0(f"data: {workers} DataLoader worker(s) per rank")
     for batch in loader:

@@ -4,7 +4,8 @@ EMA → log → checkpoint), distributed-aware (torchrun + DDP, or FSDP) and exa
 It knows no stages: ``loss_fn(model, batch) -> [B]`` (``training.objectives``, ``training.sdf``)
 decides what a batch means. A resumed run equals an uninterrupted one, on any number of ranks:
 data order and randomness are functions of the step count (``training.batches``), and a
-checkpoint holds the rest (``training.run_dir``).
+checkpoint holds the rest (``training.run_dir``). On SIGTERM/SIGUSR1 every rank finishes its
+step, a checkpoint is written and the loop returns (``training.preemption``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pointdiff.training import distributed as dist
 from pointdiff.training import fsdp
 from pointdiff.training.batches import ResumableSampler, micro_batches, micro_step_seed
 from pointdiff.training.optim import build_optimizer, ema_decay, update_ema
+from pointdiff.training.preemption import StopSignal
 from pointdiff.training.run_dir import RunDir
 
 
@@ -49,7 +51,8 @@ def train(
         ``max_steps`` (time-limited jobs); resume later.
     :param callback: ``callback(step, info)`` on every rank after each optimizer step;
         ``info`` has this rank's sample ``indices`` and its ``loss``.
-    :return: ``{"step", "loss", "checkpoint"}`` (loss: last logged, mean over ranks).
+    :return: ``{"step", "loss", "checkpoint", "stopped"}`` (loss: last logged, mean over
+        ranks; stopped: the signal that ended the run early, e.g. ``"SIGTERM"``, else None).
     """
     device = dist.init(device)
     rank, world = dist.rank(), dist.world_size()
@@ -80,10 +83,13 @@ def train(
     batches = micro_batches(data, sampler, cfg, step, device)
     end = min(cfg.max_steps, stop_at if stop_at is not None else cfg.max_steps)
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not dist.is_main(), dynamic_ncols=True)
-    timer, steps_timed, last_loss = time.perf_counter(), 0, None
+    timer, steps_timed, last_loss, stopped = time.perf_counter(), 0, None, None
     running = torch.zeros((), device=device)  # summed step losses since the last log
 
+    stop = StopSignal()  # SIGTERM/SIGUSR1: recorded, acted on after the step
+
     try:
+        stop.install()
         while step < end:
             # --- batch -> loss -> backward (grad_accum micro-steps; gradients are reduced
             # across ranks on the last one only: DDP all-reduce / FSDP reduce-scatter)
@@ -113,9 +119,10 @@ def train(
             steps_timed += 1
             if callback is not None:
                 callback(step, {"indices": indices, "loss": loss_sum.item()})
+            stopped = stop.requested()  # the ranks agree: all stop after this same step
 
             # --- log the mean loss since the last log (all ranks all-reduce; rank 0 writes)
-            if step % cfg.log_every == 0 or step == end:
+            if step % cfg.log_every == 0 or step == end or stopped:
                 last_loss = dist.all_reduce_mean(running / steps_timed).item()
                 running.zero_()
                 if not math.isfinite(last_loss):
@@ -128,9 +135,14 @@ def train(
             bar.update(1)
 
             # --- checkpoint (rank 0 writes full tensors, the others wait)
-            if step % cfg.ckpt_every == 0 or step == end:
+            if step % cfg.ckpt_every == 0 or step == end or stopped:
                 run.save(step, model, optimizer, scheduler)
+            if stopped:
+                dist.print0(f"{stopped}: stopped after step {step} (checkpoint written); --resume")
+                break
     finally:
+        stop.restore()
+        batches.close()  # shuts the DataLoader workers down
         bar.close()
         run.close()
-    return {"step": step, "loss": last_loss, "checkpoint": run.latest()}
+    return {"step": step, "loss": last_loss, "checkpoint": run.latest(), "stopped": stopped}
