@@ -11,12 +11,21 @@
 3. ``--binvox``: SDF sign vs ShapeNet's ``solid.binvox`` on every model of the shared subset
    (queries farther than 1.5 voxels from the surface), split by the ``sdf_reliable`` verdict.
 
-Usage: ``.venv/bin/python benchmarks/bench_data.py [--repeats 3] [--threads 1] [--binvox]``
+4. ``--loader``: samples/s the training DataLoader delivers for base40M-sized items (1024 of
+   4096 stored points, batch 64) with 0, 1 and 2 workers: the old path (FPS per sample, a new
+   DataLoader each epoch) against the new one (``pointdiff.training.batches.micro_batches``:
+   the first 1024 points of FPS-ordered clouds, one loader with persistent workers). Then the
+   text-embedding cache: the first start (embed every caption, write the
+   table) against the second (read it back), with a frozen ``small`` text tower.
+
+Usage: ``.venv/bin/python benchmarks/bench_data.py [--repeats 3] [--threads 1] [--binvox]
+[--loader] [--only-loader]``
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -169,17 +178,134 @@ def bench_binvox() -> None:
             print(f"| {name} | {m.sum()} | {a.mean():.4f} | {np.median(a):.4f} | {a.min():.3f} |")
 
 
+def _cpu_name() -> str:
+    import subprocess
+
+    lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Model name")), "?")
+    cpus = len(os.sched_getaffinity(0))
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{model}, {cpus} CPUs, {torch.backends.cpu.get_cpu_capability()}, load avg {load}"
+
+
+def _loader_shards(out: Path, objects: int) -> Path:
+    """``objects`` random clouds of 4096 points with one caption each (the reading cost does not
+    depend on the clouds' shape; the new path reads their first points as FPS-ordered ones)."""
+    from pointdiff.data import write_shards
+
+    g = np.random.default_rng(0)
+    records = (
+        {
+            "id": f"obj{i:05d}",
+            "caption": f"a {['red', 'green', 'blue'][i % 3]} thing number {i}",
+            "source": "bench",
+            "licence": "CC0",
+            "split": "train",
+            "coords": g.uniform(-0.5, 0.5, (4096, 3)).astype(np.float32),
+            "colors": g.integers(0, 256, (4096, 3), dtype=np.uint8),
+        }
+        for i in range(objects)
+    )
+    write_shards(records, out, point_order="fps")
+    return out
+
+
+def _rate(batches, samples: int) -> tuple[float, float]:
+    """(samples per wall-clock second, samples per CPU second of this process) after the first
+    batch (start-up excluded) over ``samples`` samples. With 0 workers the second is what one
+    worker can deliver on an idle core, whatever else the machine runs."""
+    next(batches)
+    n, start, cpu = 0, time.perf_counter(), time.process_time()
+    while n < samples:
+        n += len(next(batches)["index"])
+    rates = n / (time.perf_counter() - start), n / (time.process_time() - cpu)
+    batches.close()  # stops its DataLoader workers
+    return rates
+
+
+def _old_batches(ds, batch: int, workers: int):
+    """The previous loader: FPS per sample, a DataLoader rebuilt every epoch."""
+    from pointdiff.training.batches import ResumableSampler
+
+    sampler, epoch = ResumableSampler(len(ds), block=batch), 0
+    while True:
+        sampler.set_epoch(epoch)
+        ds.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True
+        )
+        yield from loader
+        epoch += 1
+
+
+def bench_loader(samples: int, old_samples: int, batch: int = 64) -> None:
+    import tempfile
+
+    from pointdiff.config import TrainConfig
+    from pointdiff.data import PointCloudDataset
+    from pointdiff.training.batches import ResumableSampler, micro_batches
+
+    print(f"\n## Training DataLoader, base40M items (1024 of 4096 points), batch {batch}\n")
+    print(f"CPU: {_cpu_name()}\n")
+    print("| path | workers | samples/s | per worker | x old | samples per main-process CPU s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = _loader_shards(Path(tmp) / "shards", 1024)
+        for workers in (0, 1, 2):
+            old_ds = PointCloudDataset(root, num_points=1024, subsample="fps", fps_cache=0)
+            old, old_cpu = _rate(_old_batches(old_ds, batch, workers), old_samples)
+            new_ds = PointCloudDataset(root, num_points=1024)  # auto: "first"
+            cfg = TrainConfig(batch_size=batch, num_workers=workers)
+            sampler = ResumableSampler(len(new_ds), block=batch)
+            batches = micro_batches(new_ds, sampler, cfg, 0, torch.device("cpu"))
+            new, new_cpu = _rate(batches, samples)
+            per = max(workers, 1)
+            print(
+                f"| old: fps, loader per epoch | {workers} | {old:.0f} | {old / per:.0f} | 1.0 "
+                f"| {old_cpu:.0f} |"
+            )
+            print(
+                f"| new: {new_ds.subsample}, persistent | {workers} | {new:.0f} | "
+                f"{new / per:.0f} | {new / old:.0f} | {new_cpu:.0f} |",
+                flush=True,
+            )
+        bench_text_cache(root, Path(tmp) / "text-cache")
+
+
+def bench_text_cache(root: Path, cache: Path, arch: str = "small") -> None:
+    from pointdiff.conditioning.text import TextEncoder
+    from pointdiff.data import PointCloudDataset
+    from pointdiff.training.text_cache import set_text_table
+
+    print(f"\n## Text-embedding cache (frozen {arch!r} text tower, CPU)\n")
+    print("| start | captions | seconds |")
+    print("|---|---:|---:|")
+    for start in ("first (embed + write)", "second (read back)"):
+        text = TextEncoder.from_config(arch, seed=0).freeze()  # a new process's encoder
+        ds = PointCloudDataset(root, num_points=1024)
+        t = time.perf_counter()
+        set_text_table(ds, text, cache_dir=cache)
+        print(f"| {start} | {len(ds.captions)} | {time.perf_counter() - t:.2f} |", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="open3d ray-casting threads")
     p.add_argument("--binvox", action="store_true", help="also check SDF signs vs binvox (~1 min)")
+    p.add_argument("--loader", action="store_true", help="also the DataLoader and text cache")
+    p.add_argument("--only-loader", action="store_true", help="only the DataLoader and text cache")
+    p.add_argument("--samples", type=int, default=4096, help="samples timed per new-path row")
+    p.add_argument("--old-samples", type=int, default=512, help="samples per old-path row")
     args = p.parse_args()
     torch.set_num_threads(1)
-    bench_fps(args.repeats)
-    bench_convert(args.repeats, args.threads)
+    if not args.only_loader:
+        bench_fps(args.repeats)
+        bench_convert(args.repeats, args.threads)
     if args.binvox:
         bench_binvox()
+    if args.loader or args.only_loader:
+        bench_loader(args.samples, args.old_samples)
 
 
 if __name__ == "__main__":
