@@ -39,7 +39,9 @@ ALLOWED: dict[str, set[str] | None] = {
     "training": BASE | {"diffusion", "models", "data", "checkpoint", "conditioning", "evaluation"},
     "pipeline": BASE
     | {"diffusion", "models", "conditioning", "meshing", "checkpoint", "densify", "render"},
-    "compat": BASE | {"diffusion", "models", "conditioning", "checkpoint", "pipeline"},
+    "compat": BASE | {"diffusion", "models", "conditioning", "checkpoint", "pipeline", "meshing"},
+    # rendering implicit fields (NeRF volume rendering, STF meshes): takes callables, not models
+    "nerf": {"config", "atomic", "colours", "pointcloud", "meshing"},
     # entry points
     "outputs": ANYTHING,
     "release": ANYTHING,
