@@ -45,13 +45,20 @@ def randn_rows(
 
 def _churn(
     x: torch.Tensor,
-    sigma: torch.Tensor,
-    gamma: float,
+    sigmas: torch.Tensor,
+    i: int,
+    s_churn: float,
+    s_tmin: float,
+    s_tmax: float,
     s_noise: float,
     generator: torch.Generator | list[torch.Generator] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Karras Alg. 2 lines 4–6: raise σ to σ̂ = σ(1+γ) by adding fresh noise of std
-    √(σ̂² − σ²). Returns (x̂, σ̂); draws no noise when γ = 0 (noise: ``randn_rows``)."""
+    """Karras Alg. 2 lines 4–6 at step ``i``: raise σ to σ̂ = σ(1+γ) by adding fresh noise of std
+    √(σ̂² − σ²), with γ = min(S_churn/N, √2 − 1) inside [S_tmin, S_tmax], else 0 (the same rule
+    as k-diffusion and point-e). Returns (x̂, σ̂); draws no noise when γ = 0 (noise:
+    ``randn_rows``)."""
+    sigma = sigmas[i]
+    gamma = min(s_churn / (len(sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
     sigma_hat = sigma * (gamma + 1)
     if gamma > 0:
         eps = randn_rows(x.shape, generator, x.device, x.dtype) * s_noise
@@ -59,10 +66,21 @@ def _churn(
     return x, sigma_hat
 
 
-def _gamma(s_churn: float, steps: int, sigma: torch.Tensor, s_tmin: float, s_tmax: float) -> float:
-    """Churn per step: γ = min(S_churn/N, √2 − 1) inside [S_tmin, S_tmax], else 0 (Karras Alg. 2;
-    the same rule as k-diffusion and point-e)."""
-    return min(s_churn / steps, 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
+def _denoise(
+    model: Callable,
+    x: torch.Tensor,
+    sigma_hat: torch.Tensor,
+    extra_args: dict | None,
+    callback: Callable | None = None,
+    i: int | None = None,
+    sigma: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """D(x; σ̂) for the whole batch; with a ``callback``, reports step ``i`` (from grid level
+    ``sigma``) to it."""
+    denoised = model(x, sigma_hat * x.new_ones([x.shape[0]]), **(extra_args or {}))
+    if callback is not None:
+        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": denoised})
+    return denoised
 
 
 @torch.no_grad()
@@ -85,17 +103,9 @@ def sample_euler(
     :param x: [B,N,C] initial noise × sigmas[0]. :param sigmas: [n+1] grid ending in 0.
     :return: [B,N,C] sample at sigmas[-1].
     """
-    extra_args = {} if extra_args is None else extra_args
-    s_in = x.new_ones([x.shape[0]])
-    steps = len(sigmas) - 1
-    for i in trange(steps, disable=disable):
-        gamma = _gamma(s_churn, steps, sigmas[i], s_tmin, s_tmax)
-        x, sigma_hat = _churn(x, sigmas[i], gamma, s_noise, generator)
-        denoised = model(x, sigma_hat * s_in, **extra_args)
-        if callback is not None:
-            callback(
-                {"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigma_hat, "denoised": denoised}
-            )
+    for i in trange(len(sigmas) - 1, disable=disable):
+        x, sigma_hat = _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, generator)
+        denoised = _denoise(model, x, sigma_hat, extra_args, callback, i, sigmas[i])
         x = x + _to_d(x, sigma_hat, denoised) * (sigmas[i + 1] - sigma_hat)
     return x
 
@@ -120,25 +130,17 @@ def sample_heun(
     :param x: [B,N,C] initial noise × sigmas[0]. :param sigmas: [n+1] grid ending in 0.
     :return: [B,N,C] sample at sigmas[-1].
     """
-    extra_args = {} if extra_args is None else extra_args
-    s_in = x.new_ones([x.shape[0]])
-    steps = len(sigmas) - 1
-    for i in trange(steps, disable=disable):
-        gamma = _gamma(s_churn, steps, sigmas[i], s_tmin, s_tmax)
-        x, sigma_hat = _churn(x, sigmas[i], gamma, s_noise, generator)
-        denoised = model(x, sigma_hat * s_in, **extra_args)
+    for i in trange(len(sigmas) - 1, disable=disable):
+        x, sigma_hat = _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, generator)
+        denoised = _denoise(model, x, sigma_hat, extra_args, callback, i, sigmas[i])
         d = _to_d(x, sigma_hat, denoised)
-        if callback is not None:
-            callback(
-                {"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigma_hat, "denoised": denoised}
-            )
         dt = sigmas[i + 1] - sigma_hat
         if sigmas[i + 1] == 0:
             # Alg. 2 line 8: the trapezoid needs D at σ = 0, which is undefined; take Euler.
             x = x + d * dt
         else:
             x_2 = x + d * dt
-            denoised_2 = model(x_2, sigmas[i + 1] * s_in, **extra_args)
+            denoised_2 = _denoise(model, x_2, sigmas[i + 1], extra_args)
             d_2 = _to_d(x_2, sigmas[i + 1], denoised_2)
             x = x + (d + d_2) / 2 * dt  # Alg. 2 line 11: average of the two slopes
     return x
@@ -163,16 +165,10 @@ def sample_dpmpp_2m(
     :param x: [B,N,C] initial noise × sigmas[0]. :param sigmas: [n+1] grid ending in 0.
     :return: [B,N,C] sample at sigmas[-1].
     """
-    extra_args = {} if extra_args is None else extra_args
-    s_in = x.new_ones([x.shape[0]])
     old_denoised = None
     h_last = None
     for i in trange(len(sigmas) - 1, disable=disable):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
-        if callback is not None:
-            callback(
-                {"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised}
-            )
+        denoised = _denoise(model, x, sigmas[i], extra_args, callback, i, sigmas[i])
         if sigmas[i + 1] == 0:
             x = denoised  # the limit of the update below as σ_next → 0
         else:
