@@ -25,24 +25,18 @@ import math
 import os
 import platform
 import time
+from dataclasses import replace
 
 import torch
 from torch import nn
 
-from pointdiff.config import DenoiserConfig, UpsamplerConfig
+from pointdiff.config import PRESETS
 from pointdiff.models import PointDenoiser, PointUpsampler
 from pointdiff.models.layers import SelfAttention
 
-BASE = DenoiserConfig(width=512, depth=12, heads=8, num_points=1024, cond_dim=768, out_channels=12)
-UPSAMPLE = UpsamplerConfig(
-    width=512,
-    depth=12,
-    heads=8,
-    num_points=3072,
-    num_cond_points=1024,
-    out_channels=12,
-    grid_tokens=256,
-)
+# point-e's released base40M-textvec and upsampler: ε + variance heads, 256 (zero) grid tokens
+BASE = replace(PRESETS["base40M"], out_channels=12)
+UPSAMPLE = replace(PRESETS["upsample40M"], out_channels=12, grid_tokens=256)
 
 
 class PointeAttention(nn.Module):

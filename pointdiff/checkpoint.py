@@ -246,12 +246,17 @@ def resolve(path: str | os.PathLike) -> Path:
     return path
 
 
+def _existing(ckpt: Path, name: str, consequence: str = "") -> Path:
+    """``ckpt / name``; a CheckpointError naming the missing file (and ``consequence``) if absent."""
+    f = ckpt / name
+    if not f.is_file():
+        raise CheckpointError(f"{ckpt}: {name} is missing{consequence}")
+    return f
+
+
 def load_configs(path: str | os.PathLike) -> dict:
     """``{name: config object}`` from a checkpoint's ``config.json``."""
-    ckpt = resolve(path)
-    cfg_file = ckpt / "config.json"
-    if not cfg_file.is_file():
-        raise CheckpointError(f"{ckpt}: config.json is missing; cannot rebuild the model")
+    cfg_file = _existing(resolve(path), "config.json", "; cannot rebuild the model")
     try:
         meta = json.loads(cfg_file.read_text())
         if meta.get("format") != FORMAT:
@@ -264,8 +269,7 @@ def load_configs(path: str | os.PathLike) -> dict:
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"{path.parent}: {path.name} is missing")
+    _existing(path.parent, path.name)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -309,10 +313,7 @@ def load_model(
 
 def load_training_state(path: str | os.PathLike) -> dict:
     """``state.pt`` of a training checkpoint (optimizer, scheduler, RNG, step, extra)."""
-    ckpt = resolve(path)
-    f = ckpt / "state.pt"
-    if not f.is_file():
-        raise CheckpointError(f"{ckpt}: state.pt is missing (a release checkpoint cannot resume)")
+    f = _existing(resolve(path), "state.pt", " (a release checkpoint cannot resume)")
     try:
         return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing

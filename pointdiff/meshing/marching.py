@@ -151,21 +151,20 @@ def marching_cubes(
     grid_size: int = 128,
     bound: float = 0.51,
     level: float = 0.0,
-    coarse_stride: int = 8,
-    safety: float = 1.5,
-    batch_size: int = 32768,
+    **grid_kwargs: float,
 ) -> TriMesh:
     """Mesh the level set of an SDF callable with scikit-image's marching cubes (Lewiner).
 
     :param sdf_fn: queries [Q, 3] float32 tensor (object space) -> [Q] (tensor or array),
         negative inside.
     :param grid_size: samples per axis over [-bound, bound] (Point-E: 128 for evals).
-    :param coarse_stride: first-lattice stride of the coarse-to-fine evaluation; 1 = dense grid.
+    :param grid_kwargs: ``coarse_stride`` (1 = dense grid), ``safety`` and ``batch_size`` of the
+        coarse-to-fine evaluation (``evaluate_grid``, which holds their defaults).
     :return: an uncoloured ``TriMesh`` with outward-facing (CCW) faces.
     """
     from skimage import measure  # scikit-image is heavy to import; only meshing needs it
 
-    vol, _ = evaluate_grid(sdf_fn, grid_size, bound, level, coarse_stride, safety, batch_size)
+    vol, _ = evaluate_grid(sdf_fn, grid_size, bound, level, **grid_kwargs)
     if not (vol.min() < level < vol.max()):
         raise NoSurfaceError(
             f"the SDF never crosses level {level} inside the grid (values in "
