@@ -5,9 +5,11 @@ Tests that only need *some* mesh or cloud use ``synthetic_meshes`` / ``synthetic
 samples, point-e's example clouds; see tests/data/README.md) take the ``shared_data`` fixture:
 it reads the folder named by ``POINTDIFF_TEST_DATA`` and skips without it, or fails when
 ``POINTDIFF_REQUIRE_DATA=1`` (what ``.ci/run`` sets, so CI cannot silently skip them).
+``random_pointe_state_dict`` stands in for a released point-e file in the compat tests.
 """
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +60,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def random_pointe_state_dict():
+    """``make(cfg, seed)``: a random-weight model of ``cfg`` as a released point-e file would hold
+    it: point-e's parameter names (diffusion nets: ``resblocks``, ``clip_embed``; the upsampler's
+    channel-scale buffers), plain tensors for ``torch.save``."""
+    from pointdiff.models import build_model
+
+    def make(cfg, seed: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(seed)
+        sd = {}
+        for k, v in build_model(cfg).state_dict().items():
+            k = re.sub(r"^backbone\.blocks\.", "backbone.resblocks.", k)
+            k = re.sub(r"^(text_proj|grid_embed)\.", "clip_embed.", k)
+            sd[k] = torch.randn_like(v) * (0.15 if v.ndim > 1 else 0.05)
+        if cfg.kind == "upsampler":
+            sd["channel_scales"] = torch.tensor([2.0, 2.0, 2.0] + [1 / 127.5] * 3)
+            sd["channel_biases"] = torch.tensor([0.0, 0.0, 0.0, -1.0, -1.0, -1.0])
+        return sd
+
+    return make
 
 
 # ----------------------------------------------------------------------------------------------

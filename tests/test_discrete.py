@@ -202,16 +202,24 @@ def test_bridge_matches_pointe(textvec_tiny):
 
 
 def test_guided_heun_matches_pointe(textvec_tiny):
-    """8-step guided (scale 3) Heun from the fixture's x_T, s_churn = 0, σ ∈ [1e-3, 120]."""
+    """8-step guided (scale 3) Heun from the fixture's x_T, s_churn = 0, σ ∈ [1e-3, 120], with
+    point-e's exact σ → t bridge; point-e's sample is the last step's denoised (pred_xstart)."""
     fx = _fixture("textvec_tiny.karras")
     d = DiscreteEpsDenoiser(textvec_tiny, ALPHAS_CUMPROD["cosine"](), exact_pointe=True)
     # point-e clamps each half, then mixes (clip_denoised inside the guided denoiser)
     model = classifier_free_guidance(clamp_denoised(d), 3.0)
     sigmas = get_sigmas_karras(8, 1e-3, 120.0, 7.0)
+    last = {}
     out = sample_heun(
-        model, _to_last(fx["x_T"]), sigmas, {"text_emb": fx["embeddings"]}, disable=True
+        model,
+        _to_last(fx["x_T"]),
+        sigmas,
+        {"text_emb": fx["embeddings"]},
+        callback=last.update,
+        disable=True,
     )
     ref = _to_last(fx["sample"])  # unscaled: xyz/2, (rgb+1)·127.5
     ref = torch.cat([ref[..., :3] * 2, ref[..., 3:] / 127.5 - 1], -1)
     # float32 ε error ~1e-7 is multiplied by σ = 120 at the first step: ≈ 2.5e-5 measured
     assert (out - ref).abs().max().item() <= 1e-4
+    assert (last["denoised"] - ref).abs().max().item() <= 1e-4

@@ -9,7 +9,6 @@ point-e's own code).
 """
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,6 @@ from pointdiff.diffusion import (
     sample_dpmpp_2m,
     sample_heun,
 )
-from pointdiff.models import build_model
 from pointdiff.pointcloud import PointCloud
 
 N_BASE, N_UP, GRID_DIM, TEXT_DIM = 64, 192, 64, 32  # tiny: point-e's 1024 + 3072, 1024, 768
@@ -62,27 +60,11 @@ CONFIGS = {
 }  # fmt: skip
 
 
-def _pointe_state_dict(name: str, seed: int) -> dict[str, torch.Tensor]:
-    """A random-weight model in point-e's parameter names (diffusion nets: ``resblocks``,
-    ``clip_embed``; the upsampler's channel-scale buffers)."""
-    torch.manual_seed(seed)
-    model = build_model(CONFIGS[name])
-    sd = {}
-    for k, v in model.state_dict().items():
-        k = re.sub(r"^backbone\.blocks\.", "backbone.resblocks.", k)
-        k = re.sub(r"^(text_proj|grid_embed)\.", "clip_embed.", k)
-        sd[k] = torch.randn_like(v) * (0.15 if v.ndim > 1 else 0.05)
-    if name == "upsample":
-        sd["channel_scales"] = torch.tensor([2.0, 2.0, 2.0] + [1 / 127.5] * 3)
-        sd["channel_biases"] = torch.tensor([0.0, 0.0, 0.0, -1.0, -1.0, -1.0])
-    return sd
-
-
 @pytest.fixture(scope="module")
-def pointe_dir(tmp_path_factory) -> Path:
+def pointe_dir(tmp_path_factory, random_pointe_state_dict) -> Path:
     root = tmp_path_factory.mktemp("pointe")
-    for i, name in enumerate(CONFIGS):
-        torch.save(_pointe_state_dict(name, i), root / f"{name}.pt")
+    for i, (name, cfg) in enumerate(CONFIGS.items()):
+        torch.save(random_pointe_state_dict(cfg, i), root / f"{name}.pt")
     return root
 
 

@@ -7,7 +7,6 @@ by the point-e pipeline loader.
 """
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,6 @@ from pointdiff.conditioning.words import WordEncoder
 from pointdiff.config import DenoiserConfig, UpsamplerConfig
 from pointdiff.data import write_shards
 from pointdiff.diffusion.discrete import ALPHAS_CUMPROD, DiscreteDiffusion
-from pointdiff.models import build_model
 from pointdiff.pointcloud import to_model_space
 from pointdiff.training.pointe_objective import PointeLoss, choose_objective, pointe_info
 from pointdiff.training.run import main
@@ -137,20 +135,11 @@ OVERRIDES = {
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory) -> Path:
+def converted(tmp_path_factory, random_pointe_state_dict) -> Path:
     """Tiny random "released" point-e models (point-e's parameter names), converted once."""
     root = tmp_path_factory.mktemp("converted")
     for seed, (name, cfg) in enumerate(CONFIGS.items()):
-        torch.manual_seed(seed)
-        sd = {}
-        for k, v in build_model(cfg).state_dict().items():
-            k = re.sub(r"^backbone\.blocks\.", "backbone.resblocks.", k)
-            k = re.sub(r"^(text_proj|grid_embed)\.", "clip_embed.", k)
-            sd[k] = torch.randn_like(v) * (0.15 if v.ndim > 1 else 0.05)
-        if name == "upsample":
-            sd["channel_scales"] = torch.tensor([2.0, 2.0, 2.0] + [1 / 127.5] * 3)
-            sd["channel_biases"] = torch.tensor([0.0, 0.0, 0.0, -1.0, -1.0, -1.0])
-        torch.save(sd, root / f"{name}.pt")
+        torch.save(random_pointe_state_dict(cfg, seed), root / f"{name}.pt")
         save_converted(root / f"{name}.pt", name, root / name, **OVERRIDES[name])
     return root
 

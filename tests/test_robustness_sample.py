@@ -20,27 +20,21 @@ from pointdiff.release import export_pipeline
 SAMPLE_FILES = {"cloud.ply", "cloud.npz", "cloud.png", "prompt.txt"}
 
 
+def _checkpoint(run_dir: Path, cfg, text_encoder: TextEncoder | None = None) -> Path:
+    """A step-1 checkpoint of a random-weight ``cfg`` model (no EMA or optimizer state)."""
+    configs = {"model": cfg, "diffusion": DiffusionConfig()}
+    model = build_model(cfg)
+    return save_checkpoint(run_dir, 1, model, None, None, None, configs, text_encoder=text_encoder)
+
+
 @pytest.fixture(scope="module")
 def tiny_pipeline(tmp_path_factory) -> Path:
     """A base + upsampler pipeline of tiny random models, exported as a release would be."""
     tmp = tmp_path_factory.mktemp("robust")
     torch.manual_seed(0)
-    configs = {"diffusion": DiffusionConfig()}
-    base_cfg, up_cfg = get_preset("tiny"), get_preset("upsample_tiny")
     text = TextEncoder.from_config("tiny", seed=0)
-    base = save_checkpoint(
-        tmp / "run_base",
-        1,
-        build_model(base_cfg),
-        None,
-        None,
-        None,
-        {**configs, "model": base_cfg},
-        text_encoder=text,
-    )
-    up = save_checkpoint(
-        tmp / "run_up", 1, build_model(up_cfg), None, None, None, {**configs, "model": up_cfg}
-    )
+    base = _checkpoint(tmp / "run_base", get_preset("tiny"), text)
+    up = _checkpoint(tmp / "run_up", get_preset("upsample_tiny"))
     sample = SampleConfig(sampler="euler", steps=1, guidance=3.0)
     return export_pipeline(
         tmp / "pipe",
@@ -255,18 +249,8 @@ def test_tampered_classifier_is_refused(tmp_path):
 
 def test_export_pipeline_ships_subset_trained_models_at_other_point_counts(tmp_path):
     torch.manual_seed(0)
-    cfg = get_preset("tiny")
     text = TextEncoder.from_config("tiny", seed=0)
-    ckpt = save_checkpoint(
-        tmp_path / "run",
-        1,
-        build_model(cfg),
-        None,
-        None,
-        None,
-        {"model": cfg, "diffusion": DiffusionConfig()},
-        text_encoder=text,
-    )
+    ckpt = _checkpoint(tmp_path / "run", get_preset("tiny"), text)
     sample = SampleConfig(sampler="heun", steps=3, s_churn=1.0, guidance_interval=(0.1, 5.0))
     out = export_pipeline(
         tmp_path / "pipe",
