@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 from pointdiff.cli_checks import (
@@ -13,7 +14,8 @@ from pointdiff.cli_checks import (
     MAX_PROMPT_CHARS,
     MAX_SEED,
     MAX_STEPS,
-    check_device,
+    add_device_args,
+    device_and_bf16,
     mesh_usage_error,
     number_parser,
     parse_prompt,
@@ -64,9 +66,14 @@ def _add_sample(sub) -> None:
                         "cloud after each stage (default: checkpoint's; 0: keep them)")
     p.add_argument("--seed", type=number_parser(int, 0, MAX_SEED), default=0,
                    help="sample i of the batch uses seed + i (independent of the other prompts)")
-    p.add_argument("--device", type=check_device, default="cpu",
-                   help="cpu, cuda, cuda:1, mps (must be available)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (fast on AMX CPUs and GPUs)")
+    add_device_args(p)
+    p.add_argument("--clip-weights", default=None, metavar="FILE",
+                   help="local CLIP weights file for a checkpoint with a frozen CLIP text encoder "
+                        "(checked against its recorded SHA-256), or point-e's ViT-L/14 (default: "
+                        "$POINTDIFF_CLIP_WEIGHTS, the local caches, then a download)")
+    p.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                   help="fetch frozen CLIP weights missing locally (--no-download: fail, naming "
+                        "the file to fetch and where to put it)")
     p.add_argument("--stop-after", choices=["base", "upsampler"], default=None,
                    help="stop after this stage (no mesh)")
     p.add_argument("--grid-size", type=number_parser(int, 8, 512), default=64,
@@ -84,8 +91,6 @@ def _add_sample(sub) -> None:
     g.add_argument("--pointe-base", default=None,
                    choices=["base40M-textvec", "base40M", "base300M", "base1B"],
                    help="point-e base model (default: base40M-textvec, with --image base40M)")
-    g.add_argument("--clip-weights", default=None, metavar="FILE",
-                   help="local CLIP ViT-L/14 weights (default: open_clip's local cache)")
     g.add_argument("--pointe-exact", action="store_true",
                    help="point-e's floored sigma->t bridge (bit parity) instead of continuous t")
     # fmt: on
@@ -112,6 +117,7 @@ def _run_sample(args) -> int:
     if problem:
         print(f"pointdiff sample: error: {problem}", file=sys.stderr)
         return 2
+    device, bf16 = device_and_bf16(args)
     if args.pointe_dir:
         pipe = load_pointe_pipeline(
             args.pointe_dir,
@@ -120,11 +126,13 @@ def _run_sample(args) -> int:
             upsample=args.stop_after != "base",
             sdf=not args.no_mesh and args.stop_after is None,
             clip_weights=args.clip_weights,
-            device=args.device,
+            device=device,
             exact_pointe=args.pointe_exact,
         )
     else:
-        pipe = load_pipeline(args.checkpoint, device=args.device)
+        pipe = load_pipeline(
+            args.checkpoint, device, clip_weights=args.clip_weights, download=args.download
+        )
     stages = [s.name for s in pipe.stages]
     if args.stop_after is not None and args.stop_after not in stages:
         print(
@@ -150,11 +158,12 @@ def _run_sample(args) -> int:
         seed=args.seed,
         stop_after=args.stop_after,
         overrides=_sample_overrides(args),
-        bf16=args.bf16,
+        bf16=bf16,
     )
     meshes = [None] * len(clouds)
     if not args.no_mesh and args.stop_after is None:
-        meshes = [_mesh_with_notes(pipe.to_mesh(c, grid_size=args.grid_size)) for c in clouds]
+        mesh = partial(pipe.to_mesh, grid_size=args.grid_size, bf16=bf16)
+        meshes = [_mesh_with_notes(mesh(c)) for c in clouds]
     labels = [x for x in labels for _ in range(n)]
     samples = [Sample(*row) for row in zip(labels, clouds, meshes, strict=True)]
     # earlier sample folders go only once every new one is written: a failed run keeps them
@@ -213,12 +222,7 @@ def _add_mesh(sub) -> None:
         help="keep the SDF surface as marching cubes gives it (default: vertices "
         "projected onto the cloud's local planes)",
     )
-    p.add_argument(
-        "--device",
-        type=check_device,
-        default="cpu",
-        help="cpu, cuda, cuda:1, mps (must be available)",
-    )
+    add_device_args(p)
 
 
 def _run_mesh(args) -> int:
@@ -228,6 +232,7 @@ def _run_mesh(args) -> int:
     if problem:
         print(f"pointdiff mesh: error: {problem}", file=sys.stderr)
         return 2
+    device, bf16 = device_and_bf16(args)
     try:
         result = mesh_cloud_file(
             args.cloud,
@@ -235,8 +240,9 @@ def _run_mesh(args) -> int:
             method=args.method,
             checkpoint=args.checkpoint,
             grid_size=args.grid_size,
-            device=args.device,
+            device=device,
             snap=not args.no_snap,
+            precision="bf16" if bf16 else "fp32",
         )
     except MemoryError:
         print(

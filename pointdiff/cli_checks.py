@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
+
+from pointdiff.precision import PRECISIONS, choose_precision, resolve_device
 
 MAX_PROMPT_CHARS = 300  # about CLIP's 77 tokens; far longer than any training caption
 MAX_NUM_SAMPLES = 1000
@@ -62,9 +65,12 @@ def parse_prompt(text: str) -> str:
 
 
 def check_device(text: str) -> str:
-    """An argparse ``type``: a torch device string that names a device this machine has."""
+    """An argparse ``type``: ``auto`` or a torch device string that names a device this machine
+    has."""
     import torch
 
+    if text == "auto":
+        return text
     try:
         dev = torch.device(text)
     except (RuntimeError, ValueError):
@@ -87,9 +93,45 @@ def check_device(text: str) -> str:
     return text
 
 
+def add_device_args(p) -> None:
+    """--device, --precision and the --bf16 alias (``pointdiff.precision`` resolves them)."""
+    p.add_argument(
+        "--device",
+        type=check_device,
+        default="auto",
+        help="auto (default: cuda when present, else cpu), cpu, cuda, cuda:1, mps",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto (default): bf16 autocast on CUDA and on CPUs that compute bf16 natively (AMX, "
+        "AVX512-BF16), fp32 elsewhere",
+    )
+    p.add_argument("--bf16", action="store_true", help="same as --precision bf16")
+
+
+def device_and_bf16(args) -> tuple[str, bool]:
+    """The device and bf16 or not for this run, resolved once; the choice's note printed (an
+    explicit bf16 on a CPU that emulates it; auto picking bf16 on a CPU)."""
+    device = str(resolve_device(args.device))
+    chosen = choose_precision("bf16" if args.bf16 else args.precision, device)
+    if chosen.note:
+        print(f"note: {chosen.note}", file=sys.stderr)
+    return device, chosen.bf16
+
+
+def _precision_error(args) -> str | None:
+    if args.bf16 and args.precision == "fp32":
+        return "argument --bf16: not allowed with --precision fp32 (--bf16 is --precision bf16)"
+    return None
+
+
 def sample_usage_error(args) -> str | None:
     """The first problem with arguments of ``sample`` that argparse cannot see alone (checked
     before any model is loaded), as ``argument --name: why``; None when there is none."""
+    if problem := _precision_error(args):
+        return problem
     if bool(args.prompts) == bool(args.image) or (args.image and not args.pointe_dir):
         return "give text prompts or --image FILE (with --pointe-dir), not both"
     lo, hi = args.guidance_interval or (0, math.inf)
@@ -119,6 +161,8 @@ def mesh_usage_error(args) -> str | None:
     output path costs nothing."""
     from pointdiff.meshing import MeshError, check_mesh_output
 
+    if problem := _precision_error(args):
+        return problem
     try:
         out = check_mesh_output(args.out)
     except MeshError as e:

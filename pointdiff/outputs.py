@@ -117,6 +117,7 @@ def mesh_cloud_file(
     grid_size: int = 128,
     device: str = "cpu",
     snap: bool = True,
+    precision: str = "fp32",
 ) -> MeshResult:
     """Mesh a point-cloud file and save the mesh (format from the suffix: .glb, .ply, .obj).
 
@@ -125,6 +126,7 @@ def mesh_cloud_file(
 
     :param method: ``auto`` (the checkpoint's SDF head, Poisson where it has none or its surface
         does not fit the cloud), ``sdf`` (the SDF head, no fallback) or ``poisson``.
+    :param precision: the SDF head's: ``fp32``, ``bf16`` or ``auto`` (``pointdiff.precision``).
     :return: the saved mesh (in the cloud's frame) and how it was made.
     """
     from pointdiff.meshing import mesh_from_cloud
@@ -142,7 +144,7 @@ def mesh_cloud_file(
     if method == "poisson" or checkpoint is None:
         result = mesh_from_cloud(unit, method=method)
     else:
-        pipe = load_pipeline(checkpoint, device=device)
+        pipe = load_pipeline(checkpoint, device=device, precision=precision)
         result = pipe.to_mesh(unit, grid_size=grid_size, method=method, snap=snap)
     m = result.mesh
     mesh = TriMesh(m.verts * scale + center, m.faces, m.colors, m.normals)

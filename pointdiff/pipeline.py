@@ -43,6 +43,7 @@ from pointdiff.diffusion.samplers import CHURN, SAMPLERS, randn_rows
 from pointdiff.diffusion.schedules import get_sigmas_karras
 from pointdiff.meshing import MeshResult, mesh_from_cloud
 from pointdiff.pointcloud import PointCloud, relocate_strays
+from pointdiff.precision import choose_precision, resolve_device
 
 #: SampleConfig fields that act on the prompt's condition: a stage that takes none ignores them
 PROMPT_SETTINGS = ("guidance", "guidance_interval")
@@ -199,6 +200,7 @@ class TextTo3D:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     reader: PromptReader = field(default_factory=PromptReader)
     image_encoder: torch.nn.Module | None = None  # image prompts: ``embed(images) -> grid``
+    bf16: bool = False  # bf16 autocast where a call does not say (``load_pipeline``'s precision)
 
     @property
     def known_captions(self) -> list[str]:
@@ -223,7 +225,7 @@ class TextTo3D:
         seed: int = 0,
         stop_after: str | None = None,
         overrides: dict | None = None,
-        bf16: bool = False,
+        bf16: bool | None = None,
         stage_overrides: dict[str, dict] | None = None,
     ) -> list[PointCloud]:
         """Sample one cloud per prompt (batched), deterministically: prompt i uses seed + i,
@@ -236,6 +238,7 @@ class TextTo3D:
             None values keep the checkpoint's); ``guidance`` applies to prompt stages only.
         :param stage_overrides: SampleConfig fields per stage name, applied after ``overrides``
             (e.g. ``{"base": {"sampler": "heun", "steps": 64}}``).
+        :param bf16: bf16 autocast; None: the pipeline's ``bf16``.
         """
         unknown = set(stage_overrides or {}) - {s.name for s in self.stages}
         if unknown:
@@ -244,6 +247,7 @@ class TextTo3D:
         # one generator per prompt (seed + index): a prompt's sample does not depend on the
         # other prompts of the batch, and prompt 0 of any batch equals that prompt alone
         gens = [torch.Generator("cpu").manual_seed(seed + i) for i in range(len(prompts))]
+        bf16 = self.bf16 if bf16 is None else bf16
         x = None
         for stage in self.stages:
             cfg = stage.settings(
@@ -276,7 +280,7 @@ class TextTo3D:
         self,
         cloud: PointCloud,
         grid_size: int = 64,
-        bf16: bool = False,
+        bf16: bool | None = None,
         method: str = "auto",
         max_fit_error: float = 0.03,
         snap: bool = True,
@@ -287,6 +291,7 @@ class TextTo3D:
             ``poisson`` (open3d screened Poisson) or ``auto``: the SDF head when the pipeline has
             one and its surface fits the cloud, Poisson otherwise (the result says why).
         :param snap: move the SDF mesh's vertices onto the cloud's local planes.
+        :param bf16: bf16 autocast for the SDF head; None: the pipeline's ``bf16``.
         """
         if method == "sdf" and self.sdf_model is None:
             raise PipelineError("this pipeline has no SDF head; use method='poisson' instead")
@@ -294,6 +299,7 @@ class TextTo3D:
         if method != "poisson" and self.sdf_model is not None:
             n = self.sdf_model.cfg.num_points
             inputs = cloud.subsample(n) if len(cloud) > n else cloud
+            bf16 = self.bf16 if bf16 is None else bf16
             sdf_fn = self.sdf_model.query_fn(torch.from_numpy(inputs.coords), bf16=bf16)
         return mesh_from_cloud(cloud, sdf_fn, method, grid_size, snap, max_fit_error)
 
@@ -331,10 +337,13 @@ def _surface_upsampler(entry: dict, root: Path) -> SurfaceUpsampler:
     return SurfaceUpsampler(num_points=n)
 
 
-def _text_encoder_for(path: Path, configs: dict, device: torch.device) -> TextEncoder | None:
+def _text_encoder_for(
+    path: Path, configs: dict, device: torch.device, clip_weights, download: bool
+) -> TextEncoder | None:
     if (path / "text.safetensors").is_file():
         return TextEncoder.load(path).to(device).eval()
-    return TextEncoder.from_text_config(configs.get("text", TextConfig())).to(device).eval()
+    cfg = configs.get("text", TextConfig())
+    return TextEncoder.from_text_config(cfg, None, clip_weights, download).to(device).eval()
 
 
 def _prompt_reader(base: Path) -> PromptReader:
@@ -349,10 +358,21 @@ def _prompt_reader(base: Path) -> PromptReader:
     return PromptReader(tuple(captions), aliases)
 
 
-def load_pipeline(checkpoint: str | Path, device: str = "cpu") -> TextTo3D:
-    """Build a ``TextTo3D`` from a pipeline directory or a single base-model directory."""
+def load_pipeline(
+    checkpoint: str | Path,
+    device: str = "cpu",
+    precision: str = "fp32",
+    clip_weights: str | Path | None = None,
+    download: bool = True,
+) -> TextTo3D:
+    """Build a ``TextTo3D`` from a pipeline directory or a single base-model directory.
+
+    :param device, precision: a device or ``auto``; fp32 | bf16 | auto (``pointdiff.precision``).
+    :param clip_weights: a local file of the CLIP weights the base config names (hash-checked);
+        None: the local caches, then a download where ``download``."""
     root = Path(checkpoint)
-    dev = torch.device(device)
+    dev = resolve_device(device)
+    bf16 = choose_precision(precision, dev).bf16
     if not root.is_dir():
         raise CheckpointError(f"checkpoint directory {root} does not exist")
     if (root / "pipeline.json").is_file():
@@ -371,9 +391,10 @@ def load_pipeline(checkpoint: str | Path, device: str = "cpu") -> TextTo3D:
             base_cfg = base_cfg or configs
     text = None
     if stages[0].cond_key is not None:
-        text = _text_encoder_for(root / entries["base"], base_cfg, dev)
+        text = _text_encoder_for(root / entries["base"], base_cfg, dev, clip_weights, download)
     sdf = None
     if "sdf" in entries:
         sdf, _ = load_model(root / entries["sdf"], kind="sdf")
         sdf.to(dev).eval()
-    return TextTo3D(text, stages, sdf, dev, _prompt_reader(root / entries["base"]))
+    reader = _prompt_reader(root / entries["base"])
+    return TextTo3D(text, stages, sdf, dev, reader, bf16=bf16)

@@ -23,6 +23,8 @@ ALLOWED: dict[str, set[str] | None] = {
     "pointcloud_io": {"atomic"},
     "pointcloud": {"pointcloud_io"},
     "__init__": {"pointcloud"},
+    # the hardware: which device and precision to run on (no other pointdiff module)
+    "precision": set(),
     # the stages, which never import each other: the pipeline and the training loop join them
     "diffusion": {"config"},
     "models": {"config"},
@@ -38,7 +40,8 @@ ALLOWED: dict[str, set[str] | None] = {
     # joining the stages
     "training": BASE | {"diffusion", "models", "data", "checkpoint", "conditioning", "evaluation"},
     "pipeline": BASE
-    | {"diffusion", "models", "conditioning", "meshing", "checkpoint", "densify", "render"},
+    | {"diffusion", "models", "conditioning", "meshing", "checkpoint", "densify", "render"}
+    | {"precision"},
     "compat": BASE | {"diffusion", "models", "conditioning", "checkpoint", "pipeline", "meshing"},
     # rendering implicit fields (NeRF volume rendering, STF meshes): takes callables, not models
     "nerf": {"config", "atomic", "colours", "pointcloud", "meshing"},

@@ -2,11 +2,16 @@
 
 import json
 import shutil
+import socket
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from pointdiff import precision
 from pointdiff.checkpoint import CheckpointError, export_for_release, save_checkpoint
 from pointdiff.cli import main
 from pointdiff.conditioning.prompts import PromptError
@@ -14,7 +19,7 @@ from pointdiff.conditioning.text import TextEncoder
 from pointdiff.config import DiffusionConfig, SampleConfig, get_preset
 from pointdiff.meshing import MeshResult, TriMesh
 from pointdiff.models import build_model
-from pointdiff.pipeline import PipelineError, SurfaceUpsampler, load_pipeline
+from pointdiff.pipeline import PipelineError, SurfaceUpsampler, TextTo3D, load_pipeline
 from pointdiff.pointcloud import PointCloud
 
 SAMPLE = SampleConfig(sampler="heun", steps=3, guidance=3.0, s_churn=1.0)
@@ -384,3 +389,210 @@ def test_pipeline_with_a_surface_upsampler(tiny_pipeline, tmp_path):
     )
     with pytest.raises(CheckpointError, match="surface"):
         load_pipeline(pipe_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# Device and precision: auto picks for the hardware; --bf16 is --precision bf16
+
+
+@pytest.fixture
+def spy_bf16(monkeypatch):
+    """The ``bf16`` each pipeline call received (sampling, meshing), in order."""
+    seen = []
+    sample, mesh = TextTo3D.sample_clouds, TextTo3D.to_mesh
+
+    def sample_clouds(self, prompts, *a, bf16=None, **kw):
+        seen.append(("sample", self.bf16 if bf16 is None else bf16))
+        return sample(self, prompts, *a, bf16=bf16, **kw)
+
+    def to_mesh(self, cloud, *a, bf16=None, **kw):
+        seen.append(("mesh", self.bf16 if bf16 is None else bf16))
+        return mesh(self, cloud, *a, bf16=bf16, **kw)
+
+    monkeypatch.setattr(TextTo3D, "sample_clouds", sample_clouds)
+    monkeypatch.setattr(TextTo3D, "to_mesh", to_mesh)
+    return seen
+
+
+def _cpu(monkeypatch, flags, capability):
+    monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo="/proc/cpuinfo": set(flags))
+    monkeypatch.setattr(precision, "cpu_capability", lambda: capability)
+
+
+def test_cli_precision_auto_fp32_bf16_and_the_alias(
+    tiny_pipeline, tmp_path, capsys, spy_bf16, monkeypatch
+):
+    base = ["sample", "a chair", "--checkpoint", str(tiny_pipeline), "--steps", "2"]
+    base += ["--grid-size", "16", "--overwrite", "--out", str(tmp_path)]
+    _cpu(monkeypatch, {"avx2"}, "AVX2")  # no native bf16: auto is fp32, silently
+    assert main(base) == 0 and spy_bf16 == [("sample", False), ("mesh", False)]
+    assert "note: bf16" not in capsys.readouterr().err
+    for flag in (["--bf16"], ["--precision", "bf16"]):  # honoured, with what it costs
+        spy_bf16.clear()
+        assert main(base + flag) == 0 and spy_bf16 == [("sample", True), ("mesh", True)]
+        err = capsys.readouterr().err
+        assert "note: bf16 on this CPU (AVX2, no AMX/AVX512-BF16): ~3-6× slower than fp32" in err
+    assert main(base + ["--bf16", "--precision", "fp32"]) == 2
+    assert "argument --bf16: not allowed with --precision fp32" in capsys.readouterr().err
+    _cpu(monkeypatch, {"avx2", "avx512_bf16"}, "AVX512")  # native bf16: auto is bf16, said once
+    spy_bf16.clear()
+    assert main(base + ["--device", "auto"]) == 0 and spy_bf16[0] == ("sample", True)
+    assert "note: bf16 autocast: this CPU computes bf16 natively (AVX512-BF16)" in (
+        capsys.readouterr().err
+    )
+    spy_bf16.clear()
+    assert main(base + ["--precision", "fp32"]) == 0 and spy_bf16[0] == ("sample", False)
+    # pointdiff mesh takes the same options
+    cloud = tmp_path / "00_a_chair" / "cloud.ply"
+    spy_bf16.clear()
+    mesh = ["mesh", str(cloud), "-o", str(tmp_path / "m.ply"), "--checkpoint", str(tiny_pipeline)]
+    assert main(mesh + ["--grid-size", "16", "--precision", "fp32"]) == 0
+    assert main(mesh + ["--grid-size", "16"]) == 0
+    assert spy_bf16 == [("mesh", False), ("mesh", True)]
+
+
+def test_load_pipeline_device_and_precision(tiny_pipeline, monkeypatch):
+    pipe = load_pipeline(tiny_pipeline)  # the library's defaults: cpu, fp32
+    assert pipe.device == torch.device("cpu") and not pipe.bf16
+    _cpu(monkeypatch, {"avx2"}, "AVX2")
+    assert not load_pipeline(tiny_pipeline, "auto", "auto").bf16
+    fast = load_pipeline(tiny_pipeline, "auto", "bf16")
+    assert fast.bf16 and fast.device == torch.device("cpu")
+    # the pipeline's precision is the default of each call; a call may still choose
+    autocast = []
+    denoiser = fast.stages[0].denoiser
+
+    def recording(*args, **kwargs):
+        autocast.append(torch.is_autocast_enabled("cpu"))
+        return denoiser(*args, **kwargs)
+
+    fast.stages[0].denoiser = recording
+    kw = {"seed": 1, "stop_after": "base", "overrides": {"steps": 1, "sampler": "euler"}}
+    fast.sample_clouds(["a chair"], **kw)
+    c32 = fast.sample_clouds(["a chair"], bf16=False, **kw)[0]
+    assert autocast == [True, False]  # one guided call per step
+    np.testing.assert_array_equal(c32.coords, pipe.sample_clouds(["a chair"], **kw)[0].coords)
+    with pytest.raises(ValueError, match="unknown precision"):
+        load_pipeline(tiny_pipeline, precision="half")
+
+
+# ----------------------------------------------------------------------------------------------
+# A checkpoint with a frozen CLIP text encoder: its weights found by tag, downloaded, hash-checked
+
+
+@pytest.fixture
+def clip_pipeline(tmp_path, monkeypatch):
+    """A base-only pipeline conditioned on a tiny registered CLIP arch whose tag ``pdtest``
+    "downloads" (no network) from a local file; ``HOME`` is empty, so nothing is cached."""
+    import open_clip
+
+    from pointdiff.conditioning.text import clip_text_config
+
+    arch = "pdtest-pipe-clip"
+    cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 1,
+            "width": 32,
+            "patch_size": 16,
+            "head_width": 16,
+        },
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": 32,
+            "heads": 2,
+            "layers": 1,
+        },
+    }
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / f"{arch}.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "cfg")
+    url = "https://example.invalid/clip/pdtest-pipe.pt"
+    tags = {"pdtest": open_clip.pretrained._pcfg(url=url)}
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, arch, tags)
+    torch.manual_seed(0)
+    served = tmp_path / "served.pt"
+    torch.save(open_clip.create_model(arch).state_dict(), served)
+    encoder = TextEncoder.from_pretrained(arch, str(served))
+    text_cfg = replace(
+        clip_text_config(encoder), pretrained=f"pdtest@sha256:{encoder.spec['sha256']}"
+    )
+    downloads = []
+
+    def download_pretrained(tag_cfg, cache_dir=None):
+        downloads.append(tag_cfg["url"])
+        target = Path("~/.cache/clip").expanduser() / "pdtest-pipe.pt"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(served, target)
+        return str(target)
+
+    monkeypatch.setattr(open_clip, "download_pretrained", download_pretrained)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [])
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("POINTDIFF_CLIP_WEIGHTS", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    base_cfg = replace(get_preset("tiny"), cond_dim=32)
+    configs = {
+        "model": base_cfg,
+        "diffusion": DiffusionConfig(),
+        "sample": SAMPLE,
+        "text": text_cfg,
+    }
+    ckpt = save_checkpoint(tmp_path / "run", 1, build_model(base_cfg), None, None, None, configs)
+    pipe = export_for_release(ckpt, tmp_path / "pipe", dtype=torch.float32)
+    return SimpleNamespace(
+        path=pipe, served=served, downloads=downloads, url=url, home=tmp_path / "home"
+    )
+
+
+def test_cli_sample_downloads_the_recorded_clip_weights_or_says_what_to_fetch(
+    clip_pipeline, tmp_path, capsys
+):
+    recorded = json.loads((clip_pipeline.path / "config.json").read_text())["configs"]["text"]
+    assert recorded["pretrained"].startswith("pdtest@sha256:") and "/" not in recorded["pretrained"]
+    args = ["sample", "a chair", "--checkpoint", str(clip_pipeline.path), "--steps", "2"]
+    args += ["--precision", "fp32"]
+    assert main(args + ["--no-download", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    cached = clip_pipeline.home / ".cache" / "clip" / "pdtest-pipe.pt"
+    assert "does not download" in err and f"copy it to {cached}" in err and "--clip-weights" in err
+    assert main(args + ["--out", str(tmp_path / "b")]) == 0  # the default: download once
+    assert clip_pipeline.downloads == [clip_pipeline.url]
+    assert f"downloading CLIP pdtest-pipe-clip/pdtest weights from {clip_pipeline.url}" in (
+        capsys.readouterr().err
+    )
+    assert main(args + ["--out", str(tmp_path / "c")]) == 0  # now from the cache
+    assert clip_pipeline.downloads == [clip_pipeline.url]
+    same = [(tmp_path / d / "00_a_chair" / "cloud.npz").read_bytes() for d in ("b", "c")]
+    assert same[0] == same[1]
+    # a local copy of other weights is refused by the recorded hash
+    torch.manual_seed(5)
+    import open_clip
+
+    other = tmp_path / "other.pt"
+    torch.save(open_clip.create_model("pdtest-pipe-clip").state_dict(), other)
+    assert main(args + ["--clip-weights", str(other), "--out", str(tmp_path / "d")]) == 2
+    assert "this checkpoint was trained with" in capsys.readouterr().err
+    assert (
+        main(args + ["--clip-weights", str(clip_pipeline.served), "--out", str(tmp_path / "e")])
+        == 0
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_pipeline_auto_is_bf16_and_meshes_on_the_gpu(tiny_pipeline, tmp_path, capsys):
+    pipe = load_pipeline(tiny_pipeline, device="auto", precision="auto")
+    assert pipe.device.type == "cuda" and pipe.bf16
+    clouds = pipe.sample_clouds(["a chair", "a table"], seed=0, overrides={"steps": 3})
+    assert all(np.isfinite(c.coords).all() and len(c) == 256 for c in clouds)
+    exact = load_pipeline(tiny_pipeline, device="cuda", precision="fp32")
+    fp32 = exact.sample_clouds(["a chair"], seed=0, overrides={"steps": 3})[0]
+    assert np.isfinite(fp32.coords).all()
+    assert pipe.to_mesh(clouds[0], grid_size=32, method="sdf").mesh.faces.shape[0] > 0
+    # the command line: auto device and precision, CFG, upsampler, mesh
+    args = ["sample", "a chair", "--checkpoint", str(tiny_pipeline), "--out", str(tmp_path)]
+    assert main(args + ["--steps", "3", "--grid-size", "32"]) == 0
+    assert (tmp_path / "00_a_chair" / "mesh.glb").stat().st_size > 0

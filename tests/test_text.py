@@ -1,5 +1,12 @@
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import open_clip
 import pytest
@@ -7,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from pointdiff.conditioning import clip_weights
 from pointdiff.conditioning.prompts import PromptError, check_prompts
-from pointdiff.conditioning.text import TextEncoder, TextEncoderError
+from pointdiff.conditioning.text import TextEncoder, TextEncoderError, clip_text_config
 from pointdiff.conditioning.words import WordEncoder
 from pointdiff.config import TextConfig
 
@@ -59,10 +67,11 @@ def test_trainable_encoder_has_gradients_and_no_cache():
 def test_missing_pretrained_weights_fail_at_once_naming_the_local_file_option(tmp_path):
     t = time.perf_counter()
     with pytest.raises(TextEncoderError) as err:
-        TextEncoder.from_pretrained("ViT-L-14", "openai", cache_dir=tmp_path)
+        TextEncoder.from_pretrained("ViT-L-14", "openai", cache_dir=tmp_path, download=False)
     assert time.perf_counter() - t < 2.0  # no network attempt
     msg = str(err.value)
     assert "--clip-weights PATH" in msg and "pretrained=PATH" in msg and str(tmp_path) in msg
+    assert "does not download" in msg and "POINTDIFF_CLIP_WEIGHTS=PATH" in msg
     with pytest.raises(TextEncoderError, match="neither a file nor a known open_clip tag"):
         TextEncoder.from_pretrained("ViT-L-14", str(tmp_path / "nope.safetensors"))
     with pytest.raises(TextEncoderError, match="unknown open_clip architecture"):
@@ -179,3 +188,168 @@ def test_one_prompt_check_for_every_encoder(tiny, prompts, match):
         with pytest.raises(PromptError, match=match):
             enc.embed(prompts)
     check_prompts(("a chair", "the"))  # tuples are lists too
+
+
+# ----------------------------------------------------------------------------------------------
+# Frozen CLIP weights: downloaded by default, recorded by tag and hash, never by path
+
+TAG = "pdtest"
+URL = "https://example.invalid/clip/pdtest-tiny.pt"
+
+
+@pytest.fixture
+def fake_hub(tiny_clip_arch, tmp_path, monkeypatch):
+    """A pretrained tag of the tiny arch whose "download" copies a local file (no network):
+    ``HOME`` is a temporary folder, so open_clip's cache ``~/.cache/clip`` starts empty."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("POINTDIFF_CLIP_WEIGHTS", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    tags = {TAG: open_clip.pretrained._pcfg(url=URL)}
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, tiny_clip_arch, tags)
+    torch.manual_seed(1)
+    served = tmp_path / "served.pt"
+    torch.save(open_clip.create_model(tiny_clip_arch).state_dict(), served)
+    calls = []
+
+    def download_pretrained(cfg, cache_dir=None):  # open_clip's, without the network
+        calls.append(cfg["url"])
+        target = Path(cache_dir or Path("~/.cache/clip").expanduser()) / Path(cfg["url"]).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(served, target)
+        return str(target)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [])
+    monkeypatch.setattr(open_clip, "download_pretrained", download_pretrained)
+    return SimpleNamespace(arch=tiny_clip_arch, served=served, calls=calls, home=tmp_path / "home")
+
+
+def test_a_missing_tag_is_downloaded_once_with_a_message_and_recorded_by_hash(
+    fake_hub, capsys, monkeypatch
+):
+    enc = TextEncoder.from_pretrained(fake_hub.arch, TAG)
+    cached = fake_hub.home / ".cache" / "clip" / "pdtest-tiny.pt"
+    assert fake_hub.calls == [URL] and cached.is_file()
+    err = capsys.readouterr().err
+    assert f"downloading CLIP {fake_hub.arch}/{TAG} weights from {URL} to {cached}" in err
+    again = TextEncoder.from_pretrained(fake_hub.arch, TAG)  # the cache: no second download
+    assert fake_hub.calls == [URL] and torch.equal(again.embed(PROMPTS), enc.embed(PROMPTS))
+    # the checkpoint record: tag + SHA-256 of the tower weights, no path
+    cfg = clip_text_config(enc)
+    assert cfg == TextConfig(arch=fake_hub.arch, pretrained=f"{TAG}@sha256:{enc.spec['sha256']}")
+    assert len(enc.spec["sha256"]) == 64 and os.sep not in cfg.pretrained
+    rebuilt = TextEncoder.from_text_config(cfg)
+    assert torch.equal(rebuilt.embed(PROMPTS), enc.embed(PROMPTS))
+    # other copies of the same weights are found by --clip-weights / the environment
+    for hand_over in ({"clip_weights": str(fake_hub.served)}, {}):
+        if not hand_over:
+            cached.unlink()
+            monkeypatch.setenv("POINTDIFF_CLIP_WEIGHTS", str(fake_hub.served))
+        got = TextEncoder.from_text_config(cfg, download=False, **hand_over)
+        assert torch.equal(got.embed(PROMPTS), enc.embed(PROMPTS))
+    assert fake_hub.calls == [URL]
+
+
+def test_other_weights_than_the_recorded_ones_are_refused(fake_hub, tmp_path):
+    cfg = clip_text_config(TextEncoder.from_pretrained(fake_hub.arch, TAG))
+    torch.manual_seed(2)
+    other = tmp_path / "other.pt"
+    torch.save(open_clip.create_model(fake_hub.arch).state_dict(), other)
+    with pytest.raises(TextEncoderError, match="not the [0-9a-f]{64} this checkpoint was"):
+        TextEncoder.from_text_config(cfg, clip_weights=str(other))
+    # weights from a file of no tag are recorded by hash alone and must be handed over again
+    enc = TextEncoder.from_pretrained(fake_hub.arch, str(other))
+    record = clip_text_config(enc)
+    assert record.pretrained == f"sha256:{enc.spec['sha256']}"
+    with pytest.raises(TextEncoderError, match="came from a local file.*--clip-weights PATH"):
+        TextEncoder.from_text_config(record)
+    again = TextEncoder.from_text_config(record, clip_weights=str(other))
+    assert again.spec["sha256"] == enc.spec["sha256"]
+
+
+def test_an_offline_download_fails_fast_naming_what_to_fetch_and_where(fake_hub, monkeypatch):
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    t = time.perf_counter()
+    with pytest.raises(TextEncoderError) as err:
+        TextEncoder.from_pretrained(fake_hub.arch, TAG)
+    assert time.perf_counter() - t < 2.0 and not fake_hub.calls
+    msg = str(err.value)
+    cached = fake_hub.home / ".cache" / "clip" / "pdtest-tiny.pt"
+    assert f"the download from {URL} failed (gaierror" in msg
+    assert f"Download {URL} on a machine with the internet and copy it to {cached}" in msg
+    assert "--clip-weights PATH" in msg and "POINTDIFF_CLIP_WEIGHTS=PATH" in msg
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub's own switch also means: no download
+    with pytest.raises(TextEncoderError, match="HF_HUB_OFFLINE is set"):
+        TextEncoder.from_pretrained(fake_hub.arch, TAG)
+
+
+def test_tower_hash_depends_on_values_not_on_the_file_format(tiny_clip_arch, tmp_path):
+    torch.manual_seed(0)
+    sd = {k: v.contiguous() for k, v in open_clip.create_model(tiny_clip_arch).state_dict().items()}
+    save_file(sd, str(tmp_path / "a.safetensors"))
+    torch.save(
+        {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, tmp_path / "b.pt"
+    )
+    a = TextEncoder.from_pretrained(tiny_clip_arch, str(tmp_path / "a.safetensors"))
+    b = TextEncoder.from_pretrained(tiny_clip_arch, str(tmp_path / "b.pt"))
+    assert a.spec["sha256"] == clip_weights.tower_sha256(a.tower.state_dict())
+    assert a.spec["sha256"] != b.spec["sha256"]  # fp16 rounding changed the values
+    half = {k: v.half().float() if v.is_floating_point() else v for k, v in sd.items()}
+    save_file(half, str(tmp_path / "c.safetensors"))
+    c = TextEncoder.from_pretrained(tiny_clip_arch, str(tmp_path / "c.safetensors"))
+    assert c.spec["sha256"] == b.spec["sha256"]  # same values, other format: same hash
+
+
+RANK_SCRIPT = """
+import json, os, shutil, sys, time
+from pathlib import Path
+import open_clip, torch, torch.distributed as tdist
+from pointdiff.conditioning.text import load_frozen_clip
+
+root = Path(sys.argv[1])
+open_clip.add_model_config(root / "cfg")
+open_clip.pretrained._PRETRAINED["pdtest-tiny-clip"] = {"pdtest": open_clip.pretrained._pcfg(
+    url="https://example.invalid/clip/pdtest-tiny.pt")}
+rank = int(os.environ["RANK"])
+
+def download_pretrained(cfg, cache_dir=None):
+    with open(root / "downloads.log", "a") as f:
+        f.write(f"{rank} {time.time()}\\n")
+    time.sleep(0.5)  # a slow network: the other rank must wait, not download too
+    target = Path(os.path.expanduser("~/.cache/clip")) / "pdtest-tiny.pt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(root / "served.pt", target)
+    return str(target)
+
+tdist.init_process_group("gloo")
+import socket
+socket.getaddrinfo = lambda *a, **k: []
+open_clip.download_pretrained = download_pretrained
+enc, cfg = load_frozen_clip("pdtest-tiny-clip", "pdtest")
+(root / f"rank{rank}.json").write_text(json.dumps([cfg.pretrained, time.time()]))
+tdist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_ranks_of_a_node_download_once_local_rank_0_first(tiny_clip_arch, tmp_path):
+    (tmp_path / "cfg").mkdir()
+    cfg = open_clip.get_model_config(tiny_clip_arch)
+    (tmp_path / "cfg" / f"{tiny_clip_arch}.json").write_text(json.dumps(cfg))
+    torch.manual_seed(1)
+    torch.save(open_clip.create_model(tiny_clip_arch).state_dict(), tmp_path / "served.pt")
+    (tmp_path / "rank.py").write_text(RANK_SCRIPT)
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    env.pop("POINTDIFF_CLIP_WEIGHTS", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    out = subprocess.run(
+        [*cmd, str(tmp_path / "rank.py"), str(tmp_path)], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    downloads = (tmp_path / "downloads.log").read_text().split()
+    assert downloads[0] == "0" and len(downloads) == 2  # one download, by local rank 0
+    records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert records[0][0] == records[1][0] and records[0][0].startswith(f"{TAG}@sha256:")
+    assert records[1][1] >= float(downloads[1]) + 0.5  # rank 1 finished after the download

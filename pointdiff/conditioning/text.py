@@ -2,33 +2,29 @@
 the one place that builds any encoder a ``TextConfig`` names.
 
 ``TextEncoder.embed(prompts) -> [B, D]`` returns pooled, L2-normalised embeddings (point-e's
-``FrozenImageCLIP.embed_text`` convention; the denoiser multiplies by √D itself). With
-``conditioning.image`` and ``conditioning.clip_weights`` (finding and reading CLIP files) this is
-the only conditioning module that imports open_clip (``evaluation.alignment`` loads a full
-open_clip model lazily for CLIP R-precision).
+``FrozenImageCLIP.embed_text`` convention; the denoiser multiplies by √D itself).
 
 Sources of weights (``TextEncoder.from_pretrained(arch, pretrained)``):
 
-* an open_clip tag (``"ViT-L-14", "openai"`` as Point-E uses): resolved from the LOCAL caches
-  only (open_clip's ``~/.cache/clip`` for URL downloads, the HF hub cache for hub-hosted tags);
-  never touches the network unless ``download=True``. A missing file fails at once with a
-  :class:`TextEncoderError` naming the local-file option.
+* an open_clip tag (``"ViT-L-14", "openai"`` as Point-E uses): a local file handed over
+  (``weights=``, ``--clip-weights``, ``$POINTDIFF_CLIP_WEIGHTS``), else open_clip's caches,
+  else downloaded once (``download=True``, the default; ``conditioning.clip_weights``). Offline,
+  the :class:`TextEncoderError` names the file to fetch and where to put it.
 * a local weights file (``.safetensors``; ``.bin``/``.pt``/``.pth`` loaded with
   ``weights_only=True``; OpenAI's TorchScript ``ViT-L-14.pt`` through ``torch.jit.load``).
-* ``hf-hub:org/repo``: ``open_clip_config.json`` + weights from the local HF cache only.
+* ``hf-hub:org/repo``: ``open_clip_config.json`` + weights from the local HF cache.
 
-Only the text tower is built (open_clip's ``_build_text_tower``, the same module
-``create_model(..., force_custom_text=True).text`` holds); the visual tower's weights are skipped
-when loading, so ViT-L-14 costs its 123M text parameters, not 428M.
+A frozen CLIP tower is recorded in checkpoints by tag and weights hash, never by path:
+``TextConfig(arch, pretrained="openai@sha256:<hex>")`` (``sha256:<hex>`` alone for weights from
+a local file that is no tag's); loading finds the file as above and checks the hash.
+``load_frozen_clip`` is training's entry: local rank 0 of each node fetches first, the other
+ranks read its cache after a barrier. Only the text tower is built (123M of ViT-L-14's 428M).
 
 Small from-scratch towers (``TextEncoder.from_config("tiny" | "small")``) are random-init and
 trainable; they serve tests and offline-trained checkpoints (``save``/``load``).
-
 ``TextEncoder.from_text_config`` and ``TextEncoder.load`` also return the other encoders a
-config or a saved directory names: ``conditioning.words.WordEncoder`` (``words``/``words-D``)
-and ``conditioning.hf_text.HFTextEncoder`` (``hf:…``). ``text_condition`` gives the condition a
-model takes, pooled or with per-token states. Prompts are checked by
-``conditioning.prompts.check_prompts``.
+config or a saved directory names (``words``: ``WordEncoder``; ``hf:…``: ``HFTextEncoder``).
+``text_condition`` gives the condition a model takes, pooled or with per-token states.
 """
 
 from __future__ import annotations
@@ -47,7 +43,7 @@ from torch import nn
 
 from pointdiff.atomic import atomic_path, write_json_atomic
 from pointdiff.conditioning import clip_weights, hf_text
-from pointdiff.conditioning.clip_weights import ClipFilesError
+from pointdiff.conditioning.clip_weights import WEIGHTS_ENV, ClipFilesError
 from pointdiff.conditioning.prompts import check_prompts
 from pointdiff.conditioning.words import CONFIG_NAME, WordEncoder
 from pointdiff.config import TextConfig
@@ -128,8 +124,9 @@ class TextEncoder(nn.Module):
         arch: str = "ViT-L-14",
         pretrained: str = "openai",
         cache_dir: str | os.PathLike | None = None,
-        download: bool = False,
+        download: bool = True,
         weights: str | os.PathLike | None = None,
+        sha256: str | None = None,
     ) -> TextEncoder:
         """A frozen pretrained CLIP text tower (see the module docstring for ``pretrained``).
 
@@ -137,11 +134,14 @@ class TextEncoder(nn.Module):
             activation follows ``arch`` (open_clip's convention: OpenAI weights need the
             ``-quickgelu`` arch, e.g. ``ViT-L-14-quickgelu``), except OpenAI's TorchScript file.
         :param weights: a local file holding the weights of the tag ``pretrained`` (keeps the
-            tag's settings, e.g. OpenAI's QuickGELU): the ``--clip-weights PATH`` option.
-        :param download: allow open_clip to fetch a missing tag over the network.
-        :raises TextEncoderError: weights not found locally (at once, naming the local-file
-            option), unreadable, or not matching ``arch``.
+            tag's settings, e.g. OpenAI's QuickGELU): the ``--clip-weights PATH`` option;
+            default ``$POINTDIFF_CLIP_WEIGHTS`` when set.
+        :param download: let open_clip fetch a tag that is not in the local caches.
+        :param sha256: the expected ``clip_weights.tower_sha256`` (``spec["sha256"]``: actual).
+        :raises TextEncoderError: weights not found (naming what to fetch and where to put
+            it), unreadable, not matching ``arch``, or not the expected ones.
         """
+        weights = weights or os.environ.get(clip_weights.WEIGHTS_ENV) or None
         if arch.startswith("hf-hub:"):
             model_cfg, path = _clip_call(
                 clip_weights.resolve_hf_hub, arch[len("hf-hub:") :], cache_dir, download
@@ -157,7 +157,9 @@ class TextEncoder(nn.Module):
             tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained) if pretrained else {}
             if weights is not None:
                 if not Path(weights).is_file():
-                    raise TextEncoderError(f"--clip-weights {weights}: no such file")
+                    raise TextEncoderError(
+                        f"--clip-weights / ${clip_weights.WEIGHTS_ENV} {weights}: no such file"
+                    )
                 path = str(weights)
             else:
                 path = _clip_call(
@@ -177,18 +179,32 @@ class TextEncoder(nn.Module):
             "quick_gelu": bool(quick_gelu),
         }
         enc = cls(spec)
-        enc.tower.load_state_dict(
-            _clip_call(clip_weights.tower_state_dict, path, enc.tower, "text.", "text-tower")
-        )
+        sd = _clip_call(clip_weights.tower_state_dict, path, enc.tower, "text.", "text-tower")
+        enc.spec["sha256"] = got = clip_weights.tower_sha256(sd)
+        if sha256 and got != sha256:
+            raise TextEncoderError(
+                f"{path}: its {arch} text-tower weights have SHA-256 {got}, not the {sha256} "
+                f"this checkpoint was trained with ({pretrained or 'a local file'}): another or "
+                "a corrupted copy; pass the right one with --clip-weights PATH"
+            )
+        enc.tower.load_state_dict(sd)
         return enc.freeze()
 
     @classmethod
-    def from_text_config(cls, cfg: TextConfig, seed: int | None = None) -> TextEncoder:
+    def from_text_config(
+        cls,
+        cfg: TextConfig,
+        seed: int | None = None,
+        clip_weights: str | os.PathLike | None = None,
+        download: bool = True,
+    ) -> TextEncoder:
         """Build from a ``TextConfig``.
 
         ``pretrained`` may name a directory (or its ``text.safetensors``) written by ``save``;
         for the from-scratch archs (``tiny``/``small``) anything that is not a path (e.g. the
-        default tag ``"openai"``) means random init.
+        default tag ``"openai"``) means random init. A CLIP ``TAG@sha256:HEX`` or
+        ``sha256:HEX`` record is found as ``from_pretrained`` finds a tag (``clip_weights``:
+        a local file of it), hash-checked.
         """
         if cfg.arch.startswith(WordEncoder.ARCH):
             return _words_encoder(cfg.arch)
@@ -207,7 +223,19 @@ class TextEncoder(nn.Module):
                 raise TextEncoderError(f"{p}: no saved text encoder ({CONFIG_NAME}) there")
             enc = cls.from_config(cfg.arch, seed=seed)
         else:
-            enc = cls.from_pretrained(cfg.arch, p)
+            tag, _, digest = p.rpartition("sha256:") if "sha256:" in p else (p, "", "")
+            tag = tag.removesuffix("@")
+            # a weights file must be handed over unless a tag (or an hf-hub arch) names it
+            known = tag or cfg.arch.startswith("hf-hub:") or os.environ.get(WEIGHTS_ENV)
+            if digest and not known and not clip_weights:
+                raise TextEncoderError(
+                    f"the CLIP {cfg.arch} weights of this checkpoint came from a local file "
+                    f"(text-tower SHA-256 {digest}): pass that file with --clip-weights PATH or "
+                    f"{WEIGHTS_ENV}=PATH"
+                )
+            enc = cls.from_pretrained(
+                cfg.arch, tag, download=download, weights=clip_weights, sha256=digest or None
+            )
         return enc.requires_grad_(True).train() if cfg.trainable else enc.freeze()
 
     # ------------------------------------------------------------------------------------------
@@ -310,6 +338,43 @@ def text_condition(encoder, prompts: list[str], tokens: int = 0) -> torch.Tensor
             f"got {type(encoder).__name__}"
         )
     return encoder.condition(prompts, tokens)
+
+
+def clip_text_config(enc: TextEncoder) -> TextConfig:
+    """The checkpoint record of a frozen pretrained CLIP tower: its arch, tag and weights hash
+    (``TAG@sha256:HEX``; ``sha256:HEX`` when the weights were a file of no tag), never a path."""
+    arch, tag, digest = enc.spec["arch"], enc.spec["pretrained"], enc.spec["sha256"]
+    known = bool(tag) and bool(open_clip.get_pretrained_cfg(arch, tag))
+    pretrained = f"{tag}@sha256:{digest}" if known else f"sha256:{digest}"
+    return TextConfig(arch=arch, pretrained=pretrained, trainable=False)
+
+
+def load_frozen_clip(
+    arch: str, tag: str = "openai", weights: str | None = None, download: bool = True
+) -> tuple[TextEncoder, TextConfig]:
+    """A frozen CLIP tower and its checkpoint record, for every rank of a training run.
+
+    Under a process group, local rank 0 of each node resolves the weights first (downloading
+    them once where needed), then a barrier, then the other ranks read them from the cache it
+    filled; never every rank downloading at once. Without a group it is ``from_pretrained``.
+    """
+    import torch.distributed as tdist
+
+    group = tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
+    first = not group or int(os.environ.get("LOCAL_RANK", 0)) == 0
+    enc, error = None, None
+    if first:
+        try:
+            enc = TextEncoder.from_pretrained(arch, tag, download=download, weights=weights)
+        except TextEncoderError as e:  # the others must still reach the barrier
+            error = e
+    if group:
+        tdist.barrier()
+    if error is not None:
+        raise error
+    if enc is None:  # rank 0 of this node has filled the cache: no download here
+        enc = TextEncoder.from_pretrained(arch, tag, download=False, weights=weights)
+    return enc, clip_text_config(enc)
 
 
 def _words_encoder(arch: str) -> WordEncoder:

@@ -7,9 +7,9 @@ Overrides are routed by field name to the model config (``DenoiserConfig``/``Ups
 ``TrainConfig`` or ``DiffusionConfig`` (their field names do not overlap); an unknown key is an
 error listing the valid ones. ``--text`` chooses the condition:
 
-* ``clip:ARCH[:TAG]`` a frozen pretrained open_clip tower (default tag ``openai``); offline,
-  ``--clip-weights PATH`` hands over the weights file of that tag (``--clip-download`` allows
-  open_clip to fetch it instead);
+* ``clip:ARCH[:TAG]`` a frozen pretrained open_clip tower (default tag ``openai``), downloaded
+  once per node when missing (``--no-clip-download`` fails instead); offline,
+  ``--clip-weights PATH`` hands over the weights file of that tag;
 * ``tiny`` / ``small`` a from-scratch tower trained jointly (``--freeze-text`` keeps it fixed);
 * ``none`` unconditional (the model's ``cond_dim`` must be 0).
 
@@ -36,7 +36,7 @@ import torch
 
 from pointdiff.checkpoint import init_from_checkpoint, load_configs, load_into, load_weights
 from pointdiff.conditioning import hf_text, transfer
-from pointdiff.conditioning.text import SCRATCH_CONFIGS, TextEncoder
+from pointdiff.conditioning.text import SCRATCH_CONFIGS, TextEncoder, load_frozen_clip
 from pointdiff.conditioning.words import WordEncoder
 from pointdiff.config import (
     DiffusionConfig,
@@ -110,15 +110,8 @@ def build_text(spec: str, clip_weights: str | None, download: bool, freeze: bool
             "or none"
         )
     arch, _, tag = spec[len("clip:") :].partition(":")
-    enc = TextEncoder.from_pretrained(
-        arch, tag or "openai", download=download, weights=clip_weights
-    )
-    pretrained = tag or "openai"
-    if clip_weights:  # record a rebuildable (arch, file) pair, keeping the tag's activation
-        pretrained = str(Path(clip_weights).resolve())
-        if enc.spec["quick_gelu"] and "quickgelu" not in arch:
-            arch = f"{arch}-quickgelu"
-    return enc, TextConfig(arch=arch, pretrained=pretrained, trainable=False)
+    # local rank 0 fetches first; the record is the tag and the weights' SHA-256, never a path
+    return load_frozen_clip(arch, tag or "openai", clip_weights, download)
 
 
 def parse(stage: str, argv: list[str] | None):
@@ -150,7 +143,12 @@ def parse(stage: str, argv: list[str] | None):
         "jointly) | words[-D] (frozen hashed bag of words, no weights) | none",
     )
     p.add_argument("--clip-weights", default=None, help="local weights file of the CLIP tag")
-    p.add_argument("--clip-download", action="store_true", help="let open_clip download weights")
+    p.add_argument(
+        "--clip-download",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fetch CLIP weights missing locally (once per node); --no-clip-download: fail instead",
+    )
     p.add_argument("--freeze-text", action="store_true", help="do not train a tiny/small tower")
     p.add_argument("--split", default="train", help="shard split to train on ('all' = every one)")
     p.add_argument(
@@ -199,6 +197,7 @@ def main(stage: str, argv: list[str] | None = None) -> dict:
         raise ValueError("--objective pointe trains ε + variance outputs: pass --out_channels=12")
 
     spec = args.text or DEFAULT_TEXT.get(model_cfg.cond_dim, "none")
+    dist.init(args.device)  # the process group first: CLIP weights are fetched once per node
     text, text_cfg = build_text(spec, args.clip_weights, args.clip_download, args.freeze_text)
     dim = text.dim if text is not None else 0
     if dim != model_cfg.cond_dim:
