@@ -21,6 +21,7 @@ from pointdiff.cli_checks import (
     parse_prompt,
     sample_usage_error,
 )
+from pointdiff.demo.command import add_demo_parser, run_demo
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "pointdiff-small"
 
@@ -348,6 +349,7 @@ COMMANDS = {
     "mesh": (_add_mesh, _run_mesh),
     "prompts": (_add_prompts, _run_prompts),
     "convert-pointe": (_add_convert_pointe, _run_convert_pointe),
+    "demo": (add_demo_parser, run_demo),
 }
 
 

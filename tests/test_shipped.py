@@ -44,7 +44,7 @@ def test_shipped_pipeline_samples_deterministically(path):
 
 
 # One plain prompt per category, written as a user would (none is a training caption). The
-# issue's bar: samples classified as the prompted category, >= 80 % top-1; the model card has
+# target: samples classified as the prompted category, >= 80 % top-1; the model card has
 # the measure proper (152 natural prompts, 3 seeds).
 CATEGORY_PROMPTS = {
     "bed": "a double bed",
@@ -78,11 +78,6 @@ def _classify_samples(path: Path, categories: tuple[str, ...]) -> list[str]:
 
 
 @pytest.mark.slow  # samples the shipped models (the 11-prompt batch is cached)
-@pytest.mark.xfail(
-    strict=True,
-    reason="pointdiff-small 2 gets 7 of 11 plain prompts (64 %); "
-    "natural-prompt accuracy 3 seeds in the model card",
-)
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_shipped_samples_are_classified_as_the_prompted_category(path):
     got = _classify_samples(path, tuple(CATEGORY_PROMPTS))
