@@ -316,26 +316,8 @@ def test_clip_r_precision_with_a_known_scorer():
     assert shuffled["r_precision"] == pytest.approx(1 / 3)
 
 
-def test_clip_scorer_from_a_tiny_local_open_clip(tmp_path):
-    cfg = {
-        "model_cfg": {
-            "embed_dim": 16,
-            "vision_cfg": {
-                "image_size": 32,
-                "layers": 1,
-                "width": 32,
-                "patch_size": 16,
-                "head_width": 16,
-            },
-            "text_cfg": {
-                "context_length": 16,
-                "vocab_size": 49408,
-                "width": 32,
-                "heads": 2,
-                "layers": 1,
-            },
-        }
-    }
+def test_clip_scorer_from_a_tiny_local_open_clip(tmp_path, tiny_clip_config):
+    cfg = {"model_cfg": tiny_clip_config(embed_dim=16, text_layers=1, context_length=16)}
     (tmp_path / "open_clip_config.json").write_text(json.dumps(cfg))
     torch.manual_seed(0)
     scorer = load_clip_scorer(f"local-dir:{tmp_path}")

@@ -481,7 +481,7 @@ def test_load_pipeline_device_and_precision(tiny_pipeline, monkeypatch):
 
 
 @pytest.fixture
-def clip_pipeline(tmp_path, monkeypatch):
+def clip_pipeline(tmp_path, monkeypatch, tiny_clip_config):
     """A base-only pipeline conditioned on a tiny registered CLIP arch whose tag ``pdtest``
     "downloads" (no network) from a local file; ``HOME`` is empty, so nothing is cached."""
     import open_clip
@@ -489,23 +489,7 @@ def clip_pipeline(tmp_path, monkeypatch):
     from pointdiff.conditioning.text import clip_text_config
 
     arch = "pdtest-pipe-clip"
-    cfg = {
-        "embed_dim": 32,
-        "vision_cfg": {
-            "image_size": 32,
-            "layers": 1,
-            "width": 32,
-            "patch_size": 16,
-            "head_width": 16,
-        },
-        "text_cfg": {
-            "context_length": 77,
-            "vocab_size": 49408,
-            "width": 32,
-            "heads": 2,
-            "layers": 1,
-        },
-    }
+    cfg = tiny_clip_config(embed_dim=32, text_layers=1)
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / f"{arch}.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(tmp_path / "cfg")

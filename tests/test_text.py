@@ -79,26 +79,10 @@ def test_missing_pretrained_weights_fail_at_once_naming_the_local_file_option(tm
 
 
 @pytest.fixture(scope="module")
-def tiny_clip_arch(tmp_path_factory):
+def tiny_clip_arch(tmp_path_factory, tiny_clip_config):
     """A registered open_clip architecture small enough to build a whole CLIP in a test."""
     d = tmp_path_factory.mktemp("clipcfg")
-    cfg = {
-        "embed_dim": 16,
-        "vision_cfg": {
-            "image_size": 32,
-            "layers": 1,
-            "width": 32,
-            "patch_size": 16,
-            "head_width": 16,
-        },
-        "text_cfg": {
-            "context_length": 77,
-            "vocab_size": 49408,
-            "width": 32,
-            "heads": 2,
-            "layers": 2,
-        },
-    }
+    cfg = tiny_clip_config(embed_dim=16, text_layers=2)
     (d / "pdtest-tiny-clip.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(d)
     return "pdtest-tiny-clip"
