@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-PY="${PYTHON:-.venv/bin/python}"
+PY="${PYTHON:-.venv/bin/python}"  # the project venv by default; PYTHON=... for another
 OUT="${OUT:-$(mktemp -d /tmp/gpu_smoke.XXXXXX)}"
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1

@@ -3,6 +3,7 @@
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ def test_synthetic_shards_read_back_with_captions_and_sdf(smoke, tmp_path):
 @pytest.mark.slow
 def test_the_smoke_script_runs_every_step_in_cpu_check_mode(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "POINTDIFF_CLIP_WEIGHTS"}
+    env["PYTHON"] = sys.executable  # the interpreter running the tests, wherever its venv is
     out = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "gpu_smoke.sh"), "--cpu-check", "--out", str(tmp_path)],
         cwd=ROOT,
