@@ -366,3 +366,26 @@ def test_fast_sampler_recovers_the_data_distribution(schedule, sigma_max):
     out = sample_dpmpp_2m(d, x, sigmas, disable=True).reshape(-1, 6)
     assert ((out.mean(0) - mu).abs() / std).max() < 0.06
     assert ((out.std(0) / std) - 1).abs().max() < 0.04
+
+
+def test_web_demo_serves_a_pointe_pipeline(pointe_dir, text_encoder):
+    """What ``pointdiff demo --pointe-dir`` serves: the demo's generate step on a point-e
+    pipeline (tiny random weights): progress for both stages, a cloud and an SDF mesh stored."""
+    import io
+
+    import trimesh
+
+    from pointdiff.demo.generate import generate, parse_request
+    from pointdiff.demo.jobs import ResultStore
+
+    pipe = load_pointe_pipeline(pointe_dir, text_encoder=text_encoder, overrides=OVERRIDES)
+    seen, store = [], ResultStore()
+    request = parse_request({"prompt": "a corgi", "steps": 2, "seed": 1, "grid_size": 16})
+    (result,) = generate(pipe, request, lambda *a: seen.append(a), store)
+    stages = [s[0] for s in seen]
+    assert stages.index("base") < stages.index("upsampler") < stages.index("mesh")
+    info, files = store.get(result["id"])
+    assert info["points"] == N_BASE + N_UP
+    assert np.load(io.BytesIO(files["cloud.npz"]))["coords"].shape == (N_BASE + N_UP, 3)
+    assert info["mesh"] in ("sdf", "sdf_snapped") or info["mesh"].startswith("poisson"), info
+    assert len(trimesh.load(io.BytesIO(files["mesh.glb"]), file_type="glb").geometry)
