@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from functools import partial
-from pathlib import Path
 
 from pointdiff.cli_checks import (
     MAX_GUIDANCE,
@@ -22,8 +21,7 @@ from pointdiff.cli_checks import (
     sample_usage_error,
 )
 from pointdiff.demo.command import add_demo_parser, run_demo
-
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "pointdiff-small"
+from pointdiff.release import DEFAULT_CHECKPOINT
 
 
 def _add_sample(sub) -> None:

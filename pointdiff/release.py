@@ -19,6 +19,8 @@ from pointdiff.conditioning.lexicon import save_lexicon
 from pointdiff.config import SampleConfig, to_dict
 
 #: model fields a release may change: set sizes (the denoisers have no positional embedding)
+# The pipeline this repository ships, which the command line and the web demo load by default.
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "pointdiff-small"
 POINT_FIELDS = ("num_points", "num_cond_points")
 
 

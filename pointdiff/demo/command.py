@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 from pointdiff.cli_checks import add_device_args, device_and_bf16, number_parser
+from pointdiff.release import DEFAULT_CHECKPOINT
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "pointdiff-small"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
