@@ -4,8 +4,8 @@
 Sizes come from the tensors (so a re-sized model converts too); what shapes cannot tell (heads,
 the conditioning kind) comes from the model's name. The decoding part of ``transmitter``
 (``encoder.params_proj.*`` + ``renderer.*``) is the same network as ``decoder`` and is written
-in the same layout; its encoder weights are checked against the released encoder's layout and
-stored unchanged in ``encoder.safetensors`` (pointdiff has no encoder forward pass yet).
+in the same layout; its encoder weights (``encoder.*`` less ``params_proj``) are checked against
+``ShapeEncoder`` and written to ``encoder.safetensors`` with their config (``load_shape_encoder``).
 Loading a ``.pt`` never executes pickled code (``torch.load(..., weights_only=True)``).
 """
 
@@ -24,6 +24,7 @@ from torch import nn
 from pointdiff.atomic import atomic_path, write_json_atomic
 from pointdiff.checkpoint import record_hashes, verify_hashes
 from pointdiff.compat.shape.decoder import ShapeDecoder, ShapeDecoderConfig
+from pointdiff.compat.shape.encoder import ShapeEncoder, ShapeEncoderConfig
 from pointdiff.compat.shape.transformer import LatentDenoiser, LatentDenoiserConfig
 
 FORMAT = "pointdiff-shape"
@@ -95,53 +96,29 @@ def build_shape_model(cfg) -> nn.Module:
     return ShapeDecoder(cfg) if isinstance(cfg, ShapeDecoderConfig) else LatentDenoiser(cfg)
 
 
-def encoder_shapes(
-    width: int,
-    channels: int,
-    latent_ctx: int,
-    layers: int,
-    conv_hidden=(1024, 1024),
-    conv_kernel: int = 8,
-    patch: int = 8,
-) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of the transmitter's point-cloud + multiview perceiver encoder (without
-    its ``params_proj``): 1 cross-attention block per modality, ``layers − 1`` self-attention."""
-    w, h0, h1 = width, *conv_hidden
-    out: dict[str, tuple[int, ...]] = {
-        "output_tokens": (latent_ctx, w),
-        "ln_pre.weight": (w,),
-        "ln_pre.bias": (w,),
-        "ln_post.weight": (w,),
-        "ln_post.bias": (w,),
-        "output_proj.weight": (channels, w),
-        "output_proj.bias": (channels,),
-        "input_proj.weight": (w, 6 * 31),
-        "input_proj.bias": (w,),  # xyz+rgb, NeRF encoding
-        "point_conv.mlp_convs.0.weight": (h0, w + 3, conv_kernel, 1),
-        "point_conv.mlp_convs.0.bias": (h0,),
-        "point_conv.mlp_convs.1.weight": (h1, h0, conv_kernel, 1),
-        "point_conv.mlp_convs.1.bias": (h1,),
-        "mv_pcl_embed.weight": (w // 2, 279, 3, 3),
-        "mv_pcl_embed.bias": (w // 2,),
-        "mv_pcl_embed.unk_token": (279,),  # per-pixel encoding of rgb, ray origin, point
-        "patch_emb.weight": (w, w // 2, patch, patch),
-        "patch_emb.bias": (w,),
-    }
-
-    def block(prefix: str, cross: bool) -> None:
-        attn = {"c_q": (w, w), "c_kv": (2 * w, w)} if cross else {"c_qkv": (3 * w, w)}
-        for n, s in {**attn, "c_proj": (w, w)}.items():
-            out[f"{prefix}.attn.{n}.weight"], out[f"{prefix}.attn.{n}.bias"] = s, s[:1]
-        out[f"{prefix}.mlp.c_fc.weight"], out[f"{prefix}.mlp.c_fc.bias"] = (4 * w, w), (4 * w,)
-        out[f"{prefix}.mlp.c_proj.weight"], out[f"{prefix}.mlp.c_proj.bias"] = (w, 4 * w), (w,)
-        for ln in ("ln_1", "ln_2", "ln_3") if cross else ("ln_1", "ln_2"):
-            out[f"{prefix}.{ln}.weight"] = out[f"{prefix}.{ln}.bias"] = (w,)
-
-    for i in range(2):
-        block(f"encoder.{i}.resblocks.0", cross=True)
-    for i in range(layers - 1):
-        block(f"processor.resblocks.{i}", cross=False)
-    return out
+def encoder_config(sd: Mapping, **overrides) -> ShapeEncoderConfig:
+    """The transmitter encoder's config: sizes from its tensors (under ``encoder.``), the rest
+    (heads, neighbour counts, radius, image size…, which shapes cannot tell) the released values."""
+    name = "transmitter"
+    w = _get(sd, "encoder.ln_pre.weight", name).shape[0]
+    blocks = {k.split(".")[3] for k in sd if k.startswith("encoder.processor.resblocks.")}
+    convs = sorted(
+        {int(k.split(".")[3]) for k in sd if k.startswith("encoder.point_conv.mlp_convs.")}
+    )
+    conv0 = _get(sd, "encoder.point_conv.mlp_convs.0.weight", name)
+    tokens = _get(sd, "encoder.output_tokens", name)
+    cfg = ShapeEncoderConfig(
+        width=w,
+        layers=len(blocks) + 1,
+        latent_ctx=tokens.shape[0],
+        channels=_get(sd, "encoder.output_proj.weight", name).shape[0],
+        conv_hidden=tuple(
+            _get(sd, f"encoder.point_conv.mlp_convs.{i}.bias", name).shape[0] for i in convs
+        ),
+        conv_kernel=conv0.shape[2],
+        patch=_get(sd, "encoder.patch_emb.weight", name).shape[2],
+    )
+    return dataclasses.replace(cfg, **overrides)
 
 
 def _check(sd: Mapping, expected: Mapping, src_of, name: str) -> dict[str, torch.Tensor]:
@@ -157,8 +134,14 @@ def _check(sd: Mapping, expected: Mapping, src_of, name: str) -> dict[str, torch
     return out
 
 
-def convert_shape_state_dict(sd: Mapping[str, torch.Tensor], name: str, **overrides):
-    """:return: (weights in pointdiff names, config, encoder weights or None).
+def convert_shape_state_dict(
+    sd: Mapping[str, torch.Tensor],
+    name: str,
+    encoder_overrides: Mapping | None = None,
+    **overrides,
+):
+    """:param encoder_overrides: ``ShapeEncoderConfig`` fields (transmitter; tests' tiny models).
+    :return: (weights in pointdiff names, config, (encoder weights, encoder config) or None).
     :raises ShapeConversionError: unknown name; missing, mis-shaped or unexpected key."""
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ShapeConversionError(f"{name!r}: expected a state dict of tensors")
@@ -175,16 +158,10 @@ def convert_shape_state_dict(sd: Mapping[str, torch.Tensor], name: str, **overri
     used = {src_of(k) for k in expected}
     encoder = None
     if name == "transmitter":
-        w = _get(sd, "encoder.ln_pre.weight", name).shape[0]
-        layers = 1 + len(
-            {k.split(".")[3] for k in sd if k.startswith("encoder.processor.resblocks.")}
-        )
-        conv = tuple(
-            _get(sd, f"encoder.point_conv.mlp_convs.{i}.bias", name).shape[0] for i in range(2)
-        )
-        ctx = _get(sd, "encoder.output_tokens", name).shape[0]
-        enc = encoder_shapes(w, cfg.channels, ctx, layers, conv)
-        encoder = _check(sd, enc, lambda k: "encoder." + k, name)
+        enc_cfg = encoder_config(sd, **(encoder_overrides or {}))
+        with torch.device("meta"):
+            enc = {k: v.shape for k, v in ShapeEncoder(enc_cfg).state_dict().items()}
+        encoder = (_check(sd, enc, lambda k: "encoder." + k, name), enc_cfg)
         used |= {"encoder." + k for k in enc}
     unexpected = sorted(set(sd) - used)
     if unexpected:
@@ -214,26 +191,46 @@ def load_shape_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def convert_shape(
-    src_pt: str | os.PathLike, out_dir: str | os.PathLike, name: str, **overrides
+    src_pt: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    name: str,
+    encoder_overrides: Mapping | None = None,
+    **overrides,
 ) -> Path:
     """Write ``out_dir/{model.safetensors, [encoder.safetensors,] config.json}``.
 
     ``config.json`` holds the format, the Shap-E name, the kind (decoder/text/image), the config
-    and the SHA-256 of every weight file. :return: ``out_dir``."""
+    (and ``encoder_config``) and the SHA-256 of every weight file. :return: ``out_dir``."""
     from safetensors.torch import save_file
 
-    state, cfg, encoder = convert_shape_state_dict(load_shape_state_dict(src_pt), name, **overrides)
+    sd = load_shape_state_dict(src_pt)
+    state, cfg, encoder = convert_shape_state_dict(sd, name, encoder_overrides, **overrides)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = {"model.safetensors": state} | ({"encoder.safetensors": encoder} if encoder else {})
+    files = {"model.safetensors": state} | ({"encoder.safetensors": encoder[0]} if encoder else {})
     for fname, tensors in files.items():
         with atomic_path(out / fname) as tmp:  # an interrupted run leaves no half-written file
             save_file(tensors, str(tmp), metadata={"shape_name": name})
     kind = SHAPE_MODELS[name][0]
     meta = {"format": FORMAT, "name": name, "kind": kind, "config": dataclasses.asdict(cfg)}
+    if encoder:
+        meta["encoder_config"] = dataclasses.asdict(encoder[1])
     write_json_atomic(out / "config.json", meta, sort_keys=False)
     record_hashes(out)
     return out
+
+
+def _read_meta(out: Path) -> dict:
+    config = out / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{out} is not a converted Shap-E model: no config.json")
+    meta = json.loads(config.read_text())
+    if meta.get("format") != FORMAT:
+        raise ShapeConversionError(
+            f"{out} is not a converted Shap-E model (format {meta.get('format')!r})"
+        )
+    verify_hashes(out)
+    return meta
 
 
 def load_shape(out_dir: str | os.PathLike) -> tuple[nn.Module, dict]:
@@ -242,13 +239,22 @@ def load_shape(out_dir: str | os.PathLike) -> tuple[nn.Module, dict]:
     from safetensors.torch import load_file
 
     out = Path(out_dir)
-    meta = json.loads((out / "config.json").read_text())
-    if meta.get("format") != FORMAT:
-        raise ShapeConversionError(
-            f"{out} is not a converted Shap-E model (format {meta.get('format')!r})"
-        )
-    verify_hashes(out)
+    meta = _read_meta(out)
     cls = ShapeDecoderConfig if meta["kind"] == "decoder" else LatentDenoiserConfig
     model = build_shape_model(cls(**meta["config"]))
     model.load_state_dict(load_file(str(out / "model.safetensors")), strict=True)
     return model.eval(), meta
+
+
+def load_shape_encoder(out_dir: str | os.PathLike) -> ShapeEncoder:
+    """The transmitter's encoder from a directory converted from ``transmitter`` (eval mode)."""
+    from safetensors.torch import load_file
+
+    out = Path(out_dir)
+    meta = _read_meta(out)
+    if "encoder_config" not in meta:
+        raise ShapeConversionError(f"{out} holds {meta.get('name')!r}, not the transmitter")
+    cfg = meta["encoder_config"]
+    model = ShapeEncoder(ShapeEncoderConfig(**{**cfg, "conv_hidden": tuple(cfg["conv_hidden"])}))
+    model.load_state_dict(load_file(str(out / "encoder.safetensors")), strict=True)
+    return model.eval()

@@ -46,7 +46,9 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return F.pad(emb, (0, dim % 2))
 
 
-class _MLP(nn.Module):
+class MLP(nn.Module):
+    """``c_fc`` (width → 4·width), exact GELU, ``c_proj`` (4·width → width)."""
+
     def __init__(self, width: int):
         super().__init__()
         self.c_fc = nn.Linear(width, 4 * width)
@@ -73,23 +75,27 @@ class _Attention(nn.Module):
         return self.c_proj(out.transpose(1, 2).reshape(b, n, w))
 
 
-class _Block(nn.Module):
+class SelfAttentionBlock(nn.Module):
+    """Pre-LN residual block: ``x + attn(ln_1 x)``, then ``x + mlp(ln_2 x)``. [B, T, W] → same."""
+
     def __init__(self, width: int, heads: int):
         super().__init__()
         self.ln_1 = nn.LayerNorm(width)
         self.attn = _Attention(width, heads)
         self.ln_2 = nn.LayerNorm(width)
-        self.mlp = _MLP(width)
+        self.mlp = MLP(width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
 
 
-class _Backbone(nn.Module):
+class Backbone(nn.Module):
+    """``depth`` self-attention blocks (``resblocks.{i}``, Shap-E's names)."""
+
     def __init__(self, width: int, depth: int, heads: int):
         super().__init__()
-        self.resblocks = nn.ModuleList([_Block(width, heads) for _ in range(depth)])
+        self.resblocks = nn.ModuleList([SelfAttentionBlock(width, heads) for _ in range(depth)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.resblocks:
@@ -114,9 +120,9 @@ class LatentDenoiser(nn.Module):
             raise ValueError(f"width {cfg.width} is not divisible by heads {cfg.heads}")
         self.cfg = cfg
         w = cfg.width
-        self.time_embed = _MLP(w)
+        self.time_embed = MLP(w)
         self.ln_pre = nn.LayerNorm(w)
-        self.backbone = _Backbone(w, cfg.depth, cfg.heads)
+        self.backbone = Backbone(w, cfg.depth, cfg.heads)
         self.ln_post = nn.LayerNorm(w)
         self.input_proj = nn.Linear(cfg.channels, w)
         self.output_proj = nn.Linear(w, 2 * cfg.channels)
