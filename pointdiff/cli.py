@@ -51,8 +51,11 @@ def _add_sample(sub) -> None:
                    help=f"samples per prompt (1 to {MAX_NUM_SAMPLES})")
     p.add_argument("--steps", type=number_parser(int, 1, MAX_STEPS), default=None,
                    help=f"sampler steps, 1 to {MAX_STEPS} (default: checkpoint's)")
-    p.add_argument("--sampler", choices=["heun", "euler", "dpmpp_2m"], default=None,
-                   help="(default: checkpoint's)")
+    p.add_argument("--sampler", choices=["heun", "euler", "dpmpp_2m", "consistency"],
+                   default=None, help="(default: checkpoint's)")
+    p.add_argument("--fast", action="store_true",
+                   help="the checkpoint's distilled stages (few network calls, the guidance scale "
+                        "an input; pipeline.json \"fast\") in place of their teachers")
     p.add_argument("--guidance", type=number_parser(float, 0, MAX_GUIDANCE), default=None,
                    help=f"classifier-free guidance scale, 0 to {MAX_GUIDANCE:g} (1: conditional "
                         "model only; default: checkpoint's)")
@@ -130,7 +133,11 @@ def _run_sample(args) -> int:
         )
     else:
         pipe = load_pipeline(
-            args.checkpoint, device, clip_weights=args.clip_weights, download=args.download
+            args.checkpoint,
+            device,
+            clip_weights=args.clip_weights,
+            download=args.download,
+            fast=args.fast,
         )
     stages = [s.name for s in pipe.stages]
     if args.stop_after is not None and args.stop_after not in stages:

@@ -39,6 +39,9 @@ class DenoiserConfig:
     # token states ([B, 1 + text_tokens, cond_dim] condition; padding is zeros) become extra
     # condition tokens through ``token_proj`` (LayerNorm + zero-init Linear). 0 = pooled only.
     text_tokens: int = 0
+    # The classifier-free guidance scale is an input (``guidance_proj``, zero-init, added to the
+    # noise token): one call gives the guided output (distilled students, Meng et al. 2023).
+    guidance_embed: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class UpsamplerConfig:
     grid_tokens: int = 0  # 256 for point-e weight compatibility (all-zero image grid)
     grid_dim: int = 1024
     low_res_noise: float = 0.0  # training-time augmentation noise on the low-res condition
+    guidance_embed: bool = False  # the guidance scale is an input (see DenoiserConfig)
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,7 @@ class DiffusionConfig:
 class SampleConfig:
     """Defaults for one sampling stage."""
 
-    sampler: str = "heun"  # heun | euler | dpmpp_2m
+    sampler: str = "heun"  # heun | euler | dpmpp_2m | consistency
     steps: int = 64
     guidance: float = 3.0
     s_churn: float = 3.0
@@ -121,6 +125,9 @@ class SampleConfig:
     #: after sampling, passes that pull each point onto the plane of its 16 nearest neighbours
     #: (``densify.project_to_surface``; 0.5 = half-way once, 2 = fully twice); 0 = off (point-e)
     surface_projection: float = 0.0
+    #: 0: the Karras grid of ``steps``; G > 0: every (G / steps)-th level of the Karras grid of G
+    #: steps (``schedules.get_sigmas_subgrid``: the levels a distilled student was trained on)
+    grid: int = 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,6 +157,20 @@ class TrainConfig:
     compile: bool = False  # torch.compile the network
     fsdp: bool = False  # shard params/grads/AdamW/EMA over ranks (FSDP2) instead of DDP replicas
     grad_checkpointing: bool = False  # recompute each block in backward: less activation memory
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """A few-call student from a teacher (``pointdiff.training.distill``)."""
+
+    method: str = "guidance"  # guidance | progressive | trajectory
+    guidance_min: float = 1.0  # guidance scales the student learns, w ~ U[min, max]
+    guidance_max: float = 5.0
+    #: progressive: the student's steps (its teacher takes twice as many); trajectory and
+    #: guidance: the steps the student samples with by default
+    steps: int = 16
+    grid: int = 16  # every σ level is one of the Karras grid of this many steps
+    trajectories: int = 1024  # trajectory: teacher trajectories solved and stored
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,6 +235,7 @@ CONFIG_CLASSES = {
         DiffusionConfig,
         SampleConfig,
         TrainConfig,
+        DistillConfig,
     )
 }
 
@@ -284,6 +306,7 @@ __all__ = [
     "DiffusionConfig",
     "SampleConfig",
     "TrainConfig",
+    "DistillConfig",
     "PRESETS",
     "get_preset",
     "to_dict",

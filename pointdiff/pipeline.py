@@ -12,7 +12,9 @@ Checkpoint layouts understood by ``load_pipeline``:
 
 * a **pipeline directory** with ``pipeline.json`` (``{"stages": {"base": "base", "upsampler":
   "upsampler", "sdf": "sdf"}}``; the shipped ``checkpoints/<name>/`` use this), each entry a model
-  directory, or for the upsampler ``{"surface": N}`` (``SurfaceUpsampler``, no weights);
+  directory, or for the upsampler ``{"surface": N}`` (``SurfaceUpsampler``, no weights); an
+  optional ``"fast": {"base": "base_fast"}`` names distilled students that ``fast=True`` loads
+  in place of those stages (``pointdiff sample --fast``);
 * a single **model directory** (``model.safetensors`` + ``config.json``, e.g. a training run's
   ``ckpt-*`` or a release export): a base-only pipeline.
 
@@ -40,7 +42,7 @@ from pointdiff.densify import project_to_surface, upsample_on_surface
 from pointdiff.diffusion.guidance import clamp_denoised, classifier_free_guidance
 from pointdiff.diffusion.precond import KarrasDenoiser
 from pointdiff.diffusion.samplers import CHURN, SAMPLERS, randn_rows
-from pointdiff.diffusion.schedules import get_sigmas_karras
+from pointdiff.diffusion.schedules import get_sigmas_karras, get_sigmas_subgrid
 from pointdiff.meshing import MeshResult, mesh_from_cloud
 from pointdiff.pointcloud import PointCloud, relocate_strays
 from pointdiff.precision import choose_precision, resolve_device
@@ -86,6 +88,8 @@ class Stage:
     :param guide: ``guide(model, scale) -> model``; default: classifier-free guidance zeroing
         ``cond_key`` (point-e's image upsampler also zeroes its low-res cloud).
     :param text_tokens: per-token text states the stage's model takes (``DenoiserConfig``).
+    :param takes_guidance: the model takes the guidance scale as an input (a distilled student,
+        ``guidance_embed``): one call per step instead of the guided pair.
     """
 
     name: str
@@ -99,6 +103,7 @@ class Stage:
     takes_low_res: bool = False
     guide: Callable | None = None
     text_tokens: int = 0
+    takes_guidance: bool = False
 
     def settings(self, overrides: dict) -> SampleConfig:
         """``sample`` with the given fields replaced (None: keep; prompt settings only where
@@ -113,6 +118,16 @@ class Stage:
             raise PipelineError(f"unknown sampler {cfg.sampler!r}; choose from {sorted(SAMPLERS)}")
         if cfg.steps < 1:
             raise PipelineError(f"steps must be >= 1, got {cfg.steps}")
+        if cfg.grid and (cfg.grid < cfg.steps or cfg.grid % cfg.steps):
+            raise PipelineError(
+                f"stage {self.name!r} samples on a {cfg.grid}-step grid: steps must divide "
+                f"{cfg.grid}, got {cfg.steps}"
+            )
+        if cfg.guidance_interval is not None and self.takes_guidance:
+            raise PipelineError(
+                f"stage {self.name!r} is a distilled student that takes the guidance scale as "
+                "an input; guidance_interval does not apply to it"
+            )
         if cfg.guidance_interval is not None and self.guide is not None and cfg.guidance != 1.0:
             raise PipelineError(
                 f"stage {self.name!r} has its own guidance; "
@@ -130,7 +145,10 @@ class Stage:
         model = self.denoiser
         if cfg.clip_denoised:  # clamp each half before mixing, as point-e does (bit parity)
             model = clamp_denoised(model)
-        if self.cond_key is not None and cfg.guidance != 1.0:
+        b = len(inputs.generators)
+        if self.takes_guidance:  # the scale is an input: one call per step
+            extra_args["guidance"] = torch.full((b,), float(cfg.guidance), device=inputs.device)
+        elif self.cond_key is not None and cfg.guidance != 1.0:
             interval = cfg.guidance_interval
             guide = self.guide or partial(
                 classifier_free_guidance,
@@ -138,9 +156,13 @@ class Stage:
                 sigma_range=None if interval is None else tuple(interval),
             )
             model = guide(model, cfg.guidance)
-        sigmas = get_sigmas_karras(cfg.steps, self.sigma_min, self.sigma_max, self.rho)
+        grid = (self.sigma_min, self.sigma_max, self.rho)
+        if cfg.grid:
+            sigmas = get_sigmas_subgrid(cfg.steps, cfg.grid, *grid)
+        else:
+            sigmas = get_sigmas_karras(cfg.steps, *grid)
         sigmas = sigmas.to(inputs.device)
-        shape = (len(inputs.generators), self.num_points, 6)
+        shape = (b, self.num_points, 6)
         x = randn_rows(shape, inputs.generators, inputs.device) * sigmas[0]
         churn = {"s_churn": cfg.s_churn} if cfg.sampler in CHURN else {}
         sampler = SAMPLERS[cfg.sampler]
@@ -323,6 +345,7 @@ def _stage_from_dir(path: Path, name: str, device: torch.device) -> tuple[Stage,
         cond_key="text_emb" if net.cfg.cond_dim > 0 else None,
         takes_low_res=net.cfg.kind == "upsampler",
         text_tokens=getattr(net.cfg, "text_tokens", 0),
+        takes_guidance=getattr(net.cfg, "guidance_embed", False),
     )
     return stage, configs
 
@@ -364,9 +387,12 @@ def load_pipeline(
     precision: str = "fp32",
     clip_weights: str | Path | None = None,
     download: bool = True,
+    fast: bool = False,
 ) -> TextTo3D:
     """Build a ``TextTo3D`` from a pipeline directory or a single base-model directory.
 
+    :param fast: load the pipeline's distilled stages (``pipeline.json`` ``"fast"``) in place of
+        their teachers.
     :param device, precision: a device or ``auto``; fp32 | bf16 | auto (``pointdiff.precision``).
     :param clip_weights: a local file of the CLIP weights the base config names (hash-checked);
         None: the local caches, then a download where ``download``."""
@@ -375,10 +401,17 @@ def load_pipeline(
     bf16 = choose_precision(precision, dev).bf16
     if not root.is_dir():
         raise CheckpointError(f"checkpoint directory {root} does not exist")
+    spec = {"stages": {"base": "."}}  # a single model directory
     if (root / "pipeline.json").is_file():
-        entries = json.loads((root / "pipeline.json").read_text()).get("stages", {})
-    else:
-        entries = {"base": "."}
+        spec = json.loads((root / "pipeline.json").read_text())
+    entries = spec.get("stages", {})
+    if fast:
+        if not spec.get("fast"):
+            raise CheckpointError(
+                f"{root} has no distilled stages (pipeline.json \"fast\"); sample without "
+                "--fast, or distil them with train/distill.py"
+            )
+        entries = {**entries, **spec["fast"]}
     if "base" not in entries:
         raise CheckpointError(f"{root}/pipeline.json names no 'base' stage")
     stages, base_cfg = [], None

@@ -83,3 +83,50 @@ def export_pipeline(
         if src is not None:
             record_hashes(out / name)
     return out
+
+
+def add_fast_stages(
+    out_dir: str | Path,
+    students: dict[str, str | Path],
+    sample: dict[str, dict] | None = None,
+    points: dict[str, dict[str, int]] | None = None,
+    dtype: torch.dtype = torch.float16,
+) -> Path:
+    """Add distilled students to a shipped pipeline directory: ``<stage>_fast/`` each, named in
+    ``pipeline.json`` under ``"fast"`` (what ``load_pipeline(fast=True)`` and ``pointdiff sample
+    --fast`` load in place of the teacher stage). The teachers stay as they are.
+
+    :param students: stage name (``base``/``upsampler``) -> the student's run or checkpoint.
+    :param sample: per stage, ``SampleConfig`` fields replacing the student's own (e.g. the
+        measured ``{"steps": 2}``).
+    :param points: per stage, set sizes to ship (as ``export_pipeline``).
+    :return: ``out_dir``.
+    """
+    out = Path(out_dir)
+    spec_file = out / "pipeline.json"
+    if not spec_file.is_file():
+        raise ValueError(f"{out} is not a pipeline directory (no pipeline.json)")
+    spec = json.loads(spec_file.read_text())
+    for name, src in students.items():
+        if name not in spec.get("stages", {}):
+            raise ValueError(f"{out} has no {name!r} stage to add a distilled student for")
+        folder = out / f"{name}_fast"
+        export_for_release(src, folder, dtype=dtype)
+        meta = json.loads((folder / "config.json").read_text())
+        configs = meta["configs"]
+        for key, value in (points or {}).get(name, {}).items():
+            if key not in POINT_FIELDS or key not in configs["model"]:
+                raise ValueError(f"{name}: cannot set {key!r} of a {configs['model']}")
+            configs["model"][key] = int(value)
+        configs["sample"] = {**configs.get("sample", to_dict(SampleConfig())),
+                             **(sample or {}).get(name, {})}
+        write_text_atomic(folder / "config.json", json.dumps(meta, indent=1))
+        teacher = out / spec["stages"][name]
+        for extra in ("captions.json", "lexicon.json"):  # the prompt reader of its teacher
+            if (teacher / extra).is_file():
+                write_text_atomic(folder / extra, (teacher / extra).read_text())
+        record_hashes(folder)
+        spec.setdefault("fast", {})[name] = folder.name
+    write_text_atomic(spec_file, json.dumps(spec, indent=1) + "\n")
+    return out
+

@@ -34,11 +34,13 @@ from pathlib import Path
 
 import torch
 
+from pointdiff.checkpoint import load_configs
 from pointdiff.compat.pointe import POINTE_MODELS, load_converted, load_pointe_model, save_converted
 from pointdiff.conditioning.image import ImageEncoder, clip_cache_places, resolve_clip_weights
 from pointdiff.conditioning.text import TextEncoder
 from pointdiff.config import SampleConfig
 from pointdiff.diffusion import ALPHAS_CUMPROD, DiscreteEpsDenoiser, classifier_free_guidance
+from pointdiff.diffusion.discrete import POINTE_SIGMAS
 from pointdiff.pipeline import PipelineError, Stage, TextTo3D
 from pointdiff.pointcloud import to_model_space
 
@@ -63,7 +65,8 @@ CLIP_TAG = "openai"
 # point-e PointCloudSampler defaults (base, upsampler): the same but for churn
 BASE_SAMPLE = SampleConfig(sampler="heun", steps=64, guidance=3.0, s_churn=3.0, clip_denoised=True)
 UPSAMPLE_SAMPLE = replace(BASE_SAMPLE, s_churn=0.0)
-SIGMA_MIN, BASE_SIGMA_MAX, UPSAMPLE_SIGMA_MAX, RHO = 1e-3, 120.0, 160.0, 7.0
+SIGMA_MIN, BASE_SIGMA_MAX, RHO = POINTE_SIGMAS["cosine"]
+UPSAMPLE_SIGMA_MAX = POINTE_SIGMAS["linear"][1]
 #: our faster sampler (``sample_clouds(..., overrides=FAST)``; use with ``bf16=True``): 32 NFE
 #: per stage instead of 127. Chosen on the Bayes-optimal Gaussian ε-net through the adapter
 #: (tests/test_pointe_pipeline.py): sample std off by 3.5 % at 32 steps, 9 % at 20, 1.4 % for
@@ -200,8 +203,15 @@ def _flip_sdf_sign(sdf_net: torch.nn.Module) -> None:
         sdf_net.output_proj.bias.neg_()
 
 
+def _sample_for(path: Path, default: SampleConfig) -> SampleConfig:
+    """A distilled student's own sampler settings (its config's ``sample``), else point-e's."""
+    own = load_configs(path).get("sample") if path.is_dir() else None
+    return own if own is not None else default
+
+
 def _stage(name, net, schedule, sample, sigma_max, exact, cond_key, guide=None):
-    """A point-e stage; ``cond_key`` None: it takes no prompt (the text upsampler)."""
+    """A point-e stage; ``cond_key`` None: it takes no prompt (the text upsampler). A distilled
+    student (``guidance_embed``) takes the guidance scale as an input."""
     denoiser = DiscreteEpsDenoiser(net, ALPHAS_CUMPROD[schedule](), exact_pointe=exact)
     return Stage(
         name=name,
@@ -214,6 +224,7 @@ def _stage(name, net, schedule, sample, sigma_max, exact, cond_key, guide=None):
         cond_key=cond_key,
         takes_low_res=net.cfg.kind == "upsampler",
         guide=guide,
+        takes_guidance=getattr(net.cfg, "guidance_embed", False),
     )
 
 
@@ -260,7 +271,15 @@ def load_pointe_pipeline(
     cond_key = "grid" if image else "text_emb"
     base_net = _load_net(files[base], base, overrides.get(base, {})).to(dev)
     stages = [
-        _stage("base", base_net, "cosine", BASE_SAMPLE, BASE_SIGMA_MAX, exact_pointe, cond_key)
+        _stage(
+            "base",
+            base_net,
+            "cosine",
+            _sample_for(files[base], BASE_SAMPLE),
+            BASE_SIGMA_MAX,
+            exact_pointe,
+            cond_key,
+        )
     ]
     if upsample:
         up_net = _load_net(files["upsample"], "upsample", overrides.get("upsample", {})).to(dev)
@@ -273,7 +292,8 @@ def load_pointe_pipeline(
         # grid tokens stay zero)
         guide = _pointe_upsampler_guide if image else None
         up_key = "grid" if image else None
-        up = (UPSAMPLE_SAMPLE, UPSAMPLE_SIGMA_MAX, exact_pointe, up_key, guide)
+        up_sample = _sample_for(files["upsample"], UPSAMPLE_SAMPLE)
+        up = (up_sample, UPSAMPLE_SIGMA_MAX, exact_pointe, up_key, guide)
         stages.append(_stage("upsampler", up_net, "linear", *up))
     sdf_net = None
     if sdf:

@@ -56,6 +56,9 @@ def get_linear_alphas_cumprod(num_timesteps: int = NUM_TIMESTEPS) -> torch.Tenso
 
 
 ALPHAS_CUMPROD = {"cosine": get_cosine_alphas_cumprod, "linear": get_linear_alphas_cumprod}
+#: point-e's Karras sampling grid (σ_min, σ_max, ρ) per schedule: base models (cosine) and the
+#: upsampler (linear)
+POINTE_SIGMAS = {"cosine": (1e-3, 120.0, 7.0), "linear": (1e-3, 160.0, 7.0)}
 
 
 class DiscreteEpsDenoiser(nn.Module):

@@ -13,7 +13,7 @@ import torch
 
 def classifier_free_guidance(
     model: Callable,
-    scale: float,
+    scale: float | torch.Tensor,
     cond_keys: Sequence[str] = ("text_emb",),
     sigma_range: tuple[float, float] | None = None,
 ) -> Callable:
@@ -29,7 +29,7 @@ def classifier_free_guidance(
     ``classifier_free_guidance(clamp_denoised(model), s)`` for that behaviour.
 
     :param model: ``model(x [B,N,C], sigma [B], **extra_args) -> denoised [B,N,C]``.
-    :param scale: guidance scale s.
+    :param scale: guidance scale s: a number, or [B] one per batch row (distillation targets).
     :param cond_keys: extra_args keys whose null value is zeros.
     :param sigma_range: ``(lo, hi)``: guide only where lo < σ ≤ hi and use the conditional model
         elsewhere (guidance in a limited interval, Kynkäänniemi et al. 2024); a step with no σ
@@ -54,8 +54,10 @@ def classifier_free_guidance(
             for k, v in extra_args.items()
         }
 
+    per_row = isinstance(scale, torch.Tensor) and scale.ndim > 0
+
     def model_fn(x: torch.Tensor, sigma: torch.Tensor, **extra_args) -> torch.Tensor:
-        if scale == 1:
+        if not per_row and scale == 1:
             return model(x, sigma, **extra_args)
         null_args = _null(extra_args)
         inside = None
@@ -64,7 +66,7 @@ def classifier_free_guidance(
             inside = (s > sigma_range[0]) & (s <= sigma_range[1])
             if not inside.any():
                 return model(x, sigma, **extra_args)
-        if scale == 0 and (inside is None or bool(inside.all())):
+        if not per_row and scale == 0 and (inside is None or bool(inside.all())):
             return model(x, sigma, **null_args)
         b = x.shape[0]
         both = {}
@@ -81,7 +83,8 @@ def classifier_free_guidance(
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
         sigma2 = torch.cat([sigma, sigma]) if sigma.ndim else sigma
         denoised_c, denoised_u = model(torch.cat([x, x]), sigma2, **both).chunk(2)
-        guided = denoised_u + scale * (denoised_c - denoised_u)
+        w = scale.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype) if per_row else scale
+        guided = denoised_u + w * (denoised_c - denoised_u)
         if inside is None or bool(inside.all()):
             return guided
         return torch.where(inside.reshape(-1, *([1] * (x.ndim - 1))), guided, denoised_c)

@@ -184,10 +184,36 @@ def sample_dpmpp_2m(
     return x
 
 
+@torch.no_grad()
+def sample_consistency(
+    model: Callable,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict | None = None,
+    callback: Callable | None = None,
+    disable: bool | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+) -> torch.Tensor:
+    """Multistep sampling of a model whose output at any σ is the end of its ODE trajectory (a
+    consistency model, Song et al. 2023, Algorithm 1; a trajectory-distilled student): predict the
+    clean sample, then re-noise it to the next σ with fresh noise. One model call per step; one
+    step from σ_max is the student's single-call sample.
+
+    :param x: [B,N,C] initial noise × sigmas[0]. :param sigmas: [n+1] grid ending in 0.
+    :return: [B,N,C] sample at sigmas[-1].
+    """
+    for i in trange(len(sigmas) - 1, disable=disable):
+        x = _denoise(model, x, sigmas[i], extra_args, callback, i, sigmas[i])
+        if sigmas[i + 1] > 0:
+            x = x + randn_rows(x.shape, generator, x.device, x.dtype) * sigmas[i + 1]
+    return x
+
+
 SAMPLERS: dict[str, Callable] = {
     "heun": sample_heun,
     "euler": sample_euler,
     "dpmpp_2m": sample_dpmpp_2m,
+    "consistency": sample_consistency,
 }
 
 #: the samplers that take ``s_churn`` (Karras Alg. 2 stochastic steps)

@@ -3,6 +3,9 @@
 * ``get_sigmas_karras``: the sampling grid of Karras et al. 2022 ("EDM"), eq. 5, with a trailing 0
   so that samplers take their last step to the clean data (as k-diffusion and point-e do).
 * ``sample_train_sigmas``: the training σ distribution of EDM Table 1, ln σ ~ N(P_mean, P_std²).
+* ``get_sigmas_subgrid``: every k-th level of a Karras grid (the levels a distilled student was
+  trained on); ``sample_grid_sigmas``: σ drawn uniformly along the Karras ramp (where samplers
+  evaluate a model: distillation trains there).
 """
 
 from __future__ import annotations
@@ -39,6 +42,45 @@ def get_sigmas_karras(
     max_inv_rho = sigma_max ** (1 / rho)
     sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
     return torch.cat([sigmas, sigmas.new_zeros([1])]).to(device)
+
+
+def get_sigmas_subgrid(
+    steps: int,
+    grid: int,
+    sigma_min: float,
+    sigma_max: float,
+    rho: float = 7.0,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Every (grid / steps)-th level of the Karras grid of ``grid`` steps, then 0: the σ levels
+    a student distilled from a ``grid``-step teacher samples on (progressive distillation halves
+    the steps on nested grids). ``grid = steps`` is ``get_sigmas_karras(steps, …)``.
+
+    :return: [steps+1] float32, starting at σ_max, ending in 0.
+    """
+    if steps < 1 or grid < steps or grid % steps:
+        raise ValueError(f"a subgrid needs 1 <= steps <= grid and grid % steps == 0; got "
+                         f"steps={steps}, grid={grid}")
+    full = get_sigmas_karras(grid, sigma_min, sigma_max, rho, device)
+    return torch.cat([full[: grid : grid // steps], full[-1:]])
+
+
+def sample_grid_sigmas(
+    batch: int,
+    sigma_min: float,
+    sigma_max: float,
+    rho: float = 7.0,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """σ at a uniform position u ~ U[0, 1] along the Karras ramp (EDM eq. 5 with i/(n−1) = u):
+    the noise levels a sampler visits, σ_max to σ_min, with their density.
+
+    :param batch: number of σ values B (drawn from torch's global RNG).
+    :return: [B] float32 tensor of σ in [σ_min, σ_max].
+    """
+    u = torch.rand(batch, device=device)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + u * (lo - hi)) ** rho
 
 
 def sample_train_sigmas(

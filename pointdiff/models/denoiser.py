@@ -34,6 +34,7 @@ class PointDenoiser(PointTransformer):
         c_noise: torch.Tensor,
         text_emb: torch.Tensor | None = None,
         grid: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
         :param x: [B, N, in_channels] network input (already scaled by c_in), model space.
@@ -42,13 +43,16 @@ class PointDenoiser(PointTransformer):
         :param text_emb: [B, cond_dim] condition vector (L2-normalised here), or for
             ``text_tokens`` models [B, 1 + text_tokens, cond_dim]: the pooled vector then the
             per-token states (zero rows = padding); None or zeros is the null condition.
+        :param guidance: [B] classifier-free guidance scale (``guidance_embed`` models only).
         :param grid: [B, grid_tokens, grid_dim] image patch grid; None = zeros (null condition).
         :return: [B, N, out_channels].
         """
         c_noise = self.check_points(x, c_noise)
-        prefix, bias = self.cond_tokens(c_noise, x.shape[0], text_emb=text_emb, grid=grid)
+        prefix, bias = self.cond_tokens(
+            c_noise, x.shape[0], text_emb=text_emb, grid=grid, guidance=guidance
+        )
         h = self.embed(self.input_proj, x)  # [B, N, w]
-        return self.run(h if bias is None else h + bias, prefix)  # [B, N, out_channels]
+        return self.run(h if bias is None else h + bias, prefix, guidance)  # [B, N, out_channels]
 
 
 __all__ = ["PointDenoiser"]

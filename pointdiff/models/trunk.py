@@ -63,6 +63,16 @@ class PointTransformer(nn.Module):
                 self.token_proj = nn.Sequential(
                     nn.LayerNorm(cfg.cond_dim), zero_init(nn.Linear(cfg.cond_dim, w))
                 )
+        if getattr(cfg, "guidance_embed", False):
+            # Guidance scale w, in two zero-init parts (a student built from a teacher starts as
+            # its conditional model): the guided output's own form, F_c + (w − 1)·G with G a
+            # second head on the point tokens (classifier-free guidance is exactly this, with
+            # G = F_c − F_u; the head learns it by regression), and a sinusoidal embedding of
+            # 100·w -> MLP added to the noise token, for what is not linear in w (few-step
+            # students).
+            self.guidance_proj = MLP(w, init_std)
+            zero_init(self.guidance_proj.c_proj)
+            self.guidance_out = zero_init(nn.Linear(w, cfg.out_channels))
         if cfg.grid_tokens > 0:
             # Image patch grid (CLIP ViT-L/14, before its final norm): LayerNorm + Linear per token.
             self.grid_embed = nn.Sequential(nn.LayerNorm(cfg.grid_dim), nn.Linear(cfg.grid_dim, w))
@@ -98,6 +108,7 @@ class PointTransformer(nn.Module):
         batch: int,
         text_emb: torch.Tensor | None = None,
         grid: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
     ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Condition tokens in point-e order ``[text, time, grid]`` (each [B, k, w]), and the
         per-point condition bias [B, 1, w] (``cond_bias`` models; else None).
@@ -105,6 +116,7 @@ class PointTransformer(nn.Module):
         A missing text vector or grid is the null condition (zeros). In training mode each sample
         drops its whole condition with probability ``cond_drop_prob`` (classifier-free guidance;
         torch's global RNG, one Bernoulli per sample, the null condition is zeros as at sampling).
+        ``guidance`` [B] (``guidance_embed`` models only, required there): the guidance scale.
         """
         cfg = self.cfg
         ref = self.input_proj.weight
@@ -151,8 +163,18 @@ class PointTransformer(nn.Module):
             if per_token is not None:
                 real = (per_token.abs().sum(-1, keepdim=True) > 0).to(ref.dtype)  # [B, T, 1]
                 tokens.append(self.token_proj(per_token) * real)  # padding / null: zero tokens
-        time = timestep_embedding(c_noise, cfg.width).to(ref.dtype)
-        tokens.append(self.time_embed(time)[:, None])
+        time = self.time_embed(timestep_embedding(c_noise, cfg.width).to(ref.dtype))
+        if hasattr(self, "guidance_proj"):
+            _check(
+                guidance is not None and guidance.shape == (batch,),
+                f"this model takes the guidance scale: guidance must be [B={batch}], got "
+                + ("None" if guidance is None else str(tuple(guidance.shape))),
+            )
+            w = timestep_embedding(100.0 * guidance, cfg.width).to(ref.dtype)
+            time = time + self.guidance_proj(w)
+        else:
+            _check(guidance is None, "this model has no guidance input (guidance_embed=False)")
+        tokens.append(time[:, None])
         if cfg.grid_tokens > 0:
             if grid is None:
                 grid = torch.zeros(
@@ -166,11 +188,15 @@ class PointTransformer(nn.Module):
         bf16 (``.to(torch.bfloat16)``) takes fp32 inputs as they come from the sampler."""
         return proj(points.to(proj.weight.dtype))
 
-    def run(self, h: torch.Tensor, prefix: list[torch.Tensor]) -> torch.Tensor:
+    def run(
+        self, h: torch.Tensor, prefix: list[torch.Tensor], guidance: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Run the backbone over ``prefix + [h]`` and project the point tokens.
 
         :param h: [B, N, w] point tokens (already projected).
         :param prefix: condition tokens, each [B, k, w].
+        :param guidance: [B] the guidance scale (``guidance_embed`` models, checked by
+            ``cond_tokens``): adds (w − 1)·``guidance_out``.
         :return: [B, N, out_channels] for the N point tokens only.
         """
         n_prefix = sum(p.shape[1] for p in prefix)
@@ -178,7 +204,11 @@ class PointTransformer(nn.Module):
         h = self.ln_post(self.backbone(self.ln_pre(h)))
         # Project every token, then drop the condition tokens: slicing first would force a copy
         # of the [B, N, w] activations (a non-contiguous view cannot be fed to the matmul).
-        return self.output_proj(h)[:, n_prefix:]
+        out = self.output_proj(h)
+        if guidance is not None:
+            scale = (guidance - 1).to(out.dtype)[:, None, None]
+            out = out + scale * self.guidance_out(h)
+        return out[:, n_prefix:]
 
 
 __all__ = ["PointTransformer", "ModelInputError"]

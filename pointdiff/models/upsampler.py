@@ -45,12 +45,14 @@ class PointUpsampler(PointTransformer):
         low_res: torch.Tensor | None = None,
         text_emb: torch.Tensor | None = None,
         grid: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
         :param x: [B, N, in_channels] network input for the N new points, model space.
         :param c_noise: [B] noise-level input (see ``PointDenoiser.forward``).
         :param low_res: [B, M, in_channels] the low-resolution cloud, model space.
         :param text_emb: [B, cond_dim] or None (only when ``cond_dim > 0``).
+        :param guidance: [B] classifier-free guidance scale (``guidance_embed`` models only).
         :param grid: [B, grid_tokens, grid_dim] or None (zeros) when ``grid_tokens > 0``.
         :return: [B, N, out_channels] for the new points only.
         """
@@ -65,10 +67,12 @@ class PointUpsampler(PointTransformer):
         if self.training and self.cfg.low_res_noise > 0:
             std = torch.rand(b, 1, 1, device=low_res.device, dtype=low_res.dtype)
             low_res = low_res + std * self.cfg.low_res_noise * torch.randn_like(low_res)
-        prefix, bias = self.cond_tokens(c_noise, b, text_emb=text_emb, grid=grid)
+        prefix, bias = self.cond_tokens(
+            c_noise, b, text_emb=text_emb, grid=grid, guidance=guidance
+        )
         prefix.append(self.embed(self.cond_point_proj, low_res))  # [B, M, w]
         h = self.embed(self.input_proj, x)  # [B, N, w]
-        return self.run(h if bias is None else h + bias, prefix)  # [B, N, out_channels]
+        return self.run(h if bias is None else h + bias, prefix, guidance)  # [B, N, out_channels]
 
 
 __all__ = ["PointUpsampler"]

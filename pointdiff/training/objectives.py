@@ -53,8 +53,13 @@ class BaseLoss:
     def __init__(self, diffusion_cfg: DiffusionConfig, condition: str | None = "text_emb"):
         self.edm, self.condition = EDMLoss(diffusion_cfg), condition
 
+    def inputs(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """(x0 [B, N, 6], the model's condition kwargs) of a batch."""
+        return batch["points"], _condition(batch, self.condition)
+
     def __call__(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return self.edm(model, batch["points"], **_condition(batch, self.condition))
+        x0, extra = self.inputs(batch)
+        return self.edm(model, x0, **extra)
 
 
 def split_low_res(points: torch.Tensor, num_cond_points: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,9 +91,14 @@ class UpsamplerLoss:
         self.edm = EDMLoss(diffusion_cfg)
         self.num_cond_points, self.condition = num_cond_points, condition
 
-    def __call__(self, model: nn.Module, batch: dict) -> torch.Tensor:
+    def inputs(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """(x0 [B, N, 6] the points to generate, kwargs: ``low_res`` and the condition)."""
         low_res, x0 = split_low_res(batch["points"], self.num_cond_points)
-        return self.edm(model, x0, low_res=low_res, **_condition(batch, self.condition))
+        return x0, {"low_res": low_res, **_condition(batch, self.condition)}
+
+    def __call__(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        x0, extra = self.inputs(batch)
+        return self.edm(model, x0, **extra)
 
 
 __all__ = [

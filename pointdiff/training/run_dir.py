@@ -17,6 +17,7 @@ from torch import nn
 from pointdiff.atomic import write_json_atomic, write_text_atomic
 from pointdiff.checkpoint import latest_checkpoint, load_into, load_training_state, save_checkpoint
 from pointdiff.config import TrainConfig, to_dict
+from pointdiff.diffusion.discrete import DiscreteEpsDenoiser
 from pointdiff.diffusion.precond import KarrasDenoiser
 from pointdiff.training import distributed as dist
 from pointdiff.training import fsdp
@@ -38,7 +39,7 @@ def checkpoint_modules(model: nn.Module, ema: nn.Module) -> dict[str, nn.Module]
     if isinstance(model, TextConditioned):
         text = {"text_encoder": model.text, "text_ema": ema.text}
         return {**checkpoint_modules(model.denoiser, ema.denoiser), **text}
-    if isinstance(model, KarrasDenoiser):
+    if isinstance(model, (KarrasDenoiser, DiscreteEpsDenoiser)):  # distilled point-e students
         return {"model": model.net, "ema": ema.net}
     return {"model": model, "ema": ema}
 
