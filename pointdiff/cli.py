@@ -20,6 +20,12 @@ from pointdiff.cli_checks import (
     parse_prompt,
     sample_usage_error,
 )
+from pointdiff.compat.shape.command import (
+    add_convert_shape_parser,
+    add_shape_sample_args,
+    run_convert_shape,
+    run_shape_sample,
+)
 from pointdiff.demo.command import add_demo_parser, run_demo
 from pointdiff.release import DEFAULT_CHECKPOINT
 
@@ -96,6 +102,7 @@ def _add_sample(sub) -> None:
     g.add_argument("--pointe-exact", action="store_true",
                    help="point-e's floored sigma->t bridge (bit parity) instead of continuous t")
     # fmt: on
+    add_shape_sample_args(p)
 
 
 def _sample_overrides(args) -> dict:
@@ -120,6 +127,8 @@ def _run_sample(args) -> int:
         print(f"pointdiff sample: error: {problem}", file=sys.stderr)
         return 2
     device, bf16 = device_and_bf16(args)
+    if args.shape_dir:
+        return run_shape_sample(args, device, bf16)
     if args.pointe_dir:
         pipe = load_pointe_pipeline(
             args.pointe_dir,
@@ -130,6 +139,7 @@ def _run_sample(args) -> int:
             clip_weights=args.clip_weights,
             device=device,
             exact_pointe=args.pointe_exact,
+            download=args.download,
         )
     else:
         pipe = load_pipeline(
@@ -354,6 +364,7 @@ COMMANDS = {
     "mesh": (_add_mesh, _run_mesh),
     "prompts": (_add_prompts, _run_prompts),
     "convert-pointe": (_add_convert_pointe, _run_convert_pointe),
+    "convert-shape": (add_convert_shape_parser, run_convert_shape),
     "demo": (add_demo_parser, run_demo),
 }
 

@@ -31,11 +31,10 @@ def test_pan_cameras_match_shape_e():
 def test_nerf_render_matches_shape_e():
     f, model, params = _decoder()
 
-    def field(points, level):
-        out = decode_outputs(model.query(points.reshape(1, -1, 3), params))
-        return out[f"density_{level}"].view(points.shape[:-1]), out[f"nerf_{level}"].view(
-            *points.shape[:-1], 3
-        )
+    def field(points):
+        out = decode_outputs(model.query(points[None], params))
+        density = torch.stack([out["density_coarse"][0], out["density_fine"][0]], dim=-1)
+        return density, torch.stack([out["nerf_coarse"][0], out["nerf_fine"][0]], dim=-2)
 
     cams = Cameras(*(torch.from_numpy(f[f"nerf/{k}"]) for k in ("origin", "x", "y", "z")), 8, 8)
     with torch.no_grad():  # Shap-E seeded its global generator with 7, ray chunks of 64

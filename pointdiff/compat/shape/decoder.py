@@ -175,6 +175,38 @@ class ShapeDecoder(nn.Module):
         """Raw outputs [B, Q, 12] at points [B, Q, 3] (see ``decode_outputs``)."""
         return self.renderer.nerstf(points, params)
 
+    def fields(self, params: list[torch.Tensor]) -> ShapeFields:
+        """The implicit functions of one sample, as ``pointdiff.nerf`` takes them.
+
+        :param params: ``latent_to_params`` of one latent (batch 1)."""
+        return ShapeFields(self, params)
+
+
+class ShapeFields:
+    """Point callables over one decoded latent: ``sdf`` and ``texture`` (STF mode, [P, 3] →
+    [P] / [P, 3]) and ``nerf`` ([P, 3] → density [P, 2], rgb [P, 2, 3]; coarse and fine levels).
+    Outputs are float32 whatever precision the MLP ran in (e.g. under bf16 autocast)."""
+
+    def __init__(self, model: ShapeDecoder, params: list[torch.Tensor]):
+        if params[0].shape[0] != 1:
+            raise ValueError(f"fields take the params of one latent, got {params[0].shape[0]}")
+        self.model, self.params = model, params
+
+    def _out(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
+        raw = self.model.query(points[None].to(self.params[0].device), self.params)
+        return decode_outputs(raw[0].float())
+
+    def sdf(self, points: torch.Tensor) -> torch.Tensor:
+        return self._out(points)["sdf"]
+
+    def texture(self, points: torch.Tensor) -> torch.Tensor:
+        return self._out(points)["texture"]
+
+    def nerf(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self._out(points)
+        density = torch.stack([out["density_coarse"], out["density_fine"]], dim=-1)
+        return density, torch.stack([out["nerf_coarse"], out["nerf_fine"]], dim=-2)
+
 
 def decode_outputs(raw: torch.Tensor) -> dict[str, torch.Tensor]:
     """Name and activate the 12 raw outputs. :param raw: [..., 12].

@@ -45,6 +45,18 @@ class LatentKarrasDenoiser(nn.Module):
         return self.net(x * c_in, t, cond)[..., : x.shape[-1]]
 
 
+def guided_denoiser(net: LatentDenoiser, guidance_scale: float | None = None):
+    """Shap-E's denoiser: ``D(x, sigma, cond)`` with x̂0 clamped to [−1, 1] per branch, then
+    classifier-free guidance against the all-zero condition (none for scale 0 or 1).
+
+    :param guidance_scale: default Shap-E's (``GUIDANCE``: 15 text, 3 image)."""
+    scale = GUIDANCE[net.cfg.cond] if guidance_scale is None else guidance_scale
+    model = clamp_denoised(LatentKarrasDenoiser(net))
+    if scale not in (0.0, 1.0):
+        model = classifier_free_guidance(model, scale, cond_keys=("cond",))
+    return model
+
+
 @torch.no_grad()
 def sample_latents(
     net: LatentDenoiser,
@@ -55,13 +67,11 @@ def sample_latents(
     sigma_max: float = 160.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Shap-E's sampler. :param cond: [B, …] (see ``LatentDenoiser``). :return: [B, T·C] flat
-    latents, token-major (Shap-E's layout; the last Heun/Euler iterate, not clamped)."""
+    """Shap-E's sampler (Heun on the Karras grid, ``guided_denoiser``). :param cond: [B, …] (see
+    ``LatentDenoiser``). :return: [B, T·C] flat latents, token-major (Shap-E's layout; the last
+    Heun/Euler iterate, not clamped)."""
     cfg = net.cfg
-    scale = GUIDANCE[cfg.cond] if guidance_scale is None else guidance_scale
-    model = clamp_denoised(LatentKarrasDenoiser(net))
-    if scale not in (0.0, 1.0):
-        model = classifier_free_guidance(model, scale, cond_keys=("cond",))
+    model = guided_denoiser(net, guidance_scale)
     b = cond.shape[0]
     x = torch.randn(b, cfg.latent_ctx * cfg.channels, generator=generator, device=cond.device)
     x = (x * sigma_max).view(b, cfg.latent_ctx, cfg.channels)
