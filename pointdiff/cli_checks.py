@@ -134,6 +134,11 @@ def sample_usage_error(args) -> str | None:
         return problem
     if bool(args.prompts) == bool(args.image) or (args.image and not args.pointe_dir):
         return "give text prompts or --image FILE (with --pointe-dir), not both"
+    if getattr(args, "fast", False) and args.pointe_dir:
+        return (
+            "argument --fast: a point-e directory has no fast variant; put distilled point-e "
+            "students (train/distill.py) in it under the released names instead"
+        )
     lo, hi = args.guidance_interval or (0, math.inf)
     if not lo < hi:
         return f"argument --guidance-interval: LO must be below HI, got {lo:g} {hi:g}"

@@ -135,6 +135,11 @@ def test_arguments_checked_together_before_loading(tiny_pipeline, tmp_path, caps
     assert code == 2 and "argument --guidance-interval: LO must be below HI, got 5 1" in err, err
     code, err = _run(["sample", "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "give text prompts or --image FILE" in err, err
+    code, err = _run(["sample", "a chair", "--fast", "--pointe-dir", str(tmp_path)], capsys)
+    assert code == 2 and "argument --fast: a point-e directory has no fast variant" in err, err
+    # a checkpoint without distilled stages: named after loading, before sampling
+    code, err = _run(_sample(tiny_pipeline, tmp_path / "o", "--fast"), capsys)
+    assert code == 2 and "has no distilled stages" in err and "Traceback" not in err, err
     (tmp_path / "file").write_text("x")
     code, err = _run(_sample(tiny_pipeline, tmp_path / "file"), capsys)
     assert code == 2 and f"argument --out: {tmp_path / 'file'} exists and is not a directory" in err
