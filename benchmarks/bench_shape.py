@@ -162,7 +162,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     shape_e = _import_shape_e(args.shape_src) if args.shape_src else None
-    rows = []
+    print(f"CPU: {_cpu_name()} (torch {torch.__version__}, "
+          f"{torch.backends.cpu.get_cpu_capability()}), {args.threads} thread(s)")  # fmt: skip
+    if not shape_e:
+        print("note: no --shape-src: Shap-E's code was not run (pointdiff rows only)")
+    rows = _Rows()
     cpu = torch.device("cpu")
 
     # ------------------------------------------------------------------------------ text300M
@@ -264,7 +268,7 @@ def main() -> None:
                     ((mesh.colors + 0.055) / 1.055) ** 2.4,
                 )
                 ch = ref.vertex_channels
-                col = np.stack([ch["R"], ch["G"], ch["B"]], 1).numpy()
+                col = np.stack([np.asarray(ch[c]) for c in "RGB"], 1)
                 match = f"vert {dist.max():.1e}, colour {np.abs(lin[idx] - col).max():.1e}"
             name = "STF decode 128³" if ref is None and "pointdiff fp32" in label else ""
             rows.append((name, f"{label} ({len(mesh.verts)} verts)", t, match))
@@ -309,14 +313,17 @@ def main() -> None:
                 ("NeRF render 128×128" if ref is None and "fp32" in label else "", label, t, match)
             )
 
-    print(f"\nCPU: {_cpu_name()} (torch {torch.__version__}, "
-          f"{torch.backends.cpu.get_cpu_capability()}), {args.threads} thread(s)")  # fmt: skip
-    if not shape_e:
-        print("note: no --shape-src: Shap-E's code was not run (pointdiff rows only)")
-    print("\n| job | implementation | seconds | match (vs Shap-E fp32) |")
-    print("| --- | --- | ---: | --- |")
-    for job, impl, t, match in rows:
-        print(f"| {job} | {impl} | {t:.1f} | {match} |")
+
+class _Rows(list):
+    """Table rows, printed as they come (a long run shows what it has)."""
+
+    def append(self, row) -> None:
+        if not self:
+            print("\n| job | implementation | seconds | match (vs Shap-E fp32) |")
+            print("| --- | --- | ---: | --- |")
+        job, impl, t, match = row
+        print(f"| {job} | {impl} | {t:.1f} | {match} |", flush=True)
+        super().append(row)
 
 
 if __name__ == "__main__":
