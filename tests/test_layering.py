@@ -42,7 +42,8 @@ ALLOWED: dict[str, set[str] | None] = {
     "pipeline": BASE
     | {"diffusion", "models", "conditioning", "meshing", "checkpoint", "densify", "render"}
     | {"precision"},
-    "compat": BASE | {"diffusion", "models", "conditioning", "checkpoint", "pipeline", "meshing"},
+    "compat": BASE
+    | {"diffusion", "models", "conditioning", "checkpoint", "pipeline", "meshing", "nerf"},
     # rendering implicit fields (NeRF volume rendering, STF meshes): takes callables, not models
     "nerf": {"config", "atomic", "colours", "pointcloud", "meshing"},
     # entry points
