@@ -17,8 +17,9 @@ from typing import Any
 
 
 @dataclass(frozen=True)
-class DenoiserConfig:
-    """The Point-E point-diffusion transformer (``PointDenoiser``)."""
+class PointTransformerConfig:
+    """What the point-diffusion transformer trunk (``models.trunk.PointTransformer``) takes: the
+    fields ``DenoiserConfig`` and ``UpsamplerConfig`` share. Not a model on its own."""
 
     kind: str = "denoiser"  # registry key in pointdiff.models.MODELS
     width: int = 512  # transformer width
@@ -32,6 +33,15 @@ class DenoiserConfig:
     init_scale: float = 0.25  # point-e's init scale for backbone linears
     grid_tokens: int = 0  # point-e image-grid models: 256 CLIP patch tokens (0 = text vector)
     grid_dim: int = 1024  # feature size of each grid token (CLIP ViT-L/14 width)
+    # The classifier-free guidance scale is an input (``guidance_proj``, zero-init, added to the
+    # noise token): one call gives the guided output (distilled students, Meng et al. 2023).
+    guidance_embed: bool = False
+
+
+@dataclass(frozen=True)
+class DenoiserConfig(PointTransformerConfig):
+    """The Point-E point-diffusion transformer (``PointDenoiser``)."""
+
     # Also add Linear(condition) to every point token (zero-init; not in point-e). The single
     # condition token alone was not learned in CPU-scale training (see PointTransformer.__init__).
     cond_bias: bool = False
@@ -39,30 +49,17 @@ class DenoiserConfig:
     # token states ([B, 1 + text_tokens, cond_dim] condition; padding is zeros) become extra
     # condition tokens through ``token_proj`` (LayerNorm + zero-init Linear). 0 = pooled only.
     text_tokens: int = 0
-    # The classifier-free guidance scale is an input (``guidance_proj``, zero-init, added to the
-    # noise token): one call gives the guided output (distilled students, Meng et al. 2023).
-    guidance_embed: bool = False
 
 
 @dataclass(frozen=True)
-class UpsamplerConfig:
+class UpsamplerConfig(PointTransformerConfig):
     """The Point-E upsampler (``PointUpsampler``): low-res cloud as extra tokens."""
 
     kind: str = "upsampler"
-    width: int = 512
-    depth: int = 12
-    heads: int = 8
     num_points: int = 3072  # new points generated
-    num_cond_points: int = 1024  # low-resolution points given as condition
-    in_channels: int = 6
-    out_channels: int = 6
     cond_dim: int = 0  # optional text conditioning (0 = none)
-    cond_drop_prob: float = 0.1
-    init_scale: float = 0.25
-    grid_tokens: int = 0  # 256 for point-e weight compatibility (all-zero image grid)
-    grid_dim: int = 1024
+    num_cond_points: int = 1024  # low-resolution points given as condition
     low_res_noise: float = 0.0  # training-time augmentation noise on the low-res condition
-    guidance_embed: bool = False  # the guidance scale is an input (see DenoiserConfig)
 
 
 @dataclass(frozen=True)
@@ -176,6 +173,10 @@ class DistillConfig:
 # ----------------------------------------------------------------------------------------------
 # Presets (named registry, DiT-style)
 
+_SDF_SMALL = SDFConfig(
+    width=128, encoder_depth=4, decoder_depth=2, num_latents=256, fourier_freqs=6
+)
+
 PRESETS: dict[str, Any] = {
     # tests: seconds on a CPU
     "tiny": DenoiserConfig(width=32, depth=2, heads=2, num_points=64, cond_dim=32),
@@ -199,18 +200,9 @@ PRESETS: dict[str, Any] = {
         num_points=256,
         fourier_freqs=6,
     ),
-    "sdf_small": SDFConfig(
-        width=128, encoder_depth=4, decoder_depth=2, num_latents=256, fourier_freqs=6
-    ),
-    "sdf_small_local": SDFConfig(
-        width=128,
-        encoder_depth=4,
-        decoder_depth=2,
-        num_latents=256,
-        fourier_freqs=6,
-        local_k=16,
-        local_k_wide=256,
-    ),
+    "sdf_small": _SDF_SMALL,
+    # sdf_small whose queries also see their nearest cloud points (LocalGeometry)
+    "sdf_small_local": dataclasses.replace(_SDF_SMALL, local_k=16, local_k_wide=256),
     "sdf_pointe": SDFConfig(),
 }
 
@@ -299,6 +291,7 @@ def apply_overrides(cfg, argv: list[str]):
 
 
 __all__ = [
+    "PointTransformerConfig",
     "DenoiserConfig",
     "UpsamplerConfig",
     "SDFConfig",

@@ -35,9 +35,7 @@ class PointTransformer(nn.Module):
     """Trunk: ``input_proj``, noise token, optional text token, optional image-grid tokens,
     ``ln_pre`` → blocks → ``ln_post``, zero-init ``output_proj``. Subclasses define ``forward``.
 
-    :param cfg: a config with ``width, depth, heads, in_channels, out_channels, cond_dim,
-        cond_drop_prob, init_scale, grid_tokens, grid_dim`` (``DenoiserConfig`` or
-        ``UpsamplerConfig``).
+    :param cfg: a ``PointTransformerConfig`` (``DenoiserConfig`` or ``UpsamplerConfig``).
     """
 
     def __init__(self, cfg):
