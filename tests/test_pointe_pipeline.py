@@ -244,6 +244,65 @@ def test_missing_clip_cache_names_places(tmp_path, monkeypatch):
     assert "~/.cache/huggingface/hub (repo timm/vit_large_patch14_clip_224.openai)" in msg
 
 
+def test_missing_clip_is_downloaded_or_named_with_its_url_offline(
+    pointe_dir, text_encoder, tmp_path, monkeypatch, capsys
+):
+    """With download allowed (``pointdiff sample``'s default) a CLIP ViT-L/14 missing from the
+    caches is fetched through open_clip once the point-e files are found; offline, the error
+    names the file and its URL. open_clip's download and name resolution are mocked."""
+    import socket
+
+    import open_clip
+
+    import pointdiff.compat.pointe_pipeline as pp
+    import pointdiff.conditioning.clip_weights as cw
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # an empty ~/.cache/clip
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("POINTDIFF_CLIP_WEIGHTS", raising=False)
+    monkeypatch.setattr(cw, "hf_cached", lambda *a, **k: None)  # an empty HF hub cache
+
+    def offline(*a, **k):
+        raise socket.gaierror("Temporary failure in name resolution")
+
+    monkeypatch.setattr(cw.socket, "getaddrinfo", offline)
+    url = open_clip.get_pretrained_cfg("ViT-L-14", "openai")["url"]
+    with pytest.raises(PointeFilesError) as e:
+        load_pointe_pipeline(pointe_dir, sdf=False, overrides=OVERRIDES, download=True)
+    msg = str(e.value)
+    assert "CLIP weights ViT-L-14/openai" in msg and "failed (gaierror" in msg
+    assert f"Download {url}" in msg and str(tmp_path / ".cache/clip/ViT-L-14.pt") in msg
+    # the CLI passes its --download (default on) through: the same error, one line per file
+    out = ["--out", str(tmp_path / "out"), "--no-mesh"]
+    assert main(["sample", "a corgi", "--pointe-dir", str(pointe_dir), *out]) == 2
+    assert f"Download {url}" in capsys.readouterr().err
+    assert main(["sample", "a corgi", "--pointe-dir", str(pointe_dir), "--no-download", *out]) == 2
+    err = capsys.readouterr().err
+    assert "not in the local cache" in err and "failed (gaierror" not in err
+
+    # online: fetched once, into open_clip's cache, then the tower is built from it
+    fetched, built = [], []
+
+    def download(tag_cfg, cache_dir=None):
+        path = tmp_path / ".cache/clip/ViT-L-14.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"fetched")
+        fetched.append(tag_cfg["url"])
+        return str(path)
+
+    def from_pretrained(cls, arch, tag, download=False):
+        built.append((arch, tag, download))
+        return text_encoder
+
+    monkeypatch.setattr(cw.socket, "getaddrinfo", lambda *a, **k: [])
+    monkeypatch.setattr(open_clip, "download_pretrained", download)
+    monkeypatch.setattr(pp.TextEncoder, "from_pretrained", classmethod(from_pretrained))
+    pipe = load_pointe_pipeline(pointe_dir, sdf=False, overrides=OVERRIDES, download=True)
+    assert fetched == [url] and built == [("ViT-L-14", "openai", True)]
+    assert pipe.text_encoder is text_encoder
+    assert "downloading CLIP ViT-L-14/openai weights from" in capsys.readouterr().err
+
+
 def test_cache_names_and_converted_dirs(pointe_dir, text_encoder, tmp_path):
     """point-e's download-cache names and `convert-pointe` directories load the same models."""
     (tmp_path / "base_40m_textvec.pt").write_bytes((pointe_dir / "base40M-textvec.pt").read_bytes())

@@ -103,9 +103,13 @@ def check_pointe_files(
     names: list[str],
     clip_weights: str | None = None,
     need_clip: bool = True,
+    download: bool = False,
 ) -> dict[str, Path]:
     """Locate every needed checkpoint (and CLIP) before loading anything.
 
+    :param download: fetch CLIP ViT-L/14 (open_clip's ``openai`` tag) when it is not in the local
+        caches, once every point-e checkpoint is found (``conditioning.clip_weights``: it says
+        what comes from where; offline, the error names the file and its URL).
     :return: released name -> file or converted directory.
     :raises PointeFilesError: one message naming every missing file, where to put it and where
         to download it.
@@ -124,12 +128,16 @@ def check_pointe_files(
             f"  (or convert once: `pointdiff convert-pointe FILE.pt {root}/NAME --name NAME`)"
         )
     if need_clip:
-        try:
-            resolve_clip_weights(CLIP_ARCH, clip_weights or CLIP_TAG)
-        except ValueError:
+        try:  # a download only when nothing else is missing (no large fetch before an error)
+            resolve_clip_weights(
+                CLIP_ARCH, clip_weights or CLIP_TAG, download=download and not lines
+            )
+        except ValueError as e:
             places = clip_cache_places(CLIP_ARCH, clip_weights or CLIP_TAG)
             if not places:  # a file name, not a tag
                 lines.append(f"CLIP weights file {clip_weights} (--clip-weights) does not exist")
+            elif download and not lines:  # the download failed: the file, its URL and why
+                lines.append(str(e))
             else:
                 lines.append(
                     f"CLIP {CLIP_ARCH} weights are not in the local cache: pass --clip-weights "
@@ -240,6 +248,7 @@ def load_pointe_pipeline(
     text_encoder: TextEncoder | None = None,
     image_encoder: ImageEncoder | None = None,
     overrides: dict[str, dict] | None = None,
+    download: bool = False,
 ) -> TextTo3D:
     """Build a ``TextTo3D`` from a directory of point-e checkpoints.
 
@@ -248,7 +257,8 @@ def load_pointe_pipeline(
         ``base300M``/``base1B``).
     :param upsample, sdf: include the upsampler / the SDF head (their files are then required).
     :param clip_weights: a local CLIP ViT-L/14 weights file (default: open_clip's ``openai`` tag
-        from the local caches; never downloads).
+        from the local caches, downloaded there first with ``download``).
+    :param download: fetch missing CLIP weights (see ``check_pointe_files``).
     :param exact_pointe: point-e's floored σ → t bridge instead of continuous t.
     :param text_encoder, image_encoder: prebuilt encoders (tests: tiny random towers).
     :param overrides: per released name, config fields for re-sized models (tests).
@@ -264,7 +274,7 @@ def load_pointe_pipeline(
         )
     names = [base] + (["upsample"] if upsample else []) + (["sdf"] if sdf else [])
     encoder = image_encoder if image else text_encoder
-    files = check_pointe_files(pointe_dir, names, clip_weights, need_clip=encoder is None)
+    files = check_pointe_files(pointe_dir, names, clip_weights, encoder is None, download)
     overrides = overrides or {}
     dev = torch.device(device)
 
@@ -303,7 +313,7 @@ def load_pointe_pipeline(
     if encoder is None:
         weights = clip_weights or CLIP_TAG
         cls = ImageEncoder if image else TextEncoder
-        encoder = cls.from_pretrained(CLIP_ARCH, weights)
+        encoder = cls.from_pretrained(CLIP_ARCH, weights, download=download)
     encoder = encoder.to(dev).eval()
     return TextTo3D(
         text_encoder=None if image else encoder,
