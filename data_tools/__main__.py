@@ -229,7 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     _split_arg(p, DEFAULT_SPLIT)
     _common(p)
 
-    p = sub.add_parser("merge", help="pack all work files of OUT (after --num-parts tasks)")
+    p = sub.add_parser(
+        "merge",
+        help="pack all work files of OUT (after --num-parts tasks)",
+        description="Pack every work file of OUT into shards (after the tasks of a job array). "
+        "One process; the arrays stream through, but the sorted object ids and the index lines "
+        "stay in memory until index.jsonl is written: about 1.2 KB per object (measured), "
+        "so about 1 GB for Objaverse's 800k objects. Give the merge job that much.",
+    )
     p.add_argument("out")
     p.add_argument("--objects-per-shard", type=_positive, default=256)
 

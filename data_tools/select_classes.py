@@ -75,9 +75,10 @@ def classify(entry: dict) -> str | None:
 def select(roots: list[Path], out: Path, holdout_groups: list[str], others: bool = False) -> dict:
     """Write the objects of ``CLASSES`` (and with ``others`` every other object, as category
     ``OTHER`` in split ``train``: more shapes and words to learn from, never evaluated)."""
-    records = []
+    records, fps = [], True
     for root in roots:
         reader = ShardReader(root)
+        fps = fps and reader.index.meta.get("point_order") == "fps"
         for i, e in enumerate(reader.entries):
             cls = classify(e)
             if cls is None and not others:
@@ -92,7 +93,7 @@ def select(roots: list[Path], out: Path, holdout_groups: list[str], others: bool
                 rec[key] = reader.get(i, key)
             records.append(rec)
     records.sort(key=lambda r: r["id"])
-    return write_shards(records, out)
+    return write_shards(records, out, point_order="fps" if fps else None)  # kept when all are
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -97,9 +97,10 @@ def load_work(path: Path) -> dict:
     return record
 
 
-def work_files(work: Path, pattern: str) -> list[Path]:
-    """The work files matching ``pattern`` (e.g. ``*.fail.json``), without temporary files."""
-    return [f for f in work.glob(f"*/{pattern}") if not f.name.startswith(".")]
+def work_files(work: Path, pattern: str) -> Iterator[Path]:
+    """The work files matching ``pattern`` (e.g. ``*.fail.json``), without temporary files, as
+    the directory listing yields them (none is held)."""
+    return (f for f in work.glob(f"*/{pattern}") if not f.name.startswith("."))
 
 
 def check_settings(work: Path, settings: Settings) -> None:
@@ -182,14 +183,18 @@ def pack(
 ) -> int:
     """Write the shards of ``out`` from the work files of ``ids`` (every work file when None),
     sorted by id, streaming: records are read ahead by ``threads`` threads, in order. Returns
-    the number of objects packed (0: no shards written)."""
-    if ids is None:
-        files = work_files(work, "*.safetensors")
-        entries = list(zip(map_files(_work_id, files, threads), map(str, files), strict=True))
+    the number of objects packed (0: no shards written).
+
+    Memory: the sorted ids (a work file's name follows from its id, ``work_key``) and the index
+    lines ``write_shards`` collects, about 1.2 KB per object; the arrays stream through."""
+
+    def path(object_id: str) -> Path:
+        return work / (work_key(object_id) + ".safetensors")
+
+    if ids is None:  # the ids from the files' headers
+        entries = sorted(map_files(_work_id, work_files(work, "*.safetensors"), threads))
     else:
-        entries = [(i, str(work / (work_key(i) + ".safetensors"))) for i in ids]
-        entries = [(i, f) for i, f in entries if os.path.isfile(f)]
-    entries.sort()
+        entries = sorted(i for i in ids if path(i).is_file())
     if not entries:
         return 0
     # A set of shards is replaced as a whole, not file by file: it is written into a staging
@@ -198,8 +203,10 @@ def pack(
     staging = out / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        records = map_files(lambda e: load_work(Path(e[1])), entries, threads)
-        meta = write_shards(records, staging, objects_per_shard)
+        records = map_files(lambda i: load_work(path(i)), entries, threads)
+        # every converter stores its clouds in the order farthest point sampling picked them
+        # (convert_object, convert_cloud): the first N points are an N-point FPS subset
+        meta = write_shards(records, staging, objects_per_shard, point_order="fps")
     except OSError as e:
         shutil.rmtree(staging, ignore_errors=True)
         raise OutputError(f"cannot write shards into {out}: {e.strerror or e}") from None

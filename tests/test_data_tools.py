@@ -251,6 +251,30 @@ def test_job_array_parts_merge_to_clean_run(clean_run, mixed_folder, tmp_path):
     assert _files(out) == _files(clean_run)
 
 
+def test_shards_record_fps_order_and_the_dataset_reads_first_points(clean_run, tmp_path):
+    """Converted clouds are stored in the order farthest point sampling picked them, meta.json
+    says so, and ``--subsample auto`` then reads the first N points: the very points FPS picks."""
+    import torch
+
+    from pointdiff.data import PointCloudDataset
+    from pointdiff.pointcloud import farthest_point_sample
+
+    assert json.loads((clean_run / "meta.json").read_text())["point_order"] == "fps"
+    reader = ShardReader(clean_run)
+    for i in range(len(reader.entries)):  # the claim holds: FPS from point 0 keeps the order
+        coords = torch.from_numpy(reader.get(i, "coords"))
+        assert torch.equal(farthest_point_sample(coords, len(coords)), torch.arange(len(coords)))
+    data = {s: PointCloudDataset(clean_run, None, 64, subsample=s) for s in ("auto", "fps")}
+    assert data["auto"].subsample == "first"
+    for i in range(len(data["fps"])):
+        assert torch.equal(data["auto"][i]["points"], data["fps"][i]["points"])
+    # select_classes keeps the order's record (all its sources are FPS-ordered)
+    from data_tools.select_classes import select
+
+    meta = select([clean_run], tmp_path / "selected", [], others=True)
+    assert meta["point_order"] == "fps"
+
+
 def test_preview_png(clean_run, tmp_path):
     from PIL import Image
 

@@ -358,6 +358,7 @@ def test_clouds_resample_cap3d_files_and_refuse_pickles(cap3d, tmp_path):
     reader = ShardReader(out)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["num_points"] == 64 and meta["num_sdf"] == 0
+    assert meta["point_order"] == "fps"  # resampled by FPS, stored in its order
     want = {"objaverse/ply1": [255, 0, 0], "objaverse/npz1": [0, 255, 0], "objaverse/pt1": [0] * 3}
     for i, e in enumerate(reader.entries):
         coords, colors = reader.get(i, "coords"), reader.get(i, "colors")
