@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -455,3 +456,80 @@ def test_train_script_stopped_by_sigterm_to_its_process_group_exits_75_and_resum
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((run / "latest.json").read_text())["step"] == stop + 1
+
+
+def test_checkpoints_are_written_in_the_background_while_training_goes_on(
+    two_clouds, tmp_path, monkeypatch
+):
+    """The writer of checkpoint 2 is held until training reaches step 3: a synchronous save
+    would never get there. latest.json names a checkpoint only once it is whole, the next save
+    waits for the write in flight, and the run's last checkpoint is on disk when train returns."""
+    from pointdiff.checkpoint import latest_checkpoint
+    from pointdiff.training import run_dir
+
+    write, held, log = run_dir.save_checkpoint, threading.Event(), []
+
+    def slow_write(path, step, **kwargs):
+        if step == 2:
+            log.append(("held", held.wait(timeout=60)))  # True: released by step 3
+        log.append(("written", step))
+        return write(path, step, **kwargs)
+
+    def on_step(step, info):
+        log.append(("step", step))
+        if step == 3:
+            latest = latest_checkpoint(tmp_path / "run")
+            log.append(("latest at step 3", latest and latest.name))
+            held.set()
+
+    monkeypatch.setattr(run_dir, "save_checkpoint", slow_write)
+    model, loss, ds, tc, cfgs = _resume_setup(two_clouds)
+    out = train(model, loss, ds, tc, tmp_path / "run", cfgs, stop_at=4, callback=on_step)
+    assert log == [
+        ("step", 1),
+        ("step", 2),
+        ("step", 3),  # training went on while checkpoint 2 was being written
+        ("latest at step 3", None),  # not named before it is whole
+        ("held", True),
+        ("written", 2),
+        ("step", 4),
+        ("written", 4),
+    ]
+    assert out["checkpoint"].name == "ckpt-0000004" and (out["checkpoint"] / "state.pt").is_file()
+    # the background copy is the state of its step, not of a later one: the same weights as
+    # a synchronous run's checkpoint 2 (test_resume_matches_... compares whole runs)
+    monkeypatch.setattr(run_dir, "save_checkpoint", write)
+    model, loss, ds, tc, cfgs = _resume_setup(two_clouds)
+    ref = train(model, loss, ds, tc, tmp_path / "ref", cfgs, stop_at=2)
+    for name in ("model", "ema", "text", "text_ema"):
+        wa = load_file(str(ref["checkpoint"] / f"{name}.safetensors"))
+        wb = load_file(str(tmp_path / "run" / "ckpt-0000002" / f"{name}.safetensors"))
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
+
+
+@pytest.mark.parametrize("failing_step", [2, 6])
+def test_a_failed_background_write_is_raised_not_lost(
+    two_clouds, tmp_path, monkeypatch, failing_step
+):
+    """A writer that fails (disk full) at checkpoint 2 is raised by the next save (step 4);
+    at the last checkpoint (6) by that save itself. latest.json keeps naming a whole one."""
+    from pointdiff.training import run_dir
+
+    write, steps = run_dir.save_checkpoint, []
+
+    def failing_write(path, step, **kwargs):
+        if step == failing_step:
+            raise OSError(28, "No space left on device")
+        return write(path, step, **kwargs)
+
+    monkeypatch.setattr(run_dir, "save_checkpoint", failing_write)
+    model, loss, ds, tc, cfgs = _resume_setup(two_clouds)
+    with pytest.raises(OSError, match="No space left") as raised:
+        train(model, loss, ds, tc, tmp_path / "run", cfgs, callback=lambda s, i: steps.append(s))
+    assert f"checkpoint {failing_step}" in " ".join(raised.value.__notes__)
+    assert steps == ([1, 2, 3, 4] if failing_step == 2 else [1, 2, 3, 4, 5, 6])
+    latest = tmp_path / "run" / "latest.json"
+    if failing_step == 2:  # nothing whole was written, nothing named
+        assert not latest.exists() and not list((tmp_path / "run").glob("*ckpt-*"))
+    else:
+        assert json.loads(latest.read_text())["step"] == 4

@@ -134,9 +134,10 @@ def train(
                 bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}")
             bar.update(1)
 
-            # --- checkpoint (rank 0 writes full tensors, the others wait)
+            # --- checkpoint (copied to CPU memory now, written by a background thread on rank 0;
+            # the last one is waited for)
             if step % cfg.ckpt_every == 0 or step == end or stopped:
-                run.save(step, model, optimizer, scheduler)
+                run.save(step, model, optimizer, scheduler, wait=step == end or bool(stopped))
             if stopped:
                 dist.print0(f"{stopped}: stopped after step {step} (checkpoint written); --resume")
                 break
