@@ -6,6 +6,10 @@
 ``--key=value`` overrides go to the model config (``SDFConfig`` fields, e.g. ``--width=192``) or
 the training config (``TrainConfig`` fields, e.g. ``--lr=5e-4 --max_steps=20000``). Loss and
 augmentation are documented in ``pointdiff/training/sdf.py``.
+
+Stopped by SIGTERM/SIGUSR1 (a scheduler's preemption), the run writes a checkpoint after the
+step it was in and exits with status 75 (``REQUEUE_EXIT_CODE``, as ``train_base.py``); rerun
+with ``--resume`` to continue.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import dataclasses
 from pointdiff.checkpoint import init_from_checkpoint
 from pointdiff.config import SDFConfig, TrainConfig, apply_overrides, get_preset
 from pointdiff.models import build_model, count_params
+from pointdiff.training import distributed as dist
 from pointdiff.training.loop import train
+from pointdiff.training.preemption import REQUEUE_EXIT_CODE
 from pointdiff.training.sdf import SDFDataset, SDFLoss
 
 #: training defaults for the SDF head (small data, small model): overridable with --key=value
@@ -97,5 +103,19 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
 
+def cli(argv: list[str] | None = None) -> None:
+    """``main`` as a script: a bad argument, config or shard directory ends with one error line;
+    a run stopped by a signal (after its checkpoint) exits with ``REQUEUE_EXIT_CODE``."""
+    try:
+        result = main(argv)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise SystemExit(f"train_sdf.py: error: {msg}") from None
+    finally:
+        dist.shutdown()
+    if result["stopped"]:
+        raise SystemExit(REQUEUE_EXIT_CODE)
+
+
 if __name__ == "__main__":
-    main()
+    cli()
