@@ -118,7 +118,6 @@ def _sample_overrides(args) -> dict:
 
 
 def _run_sample(args) -> int:
-    from pointdiff.compat.pointe_pipeline import load_pointe_pipeline
     from pointdiff.outputs import Sample, write_samples
     from pointdiff.pipeline import load_pipeline
 
@@ -129,7 +128,9 @@ def _run_sample(args) -> int:
     device, bf16 = device_and_bf16(args)
     if args.shape_dir:
         return run_shape_sample(args, device, bf16)
-    if args.pointe_dir:
+    if args.pointe_dir:  # imported here: it brings open_clip (seconds to import)
+        from pointdiff.compat.pointe_pipeline import load_pointe_pipeline
+
         pipe = load_pointe_pipeline(
             args.pointe_dir,
             image=bool(args.image),

@@ -337,3 +337,19 @@ def test_ranks_of_a_node_download_once_local_rank_0_first(tiny_clip_arch, tmp_pa
     records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert records[0][0] == records[1][0] and records[0][0].startswith(f"{TAG}@sha256:")
     assert records[1][1] >= float(downloads[1]) + 0.5  # rank 1 finished after the download
+
+
+def test_sampling_the_shipped_kind_of_model_does_not_import_open_clip():
+    """open_clip takes seconds to import: only a CLIP encoder (or a point-e pipeline) loads it,
+    not the command line, the pipeline or an hf:/words model."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pointdiff.cli, pointdiff.pipeline, pointdiff.outputs; "
+        "from pointdiff.conditioning.text import TextEncoder; "
+        "TextEncoder.from_text_config(__import__('pointdiff.config').config.TextConfig("
+        "arch='words-32', pretrained=''));"
+        "sys.exit(1 if 'open_clip' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

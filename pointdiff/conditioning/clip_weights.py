@@ -29,7 +29,6 @@ import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
-import open_clip
 import torch
 from safetensors.torch import load_file
 from torch import nn
@@ -75,6 +74,8 @@ def tower_sha256(state_dict: dict[str, torch.Tensor]) -> str:
 def download_source(tag_cfg: dict, cache_dir=None) -> tuple[str, str]:
     """(where open_clip fetches a tag from, where it stores it): the HF hub repo when the tag
     has one and huggingface_hub is installed (open_clip's preference), else the URL."""
+    import open_clip  # here, not at the top: importing it takes about 2 s
+
     hub = tag_cfg.get("hf_hub", "")
     if hub and open_clip.pretrained.has_hf_hub():
         repo = os.path.split(hub)[0]
@@ -86,6 +87,8 @@ def download_source(tag_cfg: dict, cache_dir=None) -> tuple[str, str]:
 def download_weights(arch: str, tag: str, tag_cfg: dict, cache_dir, places: list[str]) -> str:
     """Fetch a tag's weights with open_clip (into its cache: ``~/.cache/clip`` or the HF hub
     cache), saying what comes from where; a failure is the offline error."""
+    import open_clip  # here, not at the top: importing it takes about 2 s
+
     source, dest = download_source(tag_cfg, cache_dir)
     print(
         f"downloading CLIP {arch}/{tag} weights from {source} to {dest} (once: later runs read "
@@ -112,6 +115,8 @@ def resolve_weights(arch: str, pretrained: str, tag_cfg: dict, cache_dir, downlo
 
     :param tag_cfg: ``open_clip.get_pretrained_cfg(arch, pretrained)`` ({} for a file path).
     """
+    import open_clip  # here, not at the top: importing it takes about 2 s
+
     if not pretrained:
         raise ClipFilesError(f"{arch}: give a pretrained tag or a local weights file")
     if not tag_cfg:
@@ -158,6 +163,8 @@ def hf_cached(repo: str, filename: str, cache_dir) -> str | None:
 
 def resolve_hf_hub(repo: str, cache_dir, download: bool) -> tuple[dict, str]:
     """(model_cfg, weights path) of an open_clip ``hf-hub:`` repo from the local cache."""
+    import open_clip  # here, not at the top: importing it takes about 2 s
+
     if download:
         from huggingface_hub import hf_hub_download
 

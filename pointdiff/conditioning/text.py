@@ -34,10 +34,8 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIPTextCfg, _build_text_tower
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -47,6 +45,15 @@ from pointdiff.conditioning.clip_weights import WEIGHTS_ENV, ClipFilesError
 from pointdiff.conditioning.prompts import check_prompts
 from pointdiff.conditioning.words import CONFIG_NAME, WordEncoder
 from pointdiff.config import TextConfig
+
+
+def _open_clip():
+    """open_clip, imported where a CLIP tower is built (importing it takes about 2 s on a
+    2-core CPU; the ``hf:`` and ``words`` encoders never need it)."""
+    import open_clip
+    import open_clip.model
+
+    return open_clip
 
 WEIGHTS_NAME = "text.safetensors"
 EMA_WEIGHTS_NAME = "text_ema.safetensors"  # training checkpoints of a jointly trained tower
@@ -76,13 +83,16 @@ class TextEncoder(nn.Module):
     def __init__(self, spec: dict):
         super().__init__()
         self.spec = dict(spec)
-        text_cfg = CLIPTextCfg(**spec["text_cfg"])
+        open_clip = _open_clip()
+        text_cfg = open_clip.model.CLIPTextCfg(**spec["text_cfg"])
         if text_cfg.hf_model_name or text_cfg.hf_tokenizer_name:
             raise TextEncoderError(
                 f"{spec.get('arch')}: HuggingFace-transformers text towers are not supported "
                 "(they need the network for their tokenizer); use a CLIP-style tower"
             )
-        self.tower = _build_text_tower(spec["embed_dim"], text_cfg, spec.get("quick_gelu", False))
+        self.tower = open_clip.model._build_text_tower(
+            spec["embed_dim"], text_cfg, spec.get("quick_gelu", False)
+        )
         self.tokenizer = open_clip.SimpleTokenizer(context_length=text_cfg.context_length)
         self._cache: dict[str, torch.Tensor] = {}
 
@@ -111,7 +121,7 @@ class TextEncoder(nn.Module):
                 f"unknown from-scratch text tower {arch!r}; choose one of {sorted(SCRATCH_CONFIGS)}"
             )
         spec = {**SCRATCH_CONFIGS[arch], "arch": arch, "pretrained": "", "quick_gelu": False}
-        spec["text_cfg"] = asdict(CLIPTextCfg(**spec["text_cfg"]))
+        spec["text_cfg"] = asdict(_open_clip().model.CLIPTextCfg(**spec["text_cfg"]))
         if seed is not None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
@@ -142,6 +152,7 @@ class TextEncoder(nn.Module):
             it), unreadable, not matching ``arch``, or not the expected ones.
         """
         weights = weights or os.environ.get(clip_weights.WEIGHTS_ENV) or None
+        open_clip = _open_clip()
         if arch.startswith("hf-hub:"):
             model_cfg, path = _clip_call(
                 clip_weights.resolve_hf_hub, arch[len("hf-hub:") :], cache_dir, download
@@ -175,7 +186,7 @@ class TextEncoder(nn.Module):
             "arch": arch,
             "pretrained": pretrained,
             "embed_dim": model_cfg["embed_dim"],
-            "text_cfg": asdict(CLIPTextCfg(**model_cfg["text_cfg"])),
+            "text_cfg": asdict(open_clip.model.CLIPTextCfg(**model_cfg["text_cfg"])),
             "quick_gelu": bool(quick_gelu),
         }
         enc = cls(spec)
@@ -344,7 +355,7 @@ def clip_text_config(enc: TextEncoder) -> TextConfig:
     """The checkpoint record of a frozen pretrained CLIP tower: its arch, tag and weights hash
     (``TAG@sha256:HEX``; ``sha256:HEX`` when the weights were a file of no tag), never a path."""
     arch, tag, digest = enc.spec["arch"], enc.spec["pretrained"], enc.spec["sha256"]
-    known = bool(tag) and bool(open_clip.get_pretrained_cfg(arch, tag))
+    known = bool(tag) and bool(_open_clip().get_pretrained_cfg(arch, tag))
     pretrained = f"{tag}@sha256:{digest}" if known else f"sha256:{digest}"
     return TextConfig(arch=arch, pretrained=pretrained, trainable=False)
 
