@@ -5,7 +5,8 @@
         --rows "teacher:dpmpp_2m:16 teacher:heun:8 fast:consistency:1 fast:consistency:4" \
         --out runs/bench_fast
 
-Each row is ``PIPELINE:SAMPLER:STEPS``: ``teacher`` is ``--checkpoint`` as shipped, ``fast`` the
+Each row is ``PIPELINE:SAMPLER:STEPS[:PROJECTION]`` (PROJECTION: surface-projection passes after
+sampling, default the stage's own): ``teacher`` is ``--checkpoint`` as shipped, ``fast`` the
 same with its distilled stages (``load_pipeline(fast=True)``), and ``--student NAME=DIR`` adds
 other pipelines with distilled stages (e.g. a student under evaluation). For every row and seed,
 the base stage samples the natural-prompt suite and the held-out captions (as
@@ -82,15 +83,22 @@ def main() -> None:
     ap.add_argument("--checkpoint", default="checkpoints/pointdiff-small")
     ap.add_argument("--student", action="append", default=[], metavar="NAME=DIR",
                     help="another pipeline whose distilled stages a row may name")
-    ap.add_argument("--rows", required=True, help="PIPELINE:SAMPLER:STEPS ...")
-    ap.add_argument("--data", required=True, help="shards: training references, held-out captions")
-    ap.add_argument("--classifier", required=True)
+    ap.add_argument("--table", nargs="+", metavar="RESULTS_JSON",
+                    help="only print the table of earlier runs' results.json files, in order")
+    ap.add_argument("--rows", help="PIPELINE:SAMPLER:STEPS[:PROJECTION] ...")
+    ap.add_argument("--data", help="shards: training references, held-out captions")
+    ap.add_argument("--classifier")
     ap.add_argument("--splits", nargs="+", default=["test", "val", "test_group"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--limit", type=int, default=None, help="only the first N prompts of each set")
     ap.add_argument("--bf16", action="store_true")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out")
     args = ap.parse_args()
+    if args.table:
+        print(table([r for f in args.table for r in json.loads(Path(f).read_text())]))
+        return
+    if not (args.rows and args.data and args.classifier and args.out):
+        ap.error("--rows, --data, --classifier and --out are required (or --table)")
 
     pipes = {"teacher": lambda: load_pipeline(args.checkpoint),
              "fast": lambda: load_pipeline(args.checkpoint, fast=True)}
@@ -98,9 +106,11 @@ def main() -> None:
         name, _, folder = spec.partition("=")
         pipes[name] = lambda folder=folder: load_pipeline(folder, fast=True)
     rows = [r.split(":") for r in args.rows.split()]
-    bad = [":".join(r) for r in rows if len(r) != 3 or r[0] not in pipes or r[1] not in EVALS]
+    bad = [":".join(r) for r in rows if len(r) not in (3, 4) or r[0] not in pipes or r[1] not in EVALS]
     if bad:
-        raise SystemExit(f"bad rows {bad}: PIPELINE ({', '.join(pipes)}):SAMPLER:STEPS")
+        raise SystemExit(
+            f"bad rows {bad}: PIPELINE ({', '.join(pipes)}):SAMPLER:STEPS[:PROJECTION]"
+        )
 
     clf = load_classifier(args.classifier).eval()
     names = list(clf.cfg.class_names)
@@ -116,11 +126,14 @@ def main() -> None:
     print(f"CPU: {cpu_name()}; {len(suite)} natural prompts, {len(held)} held-out captions")
 
     results, loaded = [], {}
-    for pipe_name, sampler, steps in rows:
+    for pipe_name, sampler, steps, *projection in rows:
         pipe = loaded.get(pipe_name) or loaded.setdefault(pipe_name, pipes[pipe_name]())
         stage = pipe.stages[0]
         n, guidance = stage.num_points, stage.sample.guidance
         over = {"sampler": sampler, "steps": int(steps)}
+        if projection:
+            over["surface_projection"] = float(projection[0])
+        label = ":".join([pipe_name, sampler, steps, *projection])
         per_seed = []
         for seed in args.seeds:
             clouds, sec_nat = sample(pipe, [p.prompt for p in suite], seed, over, False, args.bf16)
@@ -137,9 +150,10 @@ def main() -> None:
                 "1nna_cd": sm["1nna_cd"], "spread": nat["surface_spread_base"],
                 "sec": (sec_nat * len(suite) + sec * len(held)) / (len(suite) + len(held)),
             })
-            print(json.dumps({"row": f"{pipe_name}:{sampler}:{steps}", **per_seed[-1]}), flush=True)
+            print(json.dumps({"row": label, **per_seed[-1]}), flush=True)
         row = {
             "pipeline": pipe_name, "sampler": sampler, "steps": int(steps),
+            "surface_projection": over.get("surface_projection", stage.sample.surface_projection),
             "calls": calls_per_sample(stage, sampler, int(steps), guidance),
             "seeds": per_seed, "summary": summarise(per_seed, list(KEYS)),
         }
@@ -149,14 +163,15 @@ def main() -> None:
 
 
 def table(results: list[dict]) -> str:
-    head = ("| pipeline | sampler | steps | calls/stage | natural (clf) | natural (NN) | colour "
-            "| R-precision | 1-NNA-CD | spread | s/sample |")
-    lines = [head, "|" + " --- |" * 11]
+    head = ("| pipeline | sampler | steps | projection | calls/stage | natural (clf) | natural (NN) "
+            "| colour | R-precision | 1-NNA-CD | spread | s/sample |")
+    lines = [head, "|" + " --- |" * 12]
     for r in results:
         s = r["summary"]
         pct = [f"{100 * s[k][0]:.1f} ± {100 * s[k][1]:.1f}" for k in KEYS[:5]]
         lines.append(
-            f"| {r['pipeline']} | {r['sampler']} | {r['steps']} | {r['calls']} | "
+            f"| {r['pipeline']} | {r['sampler']} | {r['steps']} | {r.get('surface_projection', '')} "
+            f"| {r['calls']} | "
             + " | ".join(pct)
             + f" | {s['spread'][0]:.3f} | {s['sec'][0]:.3f} |"
         )
