@@ -84,33 +84,6 @@ def _denoise(
 
 
 @torch.no_grad()
-def sample_euler(
-    model: Callable,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    extra_args: dict | None = None,
-    callback: Callable | None = None,
-    disable: bool | None = None,
-    s_churn: float = 0.0,
-    s_tmin: float = 0.0,
-    s_tmax: float = float("inf"),
-    s_noise: float = 1.0,
-    generator: torch.Generator | list[torch.Generator] | None = None,
-) -> torch.Tensor:
-    """Euler method on the probability-flow ODE, with optional churn (Karras Alg. 2 without the
-    2nd-order correction). One model call per step.
-
-    :param x: [B,N,C] initial noise × sigmas[0]. :param sigmas: [n+1] grid ending in 0.
-    :return: [B,N,C] sample at sigmas[-1].
-    """
-    for i in trange(len(sigmas) - 1, disable=disable):
-        x, sigma_hat = _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, generator)
-        denoised = _denoise(model, x, sigma_hat, extra_args, callback, i, sigmas[i])
-        x = x + _to_d(x, sigma_hat, denoised) * (sigmas[i + 1] - sigma_hat)
-    return x
-
-
-@torch.no_grad()
 def sample_heun(
     model: Callable,
     x: torch.Tensor,
@@ -123,9 +96,12 @@ def sample_heun(
     s_tmax: float = float("inf"),
     s_noise: float = 1.0,
     generator: torch.Generator | list[torch.Generator] | None = None,
+    second_order: bool = True,
 ) -> torch.Tensor:
     """Heun's 2nd-order method with churn: Karras et al. 2022 ("EDM") Algorithm 2, point-e's
     default sampler. Euler on the last step (to σ = 0), so 2·n − 1 model calls for n steps.
+    ``second_order=False`` drops the correction (Alg. 2 lines 9–11) on every step: that is
+    ``sample_euler``, one model call per step.
 
     :param x: [B,N,C] initial noise × sigmas[0]. :param sigmas: [n+1] grid ending in 0.
     :return: [B,N,C] sample at sigmas[-1].
@@ -135,7 +111,7 @@ def sample_heun(
         denoised = _denoise(model, x, sigma_hat, extra_args, callback, i, sigmas[i])
         d = _to_d(x, sigma_hat, denoised)
         dt = sigmas[i + 1] - sigma_hat
-        if sigmas[i + 1] == 0:
+        if not second_order or sigmas[i + 1] == 0:
             # Alg. 2 line 8: the trapezoid needs D at σ = 0, which is undefined; take Euler.
             x = x + d * dt
         else:
@@ -144,6 +120,18 @@ def sample_heun(
             d_2 = _to_d(x_2, sigmas[i + 1], denoised_2)
             x = x + (d + d_2) / 2 * dt  # Alg. 2 line 11: average of the two slopes
     return x
+
+
+def sample_euler(
+    model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None, **kwargs
+) -> torch.Tensor:
+    """Euler method on the probability-flow ODE, with optional churn (Karras Alg. 2 without the
+    2nd-order correction). One model call per step. Takes ``sample_heun``'s arguments.
+
+    :param x: [B,N,C] initial noise × sigmas[0]. :param sigmas: [n+1] grid ending in 0.
+    :return: [B,N,C] sample at sigmas[-1].
+    """
+    return sample_heun(model, x, sigmas, extra_args, second_order=False, **kwargs)
 
 
 @torch.no_grad()
