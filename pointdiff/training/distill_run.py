@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 from pathlib import Path
 
 import torch
@@ -45,7 +46,7 @@ from pointdiff.training.distill import (
 from pointdiff.training.loop import train
 from pointdiff.training.objectives import BaseLoss, UpsamplerLoss
 from pointdiff.training.pointe_objective import mark_pointe_checkpoints, pointe_info
-from pointdiff.training.preemption import REQUEUE_EXIT_CODE
+from pointdiff.training.preemption import run_script
 from pointdiff.training.run import build_text, route_overrides
 from pointdiff.training.text_cache import cache_dir_for, set_text_table
 
@@ -245,15 +246,7 @@ def _build_student(model_cfg, teacher: Teacher, path, pointe) -> torch.nn.Module
 def cli(argv: list[str] | None = None) -> None:
     """``main`` for the script: bad input ends with one error line; a run stopped by
     SIGTERM/SIGUSR1 (after its checkpoint) exits with ``REQUEUE_EXIT_CODE``."""
-    try:
-        result = main(argv)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        raise SystemExit(f"distill.py: error: {msg}") from None
-    finally:
-        dist.shutdown()
-    if result["stopped"]:
-        raise SystemExit(REQUEUE_EXIT_CODE)
+    run_script("distill.py", functools.partial(main, argv))
 
 
 __all__ = ["cli", "load_teacher", "main", "student_sample"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 
 from pointdiff.training import distributed as dist
 
@@ -53,3 +54,19 @@ def ignore_in_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: the main process decides when to stop (module doc)."""
     for s in SIGNALS:
         signal.signal(s, signal.SIG_IGN)
+
+
+def run_script(prog: str, main: Callable[[], dict]) -> None:
+    """Run a training script's ``main`` (it returns ``loop.train``'s result): a bad argument,
+    config or checkpoint ends with one ``prog: error:`` line instead of a traceback; a run stopped
+    by SIGTERM/SIGUSR1 (after its checkpoint) exits with ``REQUEUE_EXIT_CODE``; the process group
+    is shut down either way."""
+    try:
+        result = main()
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise SystemExit(f"{prog}: error: {msg}") from None
+    finally:
+        dist.shutdown()
+    if result["stopped"]:
+        raise SystemExit(REQUEUE_EXIT_CODE)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -61,7 +62,7 @@ from pointdiff.training.pointe_objective import (
     choose_objective,
     mark_pointe_checkpoints,
 )
-from pointdiff.training.preemption import REQUEUE_EXIT_CODE
+from pointdiff.training.preemption import run_script
 from pointdiff.training.run_dir import TrainError
 from pointdiff.training.text_cache import cache_dir_for, set_text_table
 
@@ -322,12 +323,4 @@ def _check_resume(run_dir: Path, configs: dict, resume: bool) -> None:
 def cli(stage: str, argv: list[str] | None = None) -> None:
     """``main`` for the scripts: a bad argument, config or checkpoint ends with one error line;
     a run stopped by SIGTERM/SIGUSR1 (after its checkpoint) exits with ``REQUEUE_EXIT_CODE``."""
-    try:
-        result = main(stage, argv)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        raise SystemExit(f"train_{stage}.py: error: {msg}") from None
-    finally:
-        dist.shutdown()
-    if result["stopped"]:
-        raise SystemExit(REQUEUE_EXIT_CODE)
+    run_script(f"train_{stage}.py", functools.partial(main, stage, argv))
