@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 
 from pointdiff.checkpoint import init_from_checkpoint
 from pointdiff.config import SDFConfig, TrainConfig, apply_overrides, get_preset
 from pointdiff.models import build_model, count_params
-from pointdiff.training import distributed as dist
 from pointdiff.training.loop import train
-from pointdiff.training.preemption import REQUEUE_EXIT_CODE
+from pointdiff.training.preemption import run_script
 from pointdiff.training.sdf import SDFDataset, SDFLoss
 
 #: training defaults for the SDF head (small data, small model): overridable with --key=value
@@ -104,17 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    """``main`` as a script: a bad argument, config or shard directory ends with one error line;
-    a run stopped by a signal (after its checkpoint) exits with ``REQUEUE_EXIT_CODE``."""
-    try:
-        result = main(argv)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        raise SystemExit(f"train_sdf.py: error: {msg}") from None
-    finally:
-        dist.shutdown()
-    if result["stopped"]:
-        raise SystemExit(REQUEUE_EXIT_CODE)
+    """``main`` as a script (``preemption.run_script``): a bad argument, config or shard directory
+    ends with one error line; a run stopped by a signal exits with ``REQUEUE_EXIT_CODE``."""
+    run_script("train_sdf.py", functools.partial(main, argv))
 
 
 if __name__ == "__main__":
