@@ -39,6 +39,7 @@ from pointdiff.atomic import atomic_path, write_text_atomic
 from pointdiff.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from pointdiff.checkpoint import VERSION as CHECKPOINT_VERSION
 from pointdiff.checkpoint import load_model
+from pointdiff.compat.released import load_released_state_dict
 from pointdiff.config import DenoiserConfig, SDFConfig, UpsamplerConfig, to_dict
 from pointdiff.models import build_model
 
@@ -226,25 +227,9 @@ def convert_pointe_state_dict(
 
 
 def load_pointe_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a point-e checkpoint without executing pickled code.
-
-    ``.safetensors`` files are read directly; anything else goes through
-    ``torch.load(..., weights_only=True)``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"point-e checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file or pickled objects other than tensors
-        raise PointeConversionError(f"cannot read {path} as a point-e state dict: {e}") from e
-    if not isinstance(sd, Mapping):
-        raise PointeConversionError(f"{path} holds a {type(sd).__name__}, not a state dict")
-    return dict(sd)
+    """Read a point-e checkpoint without executing pickled code (``.safetensors`` directly,
+    anything else with ``torch.load(..., weights_only=True)``)."""
+    return load_released_state_dict(path, "point-e", PointeConversionError)
 
 
 def load_pointe_model(

@@ -23,6 +23,7 @@ from torch import nn
 
 from pointdiff.atomic import atomic_path, write_json_atomic
 from pointdiff.checkpoint import record_hashes, verify_hashes
+from pointdiff.compat.released import load_released_state_dict
 from pointdiff.compat.shape.decoder import ShapeDecoder, ShapeDecoderConfig
 from pointdiff.compat.shape.encoder import ShapeEncoder, ShapeEncoderConfig
 from pointdiff.compat.shape.transformer import LatentDenoiser, LatentDenoiserConfig
@@ -174,20 +175,7 @@ def convert_shape_state_dict(
 
 def load_shape_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a Shap-E ``.pt`` (weights only, no pickled code) or a ``.safetensors`` file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Shap-E checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, or pickled objects other than tensors
-        raise ShapeConversionError(f"cannot read {path} as a Shap-E state dict: {e}") from e
-    if not isinstance(sd, Mapping):
-        raise ShapeConversionError(f"{path} holds a {type(sd).__name__}, not a state dict")
-    return dict(sd)
+    return load_released_state_dict(path, "Shap-E", ShapeConversionError)
 
 
 def convert_shape(
