@@ -121,10 +121,8 @@ def _run_sample(args) -> int:
     from pointdiff.outputs import Sample, write_samples
     from pointdiff.pipeline import load_pipeline
 
-    problem = sample_usage_error(args)
-    if problem:
-        print(f"pointdiff sample: error: {problem}", file=sys.stderr)
-        return 2
+    if problem := sample_usage_error(args):
+        raise ValueError(problem)  # main prints it as a usage error
     device, bf16 = device_and_bf16(args)
     if args.shape_dir:
         return run_shape_sample(args, device, bf16)
@@ -152,12 +150,10 @@ def _run_sample(args) -> int:
         )
     stages = [s.name for s in pipe.stages]
     if args.stop_after is not None and args.stop_after not in stages:
-        print(
-            f"pointdiff sample: error: argument --stop-after: {args.checkpoint} has no "
-            f"{args.stop_after!r} stage (stages: {', '.join(stages)})",
-            file=sys.stderr,
+        raise ValueError(
+            f"argument --stop-after: {args.checkpoint} has no {args.stop_after!r} stage "
+            f"(stages: {', '.join(stages)})"
         )
-        return 2
     if args.image:
         inputs, labels = args.image, args.image
     else:  # the one reading of the prompts: what the model is given, swaps, warnings
@@ -245,10 +241,8 @@ def _add_mesh(sub) -> None:
 def _run_mesh(args) -> int:
     from pointdiff.outputs import mesh_cloud_file
 
-    problem = mesh_usage_error(args)
-    if problem:
-        print(f"pointdiff mesh: error: {problem}", file=sys.stderr)
-        return 2
+    if problem := mesh_usage_error(args):
+        raise ValueError(problem)  # main prints it as a usage error
     device, bf16 = device_and_bf16(args)
     try:
         result = mesh_cloud_file(
@@ -385,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command][1](args)
-    except (ValueError, FileNotFoundError, OSError) as e:  # our errors subclass ValueError
+    # our errors subclass ValueError; a command's usage errors are raised as ValueError too
+    except (ValueError, FileNotFoundError, OSError) as e:
         print(f"pointdiff {args.command}: error: {e}", file=sys.stderr)
         return 2
 
