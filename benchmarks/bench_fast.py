@@ -81,10 +81,19 @@ def cpu_name() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--checkpoint", default="checkpoints/pointdiff-small")
-    ap.add_argument("--student", action="append", default=[], metavar="NAME=DIR",
-                    help="another pipeline whose distilled stages a row may name")
-    ap.add_argument("--table", nargs="+", metavar="RESULTS_JSON",
-                    help="only print the table of earlier runs' results.json files, in order")
+    ap.add_argument(
+        "--student",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="another pipeline whose distilled stages a row may name",
+    )
+    ap.add_argument(
+        "--table",
+        nargs="+",
+        metavar="RESULTS_JSON",
+        help="only print the table of earlier runs' results.json files, in order",
+    )
     ap.add_argument("--rows", help="PIPELINE:SAMPLER:STEPS[:PROJECTION] ...")
     ap.add_argument("--data", help="shards: training references, held-out captions")
     ap.add_argument("--classifier")
@@ -100,13 +109,17 @@ def main() -> None:
     if not (args.rows and args.data and args.classifier and args.out):
         ap.error("--rows, --data, --classifier and --out are required (or --table)")
 
-    pipes = {"teacher": lambda: load_pipeline(args.checkpoint),
-             "fast": lambda: load_pipeline(args.checkpoint, fast=True)}
+    pipes = {
+        "teacher": lambda: load_pipeline(args.checkpoint),
+        "fast": lambda: load_pipeline(args.checkpoint, fast=True),
+    }
     for spec in args.student:
         name, _, folder = spec.partition("=")
         pipes[name] = lambda folder=folder: load_pipeline(folder, fast=True)
     rows = [r.split(":") for r in args.rows.split()]
-    bad = [":".join(r) for r in rows if len(r) not in (3, 4) or r[0] not in pipes or r[1] not in EVALS]
+    bad = [
+        ":".join(r) for r in rows if len(r) not in (3, 4) or r[0] not in pipes or r[1] not in EVALS
+    ]
     if bad:
         raise SystemExit(
             f"bad rows {bad}: PIPELINE ({', '.join(pipes)}):SAMPLER:STEPS[:PROJECTION]"
@@ -142,20 +155,30 @@ def main() -> None:
             base = [PointCloud(c.coords[:n], c.colors[:n]) for c in clouds]
             rp = category_r_precision(classify(clf, base).numpy(), cats, names)["r_precision"]
             gen = np.stack([c.coords for c in base])
-            sm = compute_set_metrics(gen, fps_np(refs, n), protocol="bbox", metrics=("cd",),
-                                     with_jsd=False)
-            per_seed.append({
-                "seed": seed, "accuracy": nat["accuracy"], "nn_accuracy": nat["nn_accuracy"],
-                "colour_accuracy": nat["colour_accuracy"], "r_precision": rp,
-                "1nna_cd": sm["1nna_cd"], "spread": nat["surface_spread_base"],
-                "sec": (sec_nat * len(suite) + sec * len(held)) / (len(suite) + len(held)),
-            })
+            sm = compute_set_metrics(
+                gen, fps_np(refs, n), protocol="bbox", metrics=("cd",), with_jsd=False
+            )
+            per_seed.append(
+                {
+                    "seed": seed,
+                    "accuracy": nat["accuracy"],
+                    "nn_accuracy": nat["nn_accuracy"],
+                    "colour_accuracy": nat["colour_accuracy"],
+                    "r_precision": rp,
+                    "1nna_cd": sm["1nna_cd"],
+                    "spread": nat["surface_spread_base"],
+                    "sec": (sec_nat * len(suite) + sec * len(held)) / (len(suite) + len(held)),
+                }
+            )
             print(json.dumps({"row": label, **per_seed[-1]}), flush=True)
         row = {
-            "pipeline": pipe_name, "sampler": sampler, "steps": int(steps),
+            "pipeline": pipe_name,
+            "sampler": sampler,
+            "steps": int(steps),
             "surface_projection": over.get("surface_projection", stage.sample.surface_projection),
             "calls": calls_per_sample(stage, sampler, int(steps), guidance),
-            "seeds": per_seed, "summary": summarise(per_seed, list(KEYS)),
+            "seeds": per_seed,
+            "summary": summarise(per_seed, list(KEYS)),
         }
         results.append(row)
         (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
@@ -163,8 +186,10 @@ def main() -> None:
 
 
 def table(results: list[dict]) -> str:
-    head = ("| pipeline | sampler | steps | projection | calls/stage | natural (clf) | natural (NN) "
-            "| colour | R-precision | 1-NNA-CD | spread | s/sample |")
+    head = (
+        "| pipeline | sampler | steps | projection | calls/stage | natural (clf) | natural (NN) "
+        "| colour | R-precision | 1-NNA-CD | spread | s/sample |"
+    )
     lines = [head, "|" + " --- |" * 12]
     for r in results:
         s = r["summary"]

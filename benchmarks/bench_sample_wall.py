@@ -40,8 +40,19 @@ def main() -> None:
         for r in range(args.repeats):
             for name, flags in VARIANTS.items():
                 out = Path(tmp) / f"{name}-{r}"
-                cmd = [sys.executable, "-m", "pointdiff.cli", "sample", args.prompt,
-                       "--checkpoint", args.checkpoint, "--out", str(out), *flags, *args.extra]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "pointdiff.cli",
+                    "sample",
+                    args.prompt,
+                    "--checkpoint",
+                    args.checkpoint,
+                    "--out",
+                    str(out),
+                    *flags,
+                    *args.extra,
+                ]
                 start = time.perf_counter()
                 done = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 times[name].append(time.perf_counter() - start)

@@ -408,7 +408,7 @@ def load_pipeline(
     if fast:
         if not spec.get("fast"):
             raise CheckpointError(
-                f"{root} has no distilled stages (pipeline.json \"fast\"); sample without "
+                f'{root} has no distilled stages (pipeline.json "fast"); sample without '
                 "--fast, or distil them with train/distill.py"
             )
         entries = {**entries, **spec["fast"]}

@@ -118,8 +118,10 @@ def add_fast_stages(
             if key not in POINT_FIELDS or key not in configs["model"]:
                 raise ValueError(f"{name}: cannot set {key!r} of a {configs['model']}")
             configs["model"][key] = int(value)
-        configs["sample"] = {**configs.get("sample", to_dict(SampleConfig())),
-                             **(sample or {}).get(name, {})}
+        configs["sample"] = {
+            **configs.get("sample", to_dict(SampleConfig())),
+            **(sample or {}).get(name, {}),
+        }
         write_text_atomic(folder / "config.json", json.dumps(meta, indent=1))
         teacher = out / spec["stages"][name]
         for extra in ("captions.json", "lexicon.json"):  # the prompt reader of its teacher
@@ -129,4 +131,3 @@ def add_fast_stages(
         spec.setdefault("fast", {})[name] = folder.name
     write_text_atomic(spec_file, json.dumps(spec, indent=1) + "\n")
     return out
-

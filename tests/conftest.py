@@ -53,6 +53,42 @@ def shared_data() -> Path:
 
 
 @pytest.fixture
+def sigterm_job():
+    """``stop(argv, log, lines) -> (step, output)``: start a training command in its own process
+    group (as a scheduler's job), wait until its ``log.jsonl`` has ``lines`` entries, SIGTERM
+    the whole group; check it exits with the requeue status after saying so, and return the step
+    its last checkpoint holds and its stdout + stderr. One intra-op thread."""
+    import json
+    import signal
+    import subprocess
+    import time
+
+    from pointdiff.training.preemption import REQUEUE_EXIT_CODE
+
+    def stop(argv: list[str], log: Path, lines: int) -> tuple[int, str]:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        job = subprocess.Popen(
+            argv,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its own process group, as a job's
+        )
+        deadline = time.monotonic() + 300
+        while not (log.is_file() and len(log.read_text().splitlines()) >= lines):
+            assert job.poll() is None and time.monotonic() < deadline, job.communicate()[1][-3000:]
+            time.sleep(0.05)
+        os.killpg(job.pid, signal.SIGTERM)
+        out, err = job.communicate(timeout=300)
+        assert job.returncode == REQUEUE_EXIT_CODE, err[-3000:]
+        assert "SIGTERM: stopped after step" in out + err
+        return json.loads((log.parent / "latest.json").read_text())["step"], out + err
+
+    return stop
+
+
+@pytest.fixture
 def one_thread():
     """One intra-op thread for tiny models: on a busy 2-core box a second one only spins
     (measured 18 ms vs 300 ms per training step under load)."""

@@ -84,8 +84,15 @@ def _student(seed=0, **kw):
 
 def _fit(model, loss_fn, data, tmp_path, steps, lr=3e-3, batch=16):
     cfg = TrainConfig(
-        batch_size=batch, max_steps=steps, warmup_steps=10, lr=lr, min_lr_ratio=0.1,
-        ema_decay=0.0, ckpt_every=steps, log_every=steps, num_workers=0,
+        batch_size=batch,
+        max_steps=steps,
+        warmup_steps=10,
+        lr=lr,
+        min_lr_ratio=0.1,
+        ema_decay=0.0,
+        ckpt_every=steps,
+        log_every=steps,
+        num_workers=0,
     )
     configs = {"model": model.net.cfg, "diffusion": DiffusionConfig()}
     train(model, loss_fn, data, cfg, tmp_path, configs=configs)
@@ -171,13 +178,19 @@ def test_trajectory_student_one_step_lands_near_the_teachers_many_step_sample(tm
     its points lie on the mixture (within 3 std of a component mean for 90 % of them)."""
     teacher = _toy_teacher()
     inputs = lambda b: (b["points"], {})  # noqa: E731
-    folder = generate_trajectories(teacher, ToyClouds(), inputs, tmp_path / "traj", 96, 16,
-                                   (1.0, 1.0), chunk=32)
+    folder = generate_trajectories(
+        teacher, ToyClouds(), inputs, tmp_path / "traj", 96, 16, (1.0, 1.0), chunk=32
+    )
     data = TrajectoryDataset(folder)
     assert len(data) == 96 * 16 and data.sigmas[0] == pytest.approx(80.0)
     student = _student()
-    _fit(student, TrajectoryLoss(lambda s: loss_weight(student, s), guided=False), data,
-         tmp_path / "run", steps=400)
+    _fit(
+        student,
+        TrajectoryLoss(lambda s: loss_weight(student, s), guided=False),
+        data,
+        tmp_path / "run",
+        steps=400,
+    )
 
     sigmas = get_sigmas_karras(16, *GRID)
     ref = _sample(teacher.denoiser, sample_dpmpp_2m, sigmas)
@@ -196,8 +209,9 @@ def test_progressive_round_halves_the_steps_at_the_teachers_quality(tmp_path):
     teacher = _toy_teacher()
     student = _student()
     inputs = lambda b: (b["points"], {})  # noqa: E731
-    loss = ProgressiveDistillLoss(teacher, inputs, lambda s: loss_weight(student, s), (1.0, 1.0),
-                                  steps=1, grid=2)
+    loss = ProgressiveDistillLoss(
+        teacher, inputs, lambda s: loss_weight(student, s), (1.0, 1.0), steps=1, grid=2
+    )
     _fit(student, loss, ToyClouds(), tmp_path, steps=400)
     two, one = (get_sigmas_subgrid(n, 2, *GRID) for n in (2, 1))
     ref = _sample(teacher.denoiser, sample_euler, two)
@@ -252,33 +266,91 @@ def test_distil_command_line_ships_a_fast_pipeline(shards, tmp_path):
 
     common = "--batch_size=2 --max_steps=2 --ckpt_every=1 --warmup_steps=1 --log_every=1"
     teacher = tmp_path / "teacher"
-    train_base("base", ["tiny", "--data", str(shards), "--run-dir", str(teacher), "--text",
-                        "words-32", *common.split()])
+    train_base(
+        "base",
+        [
+            "tiny",
+            "--data",
+            str(shards),
+            "--run-dir",
+            str(teacher),
+            "--text",
+            "words-32",
+            *common.split(),
+        ],
+    )
     guided = tmp_path / "guided"
     args = ["--data", str(shards), *common.split()]
-    out = distil(["--teacher", str(teacher), "--method", "guidance", "--run-dir", str(guided),
-                  *args])
+    out = distil(
+        ["--teacher", str(teacher), "--method", "guidance", "--run-dir", str(guided), *args]
+    )
     assert out["step"] == 2
     configs = load_configs(guided)
     assert configs["model"].guidance_embed and configs["model"].cond_drop_prob == 0
     assert configs["distill"].method == "guidance" and configs["text"].arch == "words-32"
     # resumable as every run: two more steps continue the same run
     more = [a.replace("--max_steps=2", "--max_steps=4") for a in args]
-    assert distil(["--teacher", str(teacher), "--method", "guidance", "--run-dir", str(guided),
-                   *more, "--resume"])["step"] == 4
+    assert (
+        distil(
+            [
+                "--teacher",
+                str(teacher),
+                "--method",
+                "guidance",
+                "--run-dir",
+                str(guided),
+                *more,
+                "--resume",
+            ]
+        )["step"]
+        == 4
+    )
 
     pd = tmp_path / "pd"
-    distil(["--teacher", str(guided), "--method", "progressive", "--run-dir", str(pd), *args,
-            "--steps=1", "--grid=2"])
+    distil(
+        [
+            "--teacher",
+            str(guided),
+            "--method",
+            "progressive",
+            "--run-dir",
+            str(pd),
+            *args,
+            "--steps=1",
+            "--grid=2",
+        ]
+    )
     sample = load_configs(pd)["sample"]
     assert (sample.sampler, sample.steps, sample.grid) == ("euler", 1, 2)
     traj = tmp_path / "traj"
-    distil(["--teacher", str(guided), "--method", "trajectory", "--run-dir", str(traj), *args,
-            "--trajectories=5", "--steps=2", "--grid=4"])
+    distil(
+        [
+            "--teacher",
+            str(guided),
+            "--method",
+            "trajectory",
+            "--run-dir",
+            str(traj),
+            *args,
+            "--trajectories=5",
+            "--steps=2",
+            "--grid=4",
+        ]
+    )
     assert len(list((traj / "trajectories").glob("traj-*.npz"))) == 1
     with pytest.raises(ValueError, match="must be a multiple of --steps=3"):
-        distil(["--teacher", str(guided), "--method", "progressive", "--run-dir",
-                str(tmp_path / "bad"), *args, "--steps=3"])
+        distil(
+            [
+                "--teacher",
+                str(guided),
+                "--method",
+                "progressive",
+                "--run-dir",
+                str(tmp_path / "bad"),
+                *args,
+                "--steps=3",
+            ]
+        )
 
     shipped = export_pipeline(tmp_path / "ship", teacher, sample=SampleConfig(steps=4))
     add_fast_stages(shipped, {"base": traj})
@@ -295,13 +367,24 @@ def test_distil_command_line_ships_a_fast_pipeline(shards, tmp_path):
     assert calls == [2] * 4  # the guided pair, in one batched call per step
     with pytest.raises(Exception, match="no distilled stages"):
         load_pipeline(teacher, fast=True)
-    rc = pointdiff_main(["sample", "a box", "--checkpoint", str(shipped), "--fast",
-                         "--no-mesh", "--out", str(tmp_path / "s")])
+    rc = pointdiff_main(
+        [
+            "sample",
+            "a box",
+            "--checkpoint",
+            str(shipped),
+            "--fast",
+            "--no-mesh",
+            "--out",
+            str(tmp_path / "s"),
+        ]
+    )
     assert rc == 0 and (next((tmp_path / "s").iterdir()) / "cloud.ply").is_file()
 
 
-def test_a_converted_pointe_model_distils_with_the_same_command(shards, tmp_path,
-                                                                 random_pointe_state_dict):
+def test_a_converted_pointe_model_distils_with_the_same_command(
+    shards, tmp_path, random_pointe_state_dict
+):
     """A tiny "released" point-e base and upsampler: the base's guidance and steps, the text
     upsampler's steps (it takes no prompt); the students keep point-e's ε parameterisation and
     sample through the point-e pipeline with their own settings."""
@@ -314,14 +397,24 @@ def test_a_converted_pointe_model_distils_with_the_same_command(shards, tmp_path
     from pointdiff.training.pointe_objective import pointe_info
 
     cfgs = {
-        "base40M-textvec": DenoiserConfig(width=32, depth=1, heads=2, num_points=32,
-                                          out_channels=12, cond_dim=32),
-        "upsample": UpsamplerConfig(width=32, depth=1, heads=2, num_points=64,
-                                    num_cond_points=32, out_channels=12, grid_tokens=256,
-                                    grid_dim=64),
+        "base40M-textvec": DenoiserConfig(
+            width=32, depth=1, heads=2, num_points=32, out_channels=12, cond_dim=32
+        ),
+        "upsample": UpsamplerConfig(
+            width=32,
+            depth=1,
+            heads=2,
+            num_points=64,
+            num_cond_points=32,
+            out_channels=12,
+            grid_tokens=256,
+            grid_dim=64,
+        ),
     }
-    over = {"base40M-textvec": dict(heads=2, num_points=32),
-            "upsample": dict(heads=2, num_points=64, num_cond_points=32)}
+    over = {
+        "base40M-textvec": dict(heads=2, num_points=32),
+        "upsample": dict(heads=2, num_points=64, num_cond_points=32),
+    }
     conv = tmp_path / "conv"
     conv.mkdir()
     for seed, (name, cfg) in enumerate(cfgs.items()):
@@ -329,19 +422,62 @@ def test_a_converted_pointe_model_distils_with_the_same_command(shards, tmp_path
         save_converted(conv / f"{name}.pt", name, conv / name, **over[name])
     common = ["--data", str(shards), *"--batch_size=2 --max_steps=2 --warmup_steps=1".split()]
     g = tmp_path / "g"
-    distil(["--teacher", str(conv / "base40M-textvec"), "--method", "guidance", "--run-dir",
-            str(g), "--text", "words-32", *common])
+    distil(
+        [
+            "--teacher",
+            str(conv / "base40M-textvec"),
+            "--method",
+            "guidance",
+            "--run-dir",
+            str(g),
+            "--text",
+            "words-32",
+            *common,
+        ]
+    )
     fast_base = tmp_path / "fb"
-    distil(["--teacher", str(g), "--method", "progressive", "--run-dir", str(fast_base),
-            "--steps=2", "--grid=4", *common])
+    distil(
+        [
+            "--teacher",
+            str(g),
+            "--method",
+            "progressive",
+            "--run-dir",
+            str(fast_base),
+            "--steps=2",
+            "--grid=4",
+            *common,
+        ]
+    )
     fast_up = tmp_path / "fu"
-    distil(["--teacher", str(conv / "upsample"), "--method", "trajectory", "--run-dir",
-            str(fast_up), "--steps=1", "--grid=2", "--trajectories=3", *common])
+    distil(
+        [
+            "--teacher",
+            str(conv / "upsample"),
+            "--method",
+            "trajectory",
+            "--run-dir",
+            str(fast_up),
+            "--steps=1",
+            "--grid=2",
+            "--trajectories=3",
+            *common,
+        ]
+    )
     assert pointe_info(fast_base)["schedule"] == "cosine"
     assert pointe_info(fast_up)["schedule"] == "linear"
     with pytest.raises(ValueError, match="no guidance to distil"):
-        distil(["--teacher", str(conv / "upsample"), "--method", "guidance", "--run-dir",
-                str(tmp_path / "x"), *common])
+        distil(
+            [
+                "--teacher",
+                str(conv / "upsample"),
+                "--method",
+                "guidance",
+                "--run-dir",
+                str(tmp_path / "x"),
+                *common,
+            ]
+        )
 
     pe = tmp_path / "pe"
     pe.mkdir()
@@ -351,7 +487,11 @@ def test_a_converted_pointe_model_distils_with_the_same_command(shards, tmp_path
     base, up = pipe.stages
     assert isinstance(base.denoiser, DiscreteEpsDenoiser) and base.takes_guidance
     assert (base.sample.sampler, base.sample.steps, up.sample.sampler, up.sample.steps) == (
-        "euler", 2, "consistency", 1)
+        "euler",
+        2,
+        "consistency",
+        1,
+    )
     calls = _counting(base), _counting(up)
     (cloud,) = pipe.sample_clouds(["a torus"], seed=0)
     assert calls == ([1, 1], [1]) and len(cloud) == 96 and np.isfinite(cloud.coords).all()

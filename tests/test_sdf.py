@@ -3,10 +3,8 @@
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -296,34 +294,18 @@ def test_train_sdf_cli_trains_and_init_from_starts_from_ema(closed_shapes, tmp_p
         torch.testing.assert_close(raw[k], ema[k], msg=k)
 
 
-def test_train_sdf_stopped_by_sigterm_checkpoints_exits_75_and_resumes(closed_shapes, tmp_path):
+def test_train_sdf_stopped_by_sigterm_checkpoints_exits_75_and_resumes(
+    closed_shapes, tmp_path, sigterm_job
+):
     """A scheduler's SIGTERM to the job's process group: the run checkpoints the step it was
     in and exits with the requeue status (as train_base.py); --resume continues from there."""
-    from pointdiff.training.preemption import REQUEUE_EXIT_CODE
-
     run = tmp_path / "run"
     argv = [sys.executable, str(Path(__file__).resolve().parents[1] / "train" / "train_sdf.py")]
     argv += ["--data", str(closed_shapes), "--out", str(run), "--device", "cpu", "--resume"]
     argv += "--preset sdf_tiny --split all --num-queries 64 --batch_size=2 --log_every=1".split()
     argv += ["--ckpt_every=1000", "--warmup_steps=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    job = subprocess.Popen(
-        [*argv, "--max_steps=100000"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group, as a job's
-    )
-    log, deadline = run / "log.jsonl", time.monotonic() + 300
-    while not (log.is_file() and len(log.read_text().splitlines()) >= 2):
-        assert job.poll() is None and time.monotonic() < deadline, job.communicate()[1][-3000:]
-        time.sleep(0.05)
-    os.killpg(job.pid, signal.SIGTERM)
-    out, err = job.communicate(timeout=300)
-    assert job.returncode == REQUEUE_EXIT_CODE, err[-3000:]
-    assert "SIGTERM: stopped after step" in out + err
-    stop = json.loads((run / "latest.json").read_text())["step"]
+    stop, _ = sigterm_job([*argv, "--max_steps=100000"], run / "log.jsonl", 2)
     assert (run / f"ckpt-{stop:07d}" / "state.pt").is_file()
     again = subprocess.run(
         [*argv, f"--max_steps={stop + 1}"], env=env, capture_output=True, text=True, timeout=300

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,6 @@ from pointdiff.training.objectives import (
     split_low_res,
 )
 from pointdiff.training.optim import lr_factor, update_ema
-from pointdiff.training.preemption import REQUEUE_EXIT_CODE
 from pointdiff.training.run_dir import TrainError
 from pointdiff.training.text_cache import set_text_table
 
@@ -415,7 +413,7 @@ def test_text_table_is_cached_beside_the_shards_and_read_back_on_restart(two_clo
 
 
 def test_train_script_stopped_by_sigterm_to_its_process_group_exits_75_and_resumes(
-    two_clouds, tmp_path
+    two_clouds, tmp_path, sigterm_job
 ):
     """As a scheduler does: SIGTERM to every process of the job, DataLoader workers included.
     The run checkpoints the step it was in, exits with the requeue status, and resumes."""
@@ -433,23 +431,8 @@ def test_train_script_stopped_by_sigterm_to_its_process_group_exits_75_and_resum
         "--batch_size=2 --warmup_steps=1 --log_every=1 --ckpt_every=1000 --num_workers=1".split()
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    job = subprocess.Popen(
-        [*argv, "--max_steps=100000"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group, as a job's
-    )
-    log, deadline = run / "log.jsonl", time.monotonic() + 300
-    while not (log.is_file() and len(log.read_text().splitlines()) >= 3):
-        assert job.poll() is None and time.monotonic() < deadline, job.communicate()[1][-3000:]
-        time.sleep(0.05)
-    os.killpg(job.pid, signal.SIGTERM)
-    out, err = job.communicate(timeout=300)
-    assert job.returncode == REQUEUE_EXIT_CODE, err[-3000:]
-    assert "SIGTERM: stopped after step" in out + err
-    stop = json.loads((run / "latest.json").read_text())["step"]
+    log = run / "log.jsonl"
+    stop, _ = sigterm_job([*argv, "--max_steps=100000"], log, 3)
     assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == list(range(1, stop + 1))
     again = subprocess.run(
         [*argv, f"--max_steps={stop + 1}"], env=env, capture_output=True, text=True, timeout=300

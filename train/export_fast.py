@@ -16,9 +16,13 @@ if __name__ == "__main__":
     ap.add_argument("--upsampler", default=None, help="the upsampler's student: run or ckpt dir")
     ap.add_argument("--steps", type=int, default=None, help="the students' sampling steps")
     ap.add_argument("--sampler", default=None, help="the students' sampler (default: theirs)")
-    ap.add_argument("--surface-projection", type=float, default=None, metavar="S",
-                    help="passes pulling points onto their local plane after sampling "
-                         "(default: the teacher's)")
+    ap.add_argument(
+        "--surface-projection",
+        type=float,
+        default=None,
+        metavar="S",
+        help="passes pulling points onto their local plane after sampling (default: the teacher's)",
+    )
     ap.add_argument("--base-points", type=int, default=None, help="ship the base at N points")
     a = ap.parse_args()
     students = {k: v for k, v in (("base", a.base), ("upsampler", a.upsampler)) if v}
@@ -26,8 +30,11 @@ if __name__ == "__main__":
         ap.error("give --base and/or --upsampler")
     given = {
         k: v
-        for k, v in (("steps", a.steps), ("sampler", a.sampler),
-                     ("surface_projection", a.surface_projection))
+        for k, v in (
+            ("steps", a.steps),
+            ("sampler", a.sampler),
+            ("surface_projection", a.surface_projection),
+        )
         if v is not None
     }
     points = {"base": {"num_points": a.base_points}} if a.base_points else {}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -220,17 +221,22 @@ def generate_trajectories(
         gens = [torch.Generator().manual_seed(seed + i) for i in ids]
         noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens]).to(device)
         w = torch.tensor(
-            [w_range[0] + (w_range[1] - w_range[0]) * torch.rand(1, generator=g).item() for g in gens],
+            [
+                w_range[0] + (w_range[1] - w_range[0]) * torch.rand(1, generator=g).item()
+                for g in gens
+            ],
             device=device,
         )
-        states = []
-
-        def model(x, sigma, **kw):
-            states.append(x.detach().to(torch.float16).cpu())
-            return teacher.guided(x, sigma, kw, w)
-
+        states = []  # x(σ_k) before each step, from the sampler's callback
         with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16):
-            end = sample_dpmpp_2m(model, noise * sigmas[0], sigmas.to(device), extra, disable=True)
+            end = sample_dpmpp_2m(
+                partial(_guided_call, teacher, w),
+                noise * sigmas[0],
+                sigmas.to(device),
+                extra,
+                callback=partial(_keep_state, states),
+                disable=True,
+            )
         arrays = {
             "x": torch.stack(states, 1).numpy(),  # [K, grid, N, C]
             "target": end.float().cpu().numpy(),
@@ -241,6 +247,14 @@ def generate_trajectories(
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
     return out
+
+
+def _guided_call(teacher: Teacher, w: torch.Tensor, x, sigma, **extra) -> torch.Tensor:
+    return teacher.guided(x, sigma, extra, w)
+
+
+def _keep_state(states: list, info: dict) -> None:
+    states.append(info["x"].detach().to(torch.float16).cpu())
 
 
 class TrajectoryDataset(torch.utils.data.Dataset):

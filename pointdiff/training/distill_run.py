@@ -68,8 +68,12 @@ def parse(argv: list[str] | None):
     p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("--data", required=True, help="shard directory (data_tools output)")
     p.add_argument("--run-dir", required=True, help="checkpoints, log.jsonl, config.json go here")
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    p.add_argument("--stop-at", type=int, default=None, help="stop (with a checkpoint) at this step")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the run's latest checkpoint"
+    )
+    p.add_argument(
+        "--stop-at", type=int, default=None, help="stop (with a checkpoint) at this step"
+    )
     p.add_argument(
         "--trajectory-dir",
         default=None,
@@ -190,7 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
         condition = "text_emb"
     diff_cfg = configs.get("diffusion", DiffusionConfig())
     stage = (
-        UpsamplerLoss(diff_cfg, tcfg.num_cond_points, condition) if is_up
+        UpsamplerLoss(diff_cfg, tcfg.num_cond_points, condition)
+        if is_up
         else BaseLoss(diff_cfg, condition)
     )
 
@@ -206,21 +211,39 @@ def main(argv: list[str] | None = None) -> dict:
             raise ValueError(f"{args.teacher} takes no prompt: there is no guidance to distil")
         loss_fn, data = GuidanceDistillLoss(teacher, stage.inputs, weight, w_range), dataset
     elif args.method == "progressive":
-        loss_fn = ProgressiveDistillLoss(teacher, stage.inputs, weight, w_range, dcfg.steps, dcfg.grid)
+        loss_fn = ProgressiveDistillLoss(
+            teacher, stage.inputs, weight, w_range, dcfg.steps, dcfg.grid
+        )
         data = dataset
     else:
         folder = Path(args.trajectory_dir or Path(args.run_dir) / "trajectories")
         generate_trajectories(
-            teacher, dataset, stage.inputs, folder, dcfg.trajectories, dcfg.grid, w_range,
-            seed=train_cfg.seed, rank=dist.rank(), world=dist.world_size(), device=device,
+            teacher,
+            dataset,
+            stage.inputs,
+            folder,
+            dcfg.trajectories,
+            dcfg.grid,
+            w_range,
+            seed=train_cfg.seed,
+            rank=dist.rank(),
+            world=dist.world_size(),
+            device=device,
             bf16=train_cfg.bf16 or device.type == "cuda",
         )
         dist.barrier()
         loss_fn, data = TrajectoryLoss(weight, guided), TrajectoryDataset(folder)
     del teacher_net
     result = train(
-        student, loss_fn, data, train_cfg, args.run_dir, configs=configs, resume=args.resume,
-        device=device, stop_at=args.stop_at,
+        student,
+        loss_fn,
+        data,
+        train_cfg,
+        args.run_dir,
+        configs=configs,
+        resume=args.resume,
+        device=device,
+        stop_at=args.stop_at,
     )
     if pointe is not None and dist.is_main():
         mark_pointe_checkpoints(args.run_dir, pointe)
