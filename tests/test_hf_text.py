@@ -216,3 +216,39 @@ def test_text_tokens_model_starts_as_its_pooled_parent():
         seq(x, t, text_emb=cond[:, 0])
     with pytest.raises(TextEncoderError, match="per-token"):
         text_condition(TextEncoder.from_config("tiny", seed=0).freeze(), ["a chair"], tokens=4)
+
+
+def test_plain_torch_bert_matches_transformers(tiny_bert, tmp_path):
+    """BERTs run in plain torch (``conditioning.bert``; no transformers import): the same token
+    ids and states as transformers' BertModel, on a random BERT and on the bundled MiniLM; a
+    folder without tokenizer.json goes through transformers and embeds the same."""
+    from pointdiff.conditioning.bert import BertEncoder, WordPiece
+
+    prompts = ["a red sofa", "A chair, with a table!", "sofa"]
+    folders = [tiny_bert]
+    if hf_text._bundled_dir(hf_text.MINILM) is not None:
+        folders.append(hf_text._bundled_dir(hf_text.MINILM))
+    for folder in folders:
+        ours = WordPiece(folder, hf_text.MAX_TOKENS)(prompts)
+        auto = transformers.AutoTokenizer.from_pretrained(folder)
+        want = auto(prompts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+        assert torch.equal(ours["input_ids"], want["input_ids"])
+        assert torch.equal(ours["attention_mask"], want["attention_mask"])
+        model = transformers.AutoModel.from_pretrained(folder).eval()
+        with torch.no_grad():
+            ref = model(**want).last_hidden_state
+            got = BertEncoder.load(folder)(ours["input_ids"], ours["attention_mask"])
+        real = ours["attention_mask"].bool()
+        assert (got - ref)[real].abs().max() < 1e-4 * ref[real].abs().max()
+    # without tokenizer.json the folder goes through transformers, and embeds the same
+    source = folders[-1]
+    plain = tmp_path / "no-fast-tokenizer"
+    plain.mkdir()
+    for f in source.iterdir():
+        if f.name != "tokenizer.json":
+            (plain / f.name).symlink_to(f)
+    slow = hf_text.HFTextEncoder.from_name(str(plain))
+    fast = hf_text.HFTextEncoder.from_name(str(source))
+    assert isinstance(fast.model, BertEncoder) and not isinstance(slow.model, BertEncoder)
+    if source != tiny_bert:  # the tiny vocabulary's two tokenizers split words differently
+        torch.testing.assert_close(fast.embed(prompts), slow.embed(prompts), atol=1e-5, rtol=0)

@@ -25,6 +25,7 @@ read (no pickles).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pointdiff.conditioning.bert import BertEncoder, WordPiece
 from pointdiff.conditioning.prompts import check_prompts
 
 ARCH_PREFIX = "hf:"
@@ -104,6 +106,38 @@ def resolve_hf_dir(name: str, download: bool = False) -> Path:
     return path
 
 
+class _HFModel(nn.Module):
+    """A ``transformers`` ``AutoModel`` called as ``BertEncoder`` is: (ids, mask) -> states."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+        self.config = model.config.to_dict()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def _transformers_model(path: Path):
+    """(tokenizer, model) of any other Hugging Face encoder, through ``transformers``."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    # no "weights not initialized" chatter for files without a pooler
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    auto = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True)
+
+    def tokenizer(prompts: list[str]) -> dict[str, torch.Tensor]:
+        tok = auto(
+            prompts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+        )
+        return {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"]}
+
+    return tokenizer, _HFModel(model)
+
+
 class HFTextEncoder(nn.Module):
     """A frozen Hugging Face encoder: ``embed(prompts) -> [B, D]`` pooled, L2-normalised.
 
@@ -115,21 +149,18 @@ class HFTextEncoder(nn.Module):
 
     def __init__(self, name: str, path: Path, sha256: str):
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        # no "weights not initialized" chatter for files without a pooler
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
         self.spec = {"arch": ARCH_PREFIX + name, "pretrained": "sha256:" + sha256}
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            self.model = AutoModel.from_pretrained(
-                path, local_files_only=True, use_safetensors=True
-            )
-        except (OSError, ValueError) as e:
+            config = json.loads((path / "config.json").read_text())
+            if BertEncoder.supports(config) and (path / "tokenizer.json").is_file():
+                # a BERT (MiniLM): plain torch, no transformers import (seconds)
+                self.tokenizer = WordPiece(path, MAX_TOKENS)
+                self.model = BertEncoder.load(path)
+            else:
+                self.tokenizer, self.model = _transformers_model(path)
+        except (OSError, ValueError, KeyError) as e:
             raise HFTextError(f"{path}: cannot load a Hugging Face text model there: {e}") from None
-        self.spec["embed_dim"] = int(self.model.config.hidden_size)
+        self.spec["embed_dim"] = int(self.model.config["hidden_size"])
         self._cache: dict[str, torch.Tensor] = {}
         self.freeze()
 
@@ -168,12 +199,9 @@ class HFTextEncoder(nn.Module):
     def embed_tokens(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """([B, L, D] last hidden states, [B, L] bool mask of real tokens), L = longest prompt."""
         check_prompts(prompts)
-        tok = self.tokenizer(
-            list(prompts), padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
-        )
-        tok = {k: v.to(self._device()) for k, v in tok.items()}
+        tok = {k: v.to(self._device()) for k, v in self.tokenizer(list(prompts)).items()}
         with torch.no_grad():
-            states = self.model(**tok).last_hidden_state.float()
+            states = self.model(tok["input_ids"], tok["attention_mask"]).float()
         return states, tok["attention_mask"].bool()
 
     def embed(self, prompts: list[str], batch_size: int = 64) -> torch.Tensor:
