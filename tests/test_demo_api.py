@@ -289,3 +289,12 @@ def test_the_command_names_a_port_in_use_before_loading_a_model(capsys, tmp_path
         # the checkpoint does not exist: the port is checked first, so it is never read
         assert main(["demo", "--port", str(port), "--checkpoint", str(tmp_path / "no")]) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_the_command_serves_fast_stages_only_where_the_checkpoint_has_them(capsys, tmp_path):
+    from pointdiff.cli import main
+
+    (tmp_path / "pipeline.json").write_text('{"stages": {"base": "base"}}')
+    argv = ["demo", "--port", "0", "--checkpoint", str(tmp_path), "--fast", "--no-download"]
+    assert main(argv) == 2
+    assert "has no distilled stages" in capsys.readouterr().err

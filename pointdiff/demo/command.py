@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -45,6 +46,18 @@ def add_demo_parser(sub) -> None:
         help="local CLIP ViT-L/14 weights for --pointe-dir (default: open_clip's local cache)",
     )
     p.add_argument(
+        "--download",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fetch frozen CLIP weights missing locally (--no-download: fail, naming the file "
+        "to fetch and where to put it)",
+    )
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="serve the checkpoint's distilled stages (pointdiff sample --fast)",
+    )
+    p.add_argument(
         "--queue",
         type=number_parser(int, 1, 1000),
         default=8,
@@ -72,11 +85,14 @@ def run_demo(args) -> int:
         device, bf16 = device_and_bf16(args)
         if args.pointe_dir:
             pipe = load_pointe_pipeline(
-                args.pointe_dir, clip_weights=args.clip_weights, device=device
+                args.pointe_dir,
+                clip_weights=args.clip_weights,
+                device=device,
+                download=args.download,
             )
             name = f"Point-E ({args.pointe_dir})"
         else:
-            pipe = load_pipeline(args.checkpoint, device)
+            pipe = load_pipeline(args.checkpoint, device, download=args.download, fast=args.fast)
             name = Path(args.checkpoint).name
         app = DemoApp(pipe, bf16=bf16, max_waiting=args.queue, name=name)
         server.RequestHandlerClass.app = app
