@@ -179,10 +179,9 @@ def bench_binvox() -> None:
 
 
 def _cpu_name() -> str:
-    import subprocess
+    from pointdiff.precision import cpu_name
 
-    lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Model name")), "?")
+    model = cpu_name()
     cpus = len(os.sched_getaffinity(0))
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return f"{model}, {cpus} CPUs, {torch.backends.cpu.get_cpu_capability()}, load avg {load}"

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pointdiff import precision
 from pointdiff.data import ShardReader
 from pointdiff.evaluation.alignment import category_r_precision
 from pointdiff.evaluation.classifier import load_classifier
@@ -67,15 +67,9 @@ def calls_per_sample(stage, sampler: str, steps: int, guidance: float) -> int:
 
 
 def cpu_name() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, torch {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"
+    """The CPU, torch's kernels and threads: what a timing in the table depends on."""
+    cap, threads = torch.backends.cpu.get_cpu_capability(), torch.get_num_threads()
+    return f"{precision.cpu_name()}, torch {cap}, {threads} threads"
 
 
 def main() -> None:

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
-import subprocess
 import sys
 import time
 import types
@@ -91,14 +89,9 @@ BF16 = lambda: torch.autocast("cpu", torch.bfloat16)  # noqa: E731
 
 
 def _cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    from pointdiff.precision import cpu_name
+
+    return cpu_name()
 
 
 def _timed(fn):

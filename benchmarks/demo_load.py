@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import signal
 import subprocess
@@ -31,12 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cpu_name() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        name = re.search(r"^model name\s*:\s*(.+)$", text, re.M)[1].strip()
-    except (OSError, TypeError):
-        name = platform.processor() or "unknown CPU"
-    return f"{name}, {len(os.sched_getaffinity(0))} cores"
+    from pointdiff.precision import cpu_name
+
+    return f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores"
 
 
 def _proc_kib(pid: int, field: str) -> int:

@@ -102,3 +102,12 @@ def test_cuda_auto_is_bf16_and_autocast_runs_a_denoiser_in_bf16():
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         out = net(x, sigma, text_emb=torch.randn(2, cfg.cond_dim, device="cuda"))
     assert out.shape == x.shape and torch.isfinite(out.float()).all()
+
+
+def test_cpu_name_reads_the_model_name_line(tmp_path):
+    from pointdiff.precision import cpu_name
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Example CPU 9000\nflags\t\t: avx2\n")
+    assert cpu_name(info) == "Example CPU 9000"
+    assert cpu_name(tmp_path / "missing")  # the platform's name, never empty
