@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from pointdiff.checkpoint import init_from_checkpoint, load_model
+from pointdiff.checkpoint import load_model
 from pointdiff.config import (
     DiffusionConfig,
     DistillConfig,
@@ -107,6 +107,11 @@ def load_teacher(path: str | Path, device) -> tuple[Teacher, torch.nn.Module, di
     cfg = configs["model"]
     if cfg.kind not in ("denoiser", "upsampler"):
         raise ValueError(f"--teacher {path} holds a {cfg.kind}; distil a denoiser or upsampler")
+    if cfg.kind == "denoiser" and cfg.grid_tokens > 0:
+        raise ValueError(
+            f"--teacher {path} is an image-grid model: distilling it needs CLIP image grids in "
+            "the data, which the shards do not hold; distil a text model (base40M-textvec)"
+        )
     info = pointe_info(path)
     if info is not None:
         denoiser = DiscreteEpsDenoiser(net, ALPHAS_CUMPROD[info["schedule"]]())
@@ -115,11 +120,6 @@ def load_teacher(path: str | Path, device) -> tuple[Teacher, torch.nn.Module, di
         dcfg = configs.get("diffusion", DiffusionConfig())
         denoiser = KarrasDenoiser(net, dcfg.sigma_data)
         grid = (dcfg.sigma_min, dcfg.sigma_max, dcfg.rho)
-    if cfg.kind == "denoiser" and cfg.grid_tokens > 0:
-        raise ValueError(
-            f"--teacher {path} is an image-grid model: distilling it needs CLIP image grids in "
-            "the data, which the shards do not hold; distil a text model (base40M-textvec)"
-        )
     # an upsampler with image-grid tokens is point-e's: in the text pipeline they stay zero and
     # it takes no prompt, as here
     cond_key = "text_emb" if cfg.cond_dim > 0 else None
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
         else BaseLoss(diff_cfg, condition)
     )
 
-    student = _build_student(model_cfg, teacher, args.teacher, pointe)
+    student = _build_student(model_cfg, teacher, teacher_net)
     weight = lambda sigma: loss_weight(student, sigma)  # noqa: E731 - the student's wrapper
     w_range = (dcfg.guidance_min, dcfg.guidance_max)
     dist.print0(
@@ -233,7 +233,6 @@ def main(argv: list[str] | None = None) -> dict:
         )
         dist.barrier()
         loss_fn, data = TrajectoryLoss(weight, guided), TrajectoryDataset(folder)
-    del teacher_net
     result = train(
         student,
         loss_fn,
@@ -256,10 +255,13 @@ def _text_encoder(cfg: TextConfig, clip_weights):
     return TextEncoder.from_text_config(cfg, None, clip_weights, True).eval()
 
 
-def _build_student(model_cfg, teacher: Teacher, path, pointe) -> torch.nn.Module:
-    """The teacher's network (its EMA weights) with ``model_cfg``, in the teacher's wrapper."""
+def _build_student(model_cfg, teacher: Teacher, teacher_net) -> torch.nn.Module:
+    """The teacher's network (its loaded EMA weights; the guidance layers of a new student keep
+    their zero init) with ``model_cfg``, in the teacher's wrapper."""
     net = build_model(model_cfg)
-    init_from_checkpoint(net, path, keep_missing=("guidance_proj.", "guidance_out."))
+    state = net.state_dict()
+    state.update({k: v.float() for k, v in teacher_net.state_dict().items()})
+    net.load_state_dict(state)
     inner = teacher.denoiser
     if isinstance(inner, DiscreteEpsDenoiser):
         return DiscreteEpsDenoiser(net, inner.alphas_cumprod)
