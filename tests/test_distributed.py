@@ -40,6 +40,13 @@ from pointdiff.data import PointCloudDataset
 from pointdiff.conditioning.text import TextEncoder
 from pointdiff.training.loop import train
 from pointdiff.training.objectives import BaseLoss, TextConditioned, build_diffusion_model
+from pointdiff.training import run_dir
+
+write, write_sleep = run_dir._write_checkpoint, float(os.environ.get("WRITE_SLEEP", 0))
+def slow_write(*args, **kwargs):  # a slow disk: the background write is still going on
+    time.sleep(write_sleep)
+    return write(*args, **kwargs)
+run_dir._write_checkpoint = slow_write
 
 shards, run, out, batch, accum, kill_at, resume = sys.argv[1:8]
 fsdp = sys.argv[8:] == ["fsdp"]
@@ -121,8 +128,11 @@ def test_torchrun_two_ranks_match_one_process_and_resume_after_a_kill(shards, tm
     # reference: 1 process, batch 2 x grad_accum 2 = global batch 4
     r = _run([str(shards), str(one / "run"), str(one), "2", "2", "0", "0"], 1, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    # 2 ranks x batch 2: killed on rank 1 after step 5 (checkpoint at 4), then resumed
-    r = _run([str(shards), str(two / "run"), str(two), "2", "1", "5", "0"], 2, tmp_path)
+    # 2 ranks x batch 2: killed on rank 1 after step 5 (checkpoint at 4), then resumed. The
+    # checkpoint of step 4 is still being written when rank 1 dies (a slow disk): rank 0, told
+    # to stop by torchrun's SIGTERM, finishes that write before it exits
+    args = [str(shards), str(two / "run"), str(two), "2", "1", "5", "0"]
+    r = _run(args, 2, tmp_path, WRITE_SLEEP="3")
     assert r.returncode != 0 and not (two / "final-rank0.safetensors").exists()
     assert json.loads((two / "run" / "latest.json").read_text())["step"] == 4
     killed_step5 = _seen(two, 1)[5]

@@ -142,8 +142,12 @@ def train(
                 dist.print0(f"{stopped}: stopped after step {step} (checkpoint written); --resume")
                 break
     finally:
-        stop.restore()
-        batches.close()  # shuts the DataLoader workers down
-        bar.close()
-        run.close()
+        try:
+            # wait for a checkpoint still being written while a SIGTERM is only recorded: a
+            # failed rank makes torchrun SIGTERM the others, and the write in flight must land
+            run.close()
+        finally:
+            stop.restore()
+            batches.close()  # shuts the DataLoader workers down
+            bar.close()
     return {"step": step, "loss": last_loss, "checkpoint": run.latest(), "stopped": stopped}
