@@ -107,6 +107,44 @@ def render_grid(
     return sheet
 
 
+def shade_surface(
+    verts: np.ndarray,
+    faces: np.ndarray,
+    colors: np.ndarray | None,
+    samples: int,
+    light: np.ndarray,
+    ambient: float,
+    diffuse: float,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Area-weighted samples of a triangle mesh's surface, shaded two-sided Lambert.
+
+    Each sample's colour is the barycentric blend of its face's vertex colours (grey when
+    ``colors`` is None) times ``ambient + diffuse·|n·l|``: generated meshes need not have a
+    consistent winding. :param verts: [V, 3]. :param faces: [F, 3] int, at least one.
+    :param colors: [V, 3] in [0, 1]. :param light: [3], any length.
+    :return: points [samples, 3] and colours [samples, 3] in [0, 1] (float64).
+    """
+    verts = np.asarray(verts, dtype=np.float64)
+    faces = np.asarray(faces, dtype=np.int64)
+    colors = np.full_like(verts, 0.7) if colors is None else np.asarray(colors, dtype=np.float64)
+    tri = verts[faces]  # [F, 3, 3]
+    normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    area = np.linalg.norm(normal, axis=1)
+    normal = normal / np.maximum(area[:, None], 1e-12)
+    g = np.random.default_rng(seed)
+    f = g.choice(len(faces), size=samples, p=area / area.sum())
+    u, v = g.random(samples), g.random(samples)
+    flip = u + v > 1  # fold the unit square onto the triangle: uniform barycentric samples
+    u[flip], v[flip] = 1 - u[flip], 1 - v[flip]
+    w = np.stack([1 - u - v, u, v], axis=1)[:, :, None]
+    pts = (tri[f] * w).sum(1)
+    col = (colors[faces[f]] * w).sum(1)
+    light = np.asarray(light, dtype=np.float64) / np.linalg.norm(light)
+    col = col * (ambient + diffuse * np.abs(normal[f] @ light))[:, None]
+    return pts, np.clip(col, 0.0, 1.0)
+
+
 def render_mesh_views(
     verts: np.ndarray,
     faces: np.ndarray,
@@ -120,28 +158,11 @@ def render_mesh_views(
 
     :param verts: [V, 3]; faces: [F, 3] int; colors: [V, 3] in [0, 1] (grey when None).
     """
-    verts = np.asarray(verts, dtype=np.float64)
-    faces = np.asarray(faces, dtype=np.int64)
     if len(faces) == 0:
         raise ValueError("mesh has no faces to render")
-    colors = np.full_like(verts, 0.7) if colors is None else np.asarray(colors, dtype=np.float64)
-    tri = verts[faces]  # [F, 3, 3]
-    normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    area = np.linalg.norm(normal, axis=1)
-    normal = normal / np.maximum(area[:, None], 1e-12)
-    g = np.random.default_rng(seed)
-    f = g.choice(len(faces), size=samples, p=area / area.sum())
-    u, v = g.random(samples), g.random(samples)
-    flip = u + v > 1
-    u[flip], v[flip] = 1 - u[flip], 1 - v[flip]
-    w = np.stack([1 - u - v, u, v], axis=1)[:, :, None]
-    pts = (tri[f] * w).sum(1)
-    col = (colors[faces[f]] * w).sum(1)
     light = np.array([0.4, -0.5, 0.77])
-    light /= np.linalg.norm(light)
-    # two-sided Lambert: generated meshes need not have consistent winding
-    col = col * (0.45 + 0.55 * np.abs(normal[f] @ light))[:, None]
-    cloud = PointCloud(pts.astype(np.float32), np.clip(col, 0, 1).astype(np.float32))
+    pts, col = shade_surface(verts, faces, colors, samples, light, 0.45, 0.55, seed)
+    cloud = PointCloud(pts.astype(np.float32), col.astype(np.float32))
     tiles = [
         render_cloud(
             cloud, azimuth=30.0 + 360.0 * i / views, size=size, point_radius=1, shade=False

@@ -44,8 +44,9 @@ ALLOWED: dict[str, set[str] | None] = {
     | {"precision"},
     "compat": BASE
     | {"diffusion", "models", "conditioning", "checkpoint", "pipeline", "meshing", "nerf"},
-    # rendering implicit fields (NeRF volume rendering, STF meshes): takes callables, not models
-    "nerf": {"config", "atomic", "colours", "pointcloud", "meshing"},
+    # rendering implicit fields (NeRF volume rendering, STF meshes): takes callables, not models;
+    # its mesh turntables shade surface samples as render's previews do
+    "nerf": {"config", "atomic", "colours", "pointcloud", "meshing", "render"},
     # entry points
     "outputs": ANYTHING,
     "release": ANYTHING,

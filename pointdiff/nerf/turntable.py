@@ -19,6 +19,7 @@ from PIL import Image
 from pointdiff.atomic import write_bytes_atomic
 from pointdiff.meshing import TriMesh
 from pointdiff.nerf.cameras import Cameras
+from pointdiff.render import shade_surface
 
 _LIGHT = np.array([0.0939, -0.6395, -0.7630])  # Shap-E's STF light direction (world, z-up)
 _AMBIENT, _DIFFUSE = 0.3, 0.7  # Shap-E's STF shading
@@ -39,30 +40,14 @@ def render_mesh_views(
     appear where a surface is seen at grazing angles. :return: [V, H, W, 3] in [0, 1].
     """
     h, w = cams.height, cams.width
-    verts = np.asarray(mesh.verts, dtype=np.float64)
-    faces = np.asarray(mesh.faces, dtype=np.int64)
-    colors = np.full_like(verts, 0.7) if mesh.colors is None else np.asarray(mesh.colors)
     out = np.empty((len(cams.origin), h, w, 3))
     out[:] = background
-    if len(faces) == 0:
+    if len(mesh.faces) == 0:
         return out
-    tri = verts[faces]  # [F, 3, 3]
-    normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    area = np.linalg.norm(normal, axis=1)
-    normal = normal / np.maximum(area[:, None], 1e-12)
-    g = np.random.default_rng(seed)
     n = int(samples_per_pixel * h * w)
-    f = g.choice(len(faces), size=n, p=area / area.sum())
-    u, v = g.random(n), g.random(n)
-    flip = u + v > 1
-    u[flip], v[flip] = 1 - u[flip], 1 - v[flip]
-    bary = np.stack([1 - u - v, u, v], axis=1)[:, :, None]
-    pts = (tri[f] * bary).sum(1)
-    light = _LIGHT / np.linalg.norm(_LIGHT)
-    col = (colors[faces[f]] * bary).sum(1) * (_AMBIENT + _DIFFUSE * np.abs(normal[f] @ light))[
-        :, None
-    ]
-    col = np.clip(col, 0.0, 1.0)
+    pts, col = shade_surface(
+        mesh.verts, mesh.faces, mesh.colors, n, _LIGHT, _AMBIENT, _DIFFUSE, seed
+    )
 
     axes = [t.detach().cpu().double().numpy() for t in (cams.origin, cams.x, cams.y, cams.z)]
     scale = np.array([math.tan(cams.x_fov / 2), math.tan(cams.y_fov / 2)])
