@@ -43,11 +43,10 @@ from pointdiff.training.distill import (
     generate_trajectories,
     loss_weight,
 )
-from pointdiff.training.loop import train
 from pointdiff.training.objectives import BaseLoss, UpsamplerLoss
-from pointdiff.training.pointe_objective import mark_pointe_checkpoints, pointe_info
+from pointdiff.training.pointe_objective import pointe_info
 from pointdiff.training.preemption import run_script
-from pointdiff.training.run import build_text, route_overrides
+from pointdiff.training.run import add_run_args, build_text, route_overrides, train_run
 from pointdiff.training.text_cache import cache_dir_for, set_text_table
 
 #: point-e's text models read CLIP ViT-L/14 text vectors
@@ -66,14 +65,7 @@ def parse(argv: list[str] | None):
     )
     p.add_argument("--teacher", required=True, help="teacher model directory, checkpoint or run")
     p.add_argument("--method", required=True, choices=METHODS)
-    p.add_argument("--data", required=True, help="shard directory (data_tools output)")
-    p.add_argument("--run-dir", required=True, help="checkpoints, log.jsonl, config.json go here")
-    p.add_argument(
-        "--resume", action="store_true", help="continue from the run's latest checkpoint"
-    )
-    p.add_argument(
-        "--stop-at", type=int, default=None, help="stop (with a checkpoint) at this step"
-    )
+    add_run_args(p)
     p.add_argument(
         "--trajectory-dir",
         default=None,
@@ -233,20 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         dist.barrier()
         loss_fn, data = TrajectoryLoss(weight, guided), TrajectoryDataset(folder)
-    result = train(
-        student,
-        loss_fn,
-        data,
-        train_cfg,
-        args.run_dir,
-        configs=configs,
-        resume=args.resume,
-        device=device,
-        stop_at=args.stop_at,
-    )
-    if pointe is not None and dist.is_main():
-        mark_pointe_checkpoints(args.run_dir, pointe)
-    return result
+    return train_run(args, student, loss_fn, data, configs, device, pointe)
 
 
 def _text_encoder(cfg: TextConfig, clip_weights):

@@ -115,6 +115,39 @@ def build_text(spec: str, clip_weights: str | None, download: bool, freeze: bool
     return load_frozen_clip(arch, tag or "openai", clip_weights, download)
 
 
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """The options of every diffusion training command (this one and ``distill_run``): the data,
+    the run directory, resuming and stopping (``train_run`` hands them to the loop)."""
+    p.add_argument("--data", required=True, help="shard directory (data_tools output)")
+    p.add_argument("--run-dir", required=True, help="checkpoints, log.jsonl, config.json go here")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the run's latest checkpoint"
+    )
+    p.add_argument(
+        "--stop-at", type=int, default=None, help="stop (with a checkpoint) at this step"
+    )
+
+
+def train_run(args, model, loss_fn, data, configs: dict, device, pointe: dict | None) -> dict:
+    """``training.loop.train`` with ``configs["train"]`` into ``--run-dir`` (``--resume``,
+    ``--stop-at``); a point-e run's checkpoints then describe themselves as the converted model
+    (``pointe``: its ``pointe_objective`` record, or None)."""
+    result = train(
+        model,
+        loss_fn,
+        data,
+        configs["train"],
+        args.run_dir,
+        configs=configs,
+        resume=args.resume,
+        device=device,
+        stop_at=args.stop_at,
+    )
+    if pointe is not None and dist.is_main():
+        mark_pointe_checkpoints(args.run_dir, pointe)
+    return result
+
+
 def parse(stage: str, argv: list[str] | None):
     kind, preset = STAGES[stage]
     p = argparse.ArgumentParser(
@@ -128,14 +161,7 @@ def parse(stage: str, argv: list[str] | None):
         default=None,
         help=f"model preset (default {preset}; a point-e --init-from brings its own)",
     )
-    p.add_argument("--data", required=True, help="shard directory (data_tools output)")
-    p.add_argument("--run-dir", required=True, help="checkpoints, log.jsonl, config.json go here")
-    p.add_argument(
-        "--resume", action="store_true", help="continue from the run's latest checkpoint"
-    )
-    p.add_argument(
-        "--stop-at", type=int, default=None, help="stop (with a checkpoint) at this step"
-    )
+    add_run_args(p)
     p.add_argument(
         "--text",
         default=None,
@@ -248,20 +274,7 @@ def main(stage: str, argv: list[str] | None = None) -> dict:
         loss_fn = BaseLoss(diff_cfg, condition)
     else:
         loss_fn = UpsamplerLoss(diff_cfg, model_cfg.num_cond_points, condition)
-    result = train(
-        model,
-        loss_fn,
-        dataset,
-        train_cfg,
-        args.run_dir,
-        configs=configs,
-        resume=args.resume,
-        device=device,
-        stop_at=args.stop_at,
-    )
-    if pointe and dist.is_main():  # its checkpoints describe themselves as the converted model
-        mark_pointe_checkpoints(args.run_dir, pointe)
-    return result
+    return train_run(args, model, loss_fn, dataset, configs, device, pointe)
 
 
 def _init_from(path: Path, model, text, dataset) -> None:
