@@ -13,6 +13,14 @@ from __future__ import annotations
 import torch
 
 
+def _karras_ramp(u: torch.Tensor, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
+    """σ at positions ``u`` in [0, 1] along the Karras ramp (EDM eq. 5 with i/(n−1) = u):
+    (σ_max^(1/ρ) + u · (σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ, σ_max at 0 and σ_min at 1; u's shape."""
+    min_inv_rho = sigma_min ** (1 / rho)
+    max_inv_rho = sigma_max ** (1 / rho)
+    return (max_inv_rho + u * (min_inv_rho - max_inv_rho)) ** rho
+
+
 def get_sigmas_karras(
     n: int,
     sigma_min: float,
@@ -37,10 +45,7 @@ def get_sigmas_karras(
         raise ValueError(f"get_sigmas_karras needs n >= 1 steps, got {n}")
     if not 0 < sigma_min <= sigma_max:
         raise ValueError(f"need 0 < sigma_min <= sigma_max, got {sigma_min}, {sigma_max}")
-    ramp = torch.linspace(0, 1, n)
-    min_inv_rho = sigma_min ** (1 / rho)
-    max_inv_rho = sigma_max ** (1 / rho)
-    sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+    sigmas = _karras_ramp(torch.linspace(0, 1, n), sigma_min, sigma_max, rho)
     return torch.cat([sigmas, sigmas.new_zeros([1])]).to(device)
 
 
@@ -78,9 +83,7 @@ def sample_grid_sigmas(
     :param batch: number of σ values B (drawn from torch's global RNG).
     :return: [B] float32 tensor of σ in [σ_min, σ_max].
     """
-    u = torch.rand(batch, device=device)
-    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return (hi + u * (lo - hi)) ** rho
+    return _karras_ramp(torch.rand(batch, device=device), sigma_min, sigma_max, rho)
 
 
 def sample_train_sigmas(
