@@ -256,12 +256,18 @@ def _counting(stage):
     return calls
 
 
+def _distil(teacher, method: str, run_dir, *extra: str) -> dict:
+    """``train/distill.py`` in this process: a ``method`` student of ``teacher`` in ``run_dir``."""
+    from pointdiff.training.distill_run import main
+
+    return main(["--teacher", str(teacher), "--method", method, "--run-dir", str(run_dir), *extra])
+
+
 def test_distil_command_line_ships_a_fast_pipeline(shards, tmp_path):
     from pointdiff.checkpoint import load_configs
     from pointdiff.cli import main as pointdiff_main
     from pointdiff.pipeline import load_pipeline
     from pointdiff.release import add_fast_stages, export_pipeline
-    from pointdiff.training.distill_run import main as distil
     from pointdiff.training.run import main as train_base
 
     common = "--batch_size=2 --max_steps=2 --ckpt_every=1 --warmup_steps=1 --log_every=1"
@@ -281,76 +287,24 @@ def test_distil_command_line_ships_a_fast_pipeline(shards, tmp_path):
     )
     guided = tmp_path / "guided"
     args = ["--data", str(shards), *common.split()]
-    out = distil(
-        ["--teacher", str(teacher), "--method", "guidance", "--run-dir", str(guided), *args]
-    )
+    out = _distil(teacher, "guidance", guided, *args)
     assert out["step"] == 2
     configs = load_configs(guided)
     assert configs["model"].guidance_embed and configs["model"].cond_drop_prob == 0
     assert configs["distill"].method == "guidance" and configs["text"].arch == "words-32"
     # resumable as every run: two more steps continue the same run
     more = [a.replace("--max_steps=2", "--max_steps=4") for a in args]
-    assert (
-        distil(
-            [
-                "--teacher",
-                str(teacher),
-                "--method",
-                "guidance",
-                "--run-dir",
-                str(guided),
-                *more,
-                "--resume",
-            ]
-        )["step"]
-        == 4
-    )
+    assert _distil(teacher, "guidance", guided, *more, "--resume")["step"] == 4
 
     pd = tmp_path / "pd"
-    distil(
-        [
-            "--teacher",
-            str(guided),
-            "--method",
-            "progressive",
-            "--run-dir",
-            str(pd),
-            *args,
-            "--steps=1",
-            "--grid=2",
-        ]
-    )
+    _distil(guided, "progressive", pd, *args, "--steps=1", "--grid=2")
     sample = load_configs(pd)["sample"]
     assert (sample.sampler, sample.steps, sample.grid) == ("euler", 1, 2)
     traj = tmp_path / "traj"
-    distil(
-        [
-            "--teacher",
-            str(guided),
-            "--method",
-            "trajectory",
-            "--run-dir",
-            str(traj),
-            *args,
-            "--trajectories=5",
-            "--steps=2",
-            "--grid=4",
-        ]
-    )
+    _distil(guided, "trajectory", traj, *args, "--trajectories=5", "--steps=2", "--grid=4")
     assert len(list((traj / "trajectories").glob("traj-*.npz"))) == 1
     with pytest.raises(ValueError, match="must be a multiple of --steps=3"):
-        distil(
-            [
-                "--teacher",
-                str(guided),
-                "--method",
-                "progressive",
-                "--run-dir",
-                str(tmp_path / "bad"),
-                *args,
-                "--steps=3",
-            ]
-        )
+        _distil(guided, "progressive", tmp_path / "bad", *args, "--steps=3")
 
     shipped = export_pipeline(tmp_path / "ship", teacher, sample=SampleConfig(steps=4))
     add_fast_stages(shipped, {"base": traj})
@@ -393,7 +347,6 @@ def test_a_converted_pointe_model_distils_with_the_same_command(
     from pointdiff.conditioning.words import WordEncoder
     from pointdiff.config import UpsamplerConfig
     from pointdiff.diffusion.discrete import DiscreteEpsDenoiser
-    from pointdiff.training.distill_run import main as distil
     from pointdiff.training.pointe_objective import pointe_info
 
     cfgs = {
@@ -422,62 +375,23 @@ def test_a_converted_pointe_model_distils_with_the_same_command(
         save_converted(conv / f"{name}.pt", name, conv / name, **over[name])
     common = ["--data", str(shards), *"--batch_size=2 --max_steps=2 --warmup_steps=1".split()]
     g = tmp_path / "g"
-    distil(
-        [
-            "--teacher",
-            str(conv / "base40M-textvec"),
-            "--method",
-            "guidance",
-            "--run-dir",
-            str(g),
-            "--text",
-            "words-32",
-            *common,
-        ]
-    )
+    _distil(conv / "base40M-textvec", "guidance", g, "--text", "words-32", *common)
     fast_base = tmp_path / "fb"
-    distil(
-        [
-            "--teacher",
-            str(g),
-            "--method",
-            "progressive",
-            "--run-dir",
-            str(fast_base),
-            "--steps=2",
-            "--grid=4",
-            *common,
-        ]
-    )
+    _distil(g, "progressive", fast_base, "--steps=2", "--grid=4", *common)
     fast_up = tmp_path / "fu"
-    distil(
-        [
-            "--teacher",
-            str(conv / "upsample"),
-            "--method",
-            "trajectory",
-            "--run-dir",
-            str(fast_up),
-            "--steps=1",
-            "--grid=2",
-            "--trajectories=3",
-            *common,
-        ]
+    _distil(
+        conv / "upsample",
+        "trajectory",
+        fast_up,
+        "--steps=1",
+        "--grid=2",
+        "--trajectories=3",
+        *common,
     )
     assert pointe_info(fast_base)["schedule"] == "cosine"
     assert pointe_info(fast_up)["schedule"] == "linear"
     with pytest.raises(ValueError, match="no guidance to distil"):
-        distil(
-            [
-                "--teacher",
-                str(conv / "upsample"),
-                "--method",
-                "guidance",
-                "--run-dir",
-                str(tmp_path / "x"),
-                *common,
-            ]
-        )
+        _distil(conv / "upsample", "guidance", tmp_path / "x", *common)
 
     pe = tmp_path / "pe"
     pe.mkdir()
