@@ -1,9 +1,11 @@
 """pointdiff.nerf against Shap-E's own renderer: a seeded NeRF render of a tiny random decoder
-and its STF mesh (tests/data/shape_fixtures/shape_decoder.npz), plus a property check."""
+and its STF mesh (tests/data/shape_fixtures/shape_decoder.npz); the coarse-to-fine grid gives the
+dense grid's mesh, and misses what its band cannot see; a property check."""
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from scipy.spatial import cKDTree
 
@@ -64,3 +66,57 @@ def test_stf_sphere_radius():
     mesh = extract_mesh(lambda q: 0.5 - q.norm(dim=-1), grid_size=33, shrink=False)
     r = np.linalg.norm(mesh.verts, axis=1)
     assert np.abs(r - 0.5).max() < 2 / 32
+
+
+def _smooth_tiny_field():
+    """The fixture decoder in float64 with its high encoding frequencies damped (4^-k), as a
+    trained field's are: an object-like surface, and values that do not depend on the batch
+    (float32 GEMMs round differently with the batch's size; float64 hides that)."""
+    _, model, params = _decoder()
+    model = model.double()
+    k = (torch.arange(93) - 3).clamp(min=0).remainder(45).div(3, rounding_mode="floor")
+    params = [w.double() for w in params]
+    params[0] = params[0] * 0.25 ** k.double()
+    calls = []
+
+    def out(q, key):
+        calls.append(len(q))
+        return decode_outputs(model.query(q.double()[None], params))[key][0]
+
+    return (lambda q: out(q, "sdf")), (lambda q: out(q, "texture")), calls
+
+
+@pytest.mark.parametrize("stride, band", [(8, 1.5), (4, 1.5), (8, 0.5)])
+def test_stf_coarse_to_fine_is_the_dense_mesh(stride, band):
+    sdf, texture, calls = _smooth_tiny_field()
+    dense = extract_mesh(sdf, texture, grid_size=48, coarse_stride=1)
+    dense_queries = sum(calls)
+    calls.clear()
+    mesh = extract_mesh(sdf, texture, grid_size=48, coarse_stride=stride, band=band)
+    assert len(mesh.faces) > 1000
+    np.testing.assert_array_equal(mesh.verts, dense.verts)
+    np.testing.assert_array_equal(mesh.faces, dense.faces)
+    np.testing.assert_array_equal(mesh.colors, dense.colors)
+    if stride == 8:
+        # the SDF queries (colours are queried at the vertices either way)
+        assert sum(calls) - len(mesh.verts) < dense_queries - len(dense.verts)
+
+
+def test_stf_coarse_to_fine_misses_a_spike_between_coarse_samples():
+    # a sphere (slope 1) and a narrow bump (slope ~30) that pokes above zero away from it:
+    # no sample of the stride-8 lattice comes near the bump, so the band never reaches it
+    centre = torch.tensor([0.7, 0.7, 0.7])
+
+    def sdf(q):
+        bump = 1.2 * torch.exp(-((q - centre) ** 2).sum(-1) / (2 * 0.03**2))
+        return 0.4 - q.norm(dim=-1) + bump
+
+    dense = extract_mesh(sdf, grid_size=65, shrink=False, coarse_stride=1)
+    coarse = extract_mesh(sdf, grid_size=65, shrink=False, coarse_stride=8)
+
+    def near_bump(mesh):
+        return (np.linalg.norm(mesh.verts - centre.numpy(), axis=1) < 0.1).sum()
+
+    assert near_bump(dense) > 0 and near_bump(coarse) == 0
+    # away from the bump both meshes are the same sphere
+    assert len(coarse.verts) == len(dense.verts) - near_bump(dense)

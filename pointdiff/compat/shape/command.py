@@ -151,6 +151,13 @@ def add_shape_sample_args(p: argparse.ArgumentParser) -> None:
         help="turntable of the mesh (stf, fast) or NeRF volume rendering of the field (nerf: "
         "192 network queries per pixel, minutes on a CPU) (default stf)",
     )
+    g.add_argument(
+        "--dense-grid",
+        action="store_true",
+        help="evaluate the SDF on every grid sample, as Shap-E does (default: coarse-to-fine, "
+        "the same mesh unless a feature thinner than 8 voxels changes far faster than the field "
+        "does between coarse samples; see pointdiff.nerf.stf)",
+    )
     g.add_argument("--render-size", type=int, default=128, help="turntable pixels (default 128)")
     g.add_argument("--render-views", type=int, default=20, help="pan camera views (default 20)")
     g.add_argument(
@@ -238,7 +245,10 @@ def _write_sample(folder: Path, prompt: str, latent, decoder, cams, args) -> Non
     (folder / "prompt.txt").write_text(prompt + "\n")
     fields = decoder.fields(decoder.latent_to_params(latent[None]))
     try:
-        mesh = extract_mesh(fields.sdf, fields.texture, grid_size=args.grid_size)
+        stride = 1 if args.dense_grid else 8
+        mesh = extract_mesh(
+            fields.sdf, fields.texture, grid_size=args.grid_size, coarse_stride=stride
+        )
     except NoSurfaceError:  # Shap-E returns a 3-vertex placeholder here; we say so instead
         mesh = None
         print(f"warning: {folder.name}: the SDF is nowhere inside; no mesh", file=sys.stderr)
