@@ -20,6 +20,7 @@ from pointdiff.compat.shape import (
     load_shape,
 )
 from pointdiff.compat.shape.convert import build_shape_model
+from pointdiff.compat.shape.transformer import cast_linears
 
 DATA = Path(__file__).parent / "data"
 FIX = DATA / "shape_fixtures"
@@ -99,6 +100,21 @@ def test_latent_denoiser_matches_shape_e(kind, heads):
     out = model(torch.from_numpy(f["x"]).view(3, 32, 16), torch.from_numpy(f["t"]), cond)
     flat = torch.cat([out[..., :16].flatten(1), out[..., 16:].flatten(1)], dim=1)  # [x̂0 | v]
     _close(flat, f["out"])
+
+
+def test_latent_denoiser_bf16_weights_cast_once_give_autocast_output():
+    f, sd = _fixture("text")
+    cond = torch.from_numpy(f["cond"])
+    model = LatentDenoiser(LatentDenoiserConfig("text", 32, 16, 32, 2, 2, cond.shape[1]))
+    model.load_state_dict({k.removeprefix("wrapped."): v for k, v in sd.items()})
+    x, t = torch.from_numpy(f["x"]).view(3, 32, 16), torch.from_numpy(f["t"])
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        full = model(x, t, cond)
+        cast_linears(model)
+        x0 = model(x, t, cond, variance=False)
+    assert model.backbone.resblocks[0].ln_1.weight.dtype == torch.float32
+    assert x0.shape == (3, 32, 16)
+    torch.testing.assert_close(x0, full[..., :16], rtol=0, atol=0)
 
 
 def test_convert_shape_roundtrip(tmp_path):

@@ -33,6 +33,7 @@ from pointdiff.compat.shape.convert import (
     load_shape_state_dict,
 )
 from pointdiff.compat.shape.sample import GUIDANCE, sample_latents
+from pointdiff.compat.shape.transformer import cast_linears
 from pointdiff.meshing import NoSurfaceError
 from pointdiff.nerf import extract_mesh, pan_cameras, render_views
 from pointdiff.nerf.turntable import render_mesh_views, save_turntable
@@ -215,11 +216,10 @@ def run_shape_sample(args, device: str, bf16: bool) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cams = pan_cameras(args.render_size, args.render_views, device=device)
-    autocast = (
-        torch.autocast(torch.device(device).type, torch.bfloat16)
-        if bf16
-        else contextlib.nullcontext()
-    )
+    autocast = contextlib.nullcontext()
+    if bf16:  # the linear weights cast once instead of by autocast on every call (same output)
+        autocast = torch.autocast(torch.device(device).type, torch.bfloat16)
+        cast_linears(denoiser)
     n = args.num_samples
     for i, (prompt, c) in enumerate((p, c) for p, c in zip(prompts, cond, strict=True)):
         gen = torch.Generator(device).manual_seed(args.seed + i)  # one seed per prompt

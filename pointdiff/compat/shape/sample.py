@@ -42,7 +42,7 @@ class LatentKarrasDenoiser(nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         t = self._bridge.sigma_to_t(sigma).long()
         c_in = (1.0 / (sigma**2 + 1) ** 0.5).reshape(-1, 1, 1).to(x.dtype)
-        return self.net(x * c_in, t, cond)[..., : x.shape[-1]]
+        return self.net(x * c_in, t, cond, variance=False)
 
 
 def guided_denoiser(net: LatentDenoiser, guidance_scale: float | None = None):

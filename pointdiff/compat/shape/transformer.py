@@ -132,7 +132,10 @@ class LatentDenoiser(nn.Module):
         else:
             self.clip_embed = nn.Sequential(nn.LayerNorm(cfg.cond_dim), nn.Linear(cfg.cond_dim, w))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, variance: bool = True
+    ) -> torch.Tensor:
+        """:param variance: False: only the x̂0 channels ([B, T, C]; samplers need no more)."""
         cfg = self.cfg
         if x.shape[1:] != (cfg.latent_ctx, cfg.channels):
             want = [cfg.latent_ctx, cfg.channels]
@@ -147,4 +150,20 @@ class LatentDenoiser(nn.Module):
             tokens = [t_tok, self.clip_embed(cond.transpose(1, 2))]
         prefix = sum(tok.shape[1] for tok in tokens)
         h = self.ln_post(self.backbone(self.ln_pre(torch.cat([*tokens, h], dim=1))))
-        return self.output_proj(h[:, prefix:])
+        h = h[:, prefix:]
+        if variance:
+            return self.output_proj(h)
+        c = cfg.channels  # the first half of output_proj's rows: half its FLOPs
+        return F.linear(h, self.output_proj.weight[:c], self.output_proj.bias[:c])
+
+
+def cast_linears(net: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """Store every ``nn.Linear``'s weight and bias in ``dtype``, in place, for running under
+    ``torch.autocast(dtype)``: autocast casts them to ``dtype`` on every call anyway, so the
+    outputs are bit-identical, without the per-call copies (~0.6 GB for text300M). LayerNorms,
+    embeddings and the residual stream stay float32 (autocast computes them in float32).
+    Without autocast the cast model would need ``dtype`` inputs."""
+    for m in net.modules():
+        if isinstance(m, nn.Linear):
+            m.to(dtype)
+    return net
