@@ -120,3 +120,15 @@ def test_stf_coarse_to_fine_misses_a_spike_between_coarse_samples():
     assert near_bump(dense) > 0 and near_bump(coarse) == 0
     # away from the bump both meshes are the same sphere
     assert len(coarse.verts) == len(dense.verts) - near_bump(dense)
+
+
+@pytest.mark.parametrize("grid_size", [4, 8, 16])
+def test_stf_coarse_to_fine_small_grids(grid_size):
+    # strides larger than the grid allows are capped (at least 3 lattice samples per axis)
+    def sdf(q):
+        return 0.6 - q.norm(dim=-1)
+
+    mesh = extract_mesh(sdf, grid_size=grid_size)
+    dense = extract_mesh(sdf, grid_size=grid_size, coarse_stride=1)
+    np.testing.assert_array_equal(mesh.faces, dense.faces)
+    np.testing.assert_allclose(mesh.verts, dense.verts, atol=1e-6)  # float32 norm: ulps

@@ -10,7 +10,9 @@ The grid is evaluated coarse-to-fine (``pointdiff.meshing.evaluate_grid``): a la
 ``coarse_stride``-th sample first, then finer lattices only in blocks whose corners straddle zero
 or come within a margin of it; the samples never queried keep the sign of their block (they
 produce no triangles), so the mesh is the dense grid's exactly whenever every sign change of
-the dense grid lies in a refined block. Shap-E's field is a tanh of a learned SDF, not a
+the dense grid lies in a refined block. (Bit for bit when ``sdf_fn``'s value at a point does not
+depend on the batch it comes in: float32 kernels may round the last bit differently with the
+batch's size, so a vertex can move by an ulp.) Shap-E's field is a tanh of a learned SDF, not a
 distance, so the margin is scaled by the field's own steepest slope between neighbouring
 samples of the first lattice, L: a block is refined when a corner is within
 ``band · L · (its half-diagonal)`` of zero. **What it can miss:** a surface inside a block whose
@@ -69,6 +71,7 @@ def extract_mesh(
         return torch.where(outside, torch.ones_like(values), values)
 
     stride = 1 << max(0, int(coarse_stride).bit_length() - 1)
+    stride = min(stride, 1 << max(0, (grid_size + 1).bit_length() - 2))  # as evaluate_grid's
     slope = _steepest_slope(field_at, grid_size, stride, batch_size) if stride > 1 else 0.0
     # the (G + 2)³ lattice at −1 − voxel + i·voxel: its inner G³ samples are Shap-E's grid
     mesh = marching_cubes(
