@@ -86,7 +86,7 @@ def _smooth_tiny_field():
     return (lambda q: out(q, "sdf")), (lambda q: out(q, "texture")), calls
 
 
-@pytest.mark.parametrize("stride, band", [(8, 1.5), (4, 1.5), (8, 0.5)])
+@pytest.mark.parametrize("stride, band", [(8, 1.5), (4, 1.5), (8, 3.0)])
 def test_stf_coarse_to_fine_is_the_dense_mesh(stride, band):
     sdf, texture, calls = _smooth_tiny_field()
     dense = extract_mesh(sdf, texture, grid_size=48, coarse_stride=1)
