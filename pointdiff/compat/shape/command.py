@@ -156,8 +156,8 @@ def add_shape_sample_args(p: argparse.ArgumentParser) -> None:
         "--dense-grid",
         action="store_true",
         help="evaluate the SDF on every grid sample, as Shap-E does (default: coarse-to-fine, "
-        "the same mesh unless a feature thinner than 8 voxels changes far faster than the field "
-        "does between coarse samples; see pointdiff.nerf.stf)",
+        "the same mesh unless a feature thinner than 8 voxels, which no queried sample comes "
+        "near, is 1.5x steeper than the field anywhere else; see pointdiff.nerf.stf)",
     )
     g.add_argument("--render-size", type=int, default=128, help="turntable pixels (default 128)")
     g.add_argument("--render-views", type=int, default=20, help="pan camera views (default 20)")
