@@ -55,6 +55,7 @@ def _open_clip():
 
     return open_clip
 
+
 WEIGHTS_NAME = "text.safetensors"
 EMA_WEIGHTS_NAME = "text_ema.safetensors"  # training checkpoints of a jointly trained tower
 

@@ -64,8 +64,10 @@ def get_sigmas_subgrid(
     :return: [steps+1] float32, starting at σ_max, ending in 0.
     """
     if steps < 1 or grid < steps or grid % steps:
-        raise ValueError(f"a subgrid needs 1 <= steps <= grid and grid % steps == 0; got "
-                         f"steps={steps}, grid={grid}")
+        raise ValueError(
+            f"a subgrid needs 1 <= steps <= grid and grid % steps == 0; got "
+            f"steps={steps}, grid={grid}"
+        )
     full = get_sigmas_karras(grid, sigma_min, sigma_max, rho, device)
     return torch.cat([full[: grid : grid // steps], full[-1:]])
 

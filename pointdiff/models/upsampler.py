@@ -67,9 +67,7 @@ class PointUpsampler(PointTransformer):
         if self.training and self.cfg.low_res_noise > 0:
             std = torch.rand(b, 1, 1, device=low_res.device, dtype=low_res.dtype)
             low_res = low_res + std * self.cfg.low_res_noise * torch.randn_like(low_res)
-        prefix, bias = self.cond_tokens(
-            c_noise, b, text_emb=text_emb, grid=grid, guidance=guidance
-        )
+        prefix, bias = self.cond_tokens(c_noise, b, text_emb=text_emb, grid=grid, guidance=guidance)
         prefix.append(self.embed(self.cond_point_proj, low_res))  # [B, M, w]
         h = self.embed(self.input_proj, x)  # [B, N, w]
         return self.run(h if bias is None else h + bias, prefix, guidance)  # [B, N, out_channels]
