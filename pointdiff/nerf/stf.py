@@ -75,10 +75,12 @@ def extract_mesh(
     stride = 1 << max(0, int(coarse_stride).bit_length() - 1)
     stride = min(stride, 1 << max(0, (grid_size + 1).bit_length() - 2))  # as evaluate_grid's
     slope = grid.steepest_slope(stride) if stride > 1 else 0.0
-    for _ in range(3):
+    for attempt in range(4):
+        if attempt == 3:  # still steeper than assumed after three tries: every sample
+            stride = 1
         # the (G + 2)³ lattice at −1 − voxel + i·voxel: its inner G³ samples are Shap-E's grid
+        mesh, error = None, None
         try:
-            mesh, error = None, None
             mesh = marching_cubes(
                 padded,
                 grid_size=grid_size + 2,
@@ -96,14 +98,6 @@ def extract_mesh(
         if stride == 1 or seen <= band * slope:
             break
         slope = seen
-    else:  # still steeper than assumed: every sample, as Shap-E does
-        mesh, error = None, None
-        try:
-            mesh = marching_cubes(
-                padded, grid_size + 2, 1.0 + voxel, coarse_stride=1, batch_size=batch_size
-            )
-        except NoSurfaceError as e:
-            error = e
     if error is not None:
         raise error
     verts = mesh.verts * ((grid_size - 1) / (grid_size + 1) if shrink else 1.0)
