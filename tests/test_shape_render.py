@@ -102,6 +102,23 @@ def test_stf_coarse_to_fine_is_the_dense_mesh(stride, band):
         assert sum(calls) - len(mesh.verts) < dense_queries - len(dense.verts)
 
 
+def test_stf_coarse_to_fine_widens_its_band_on_a_rough_field():
+    # the fixture decoder at full gain on every encoding frequency: steeper between
+    # neighbouring voxels than its coarse samples show, so the band widens (or, after three
+    # tries, every sample is queried) and the mesh is still the dense grid's
+    _, model, params = _decoder()
+    model, params = model.double(), [w.double() for w in params]
+
+    def sdf(q):
+        return decode_outputs(model.query(q.double()[None], params))["sdf"][0]
+
+    dense = extract_mesh(sdf, grid_size=40, coarse_stride=1)
+    mesh = extract_mesh(sdf, grid_size=40, coarse_stride=8)
+    assert len(dense.faces) > 1000
+    np.testing.assert_array_equal(mesh.verts, dense.verts)
+    np.testing.assert_array_equal(mesh.faces, dense.faces)
+
+
 def test_stf_coarse_to_fine_misses_a_spike_between_coarse_samples():
     # a sphere (slope 1) and a narrow bump (slope ~30) that pokes above zero away from it:
     # no sample of the stride-8 lattice comes near the bump, so the band never reaches it
