@@ -5,7 +5,8 @@ Tests that only need *some* mesh or cloud use ``synthetic_meshes`` / ``synthetic
 samples, point-e's example clouds; see tests/data/README.md) take the ``shared_data`` fixture:
 it reads the folder named by ``POINTDIFF_TEST_DATA`` and skips without it, or fails when
 ``POINTDIFF_REQUIRE_DATA=1`` (what ``.ci/run`` sets, so CI cannot silently skip them).
-``random_pointe_state_dict`` stands in for a released point-e file in the compat tests.
+``random_pointe_state_dict`` stands in for a released point-e file in the compat tests, and
+``converted_pointe`` writes and converts a tiny released text base and upsampler.
 """
 
 import os
@@ -116,6 +117,37 @@ def random_pointe_state_dict():
             sd["channel_scales"] = torch.tensor([2.0, 2.0, 2.0] + [1 / 127.5] * 3)
             sd["channel_biases"] = torch.tensor([0.0, 0.0, 0.0, -1.0, -1.0, -1.0])
         return sd
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def converted_pointe(random_pointe_state_dict):
+    """``make(root, n_base, n_up) -> root``: a tiny random "released" point-e text base
+    (``base40M-textvec``: ``n_base`` points, 32-d text vectors) and upsampler (``upsample``:
+    ``n_up`` new points on ``n_base``), each written as point-e's ``root/<name>.pt`` and converted
+    to ``root/<name>/``. Width 32, one block, two heads, point-e's 12 output channels (ε and the
+    variance)."""
+    from pointdiff.compat.pointe import save_converted
+    from pointdiff.config import DenoiserConfig, UpsamplerConfig
+
+    def make(root: Path, n_base: int, n_up: int) -> Path:
+        size = dict(width=32, depth=1, heads=2, out_channels=12)
+        configs = {
+            "base40M-textvec": DenoiserConfig(**size, num_points=n_base, cond_dim=32),
+            "upsample": UpsamplerConfig(
+                **size, num_points=n_up, num_cond_points=n_base, grid_tokens=256, grid_dim=64
+            ),
+        }
+        root.mkdir(parents=True, exist_ok=True)
+        for seed, (name, cfg) in enumerate(configs.items()):
+            torch.save(random_pointe_state_dict(cfg, seed), root / f"{name}.pt")
+            # what the conversion cannot read off the weights' shapes: heads and point counts
+            counts = {"num_points": cfg.num_points}
+            if cfg.kind == "upsampler":
+                counts["num_cond_points"] = cfg.num_cond_points
+            save_converted(root / f"{name}.pt", name, root / name, heads=cfg.heads, **counts)
+        return root
 
     return make
 

@@ -336,43 +336,16 @@ def test_distil_command_line_ships_a_fast_pipeline(shards, tmp_path):
     assert rc == 0 and (next((tmp_path / "s").iterdir()) / "cloud.ply").is_file()
 
 
-def test_a_converted_pointe_model_distils_with_the_same_command(
-    shards, tmp_path, random_pointe_state_dict
-):
+def test_a_converted_pointe_model_distils_with_the_same_command(shards, tmp_path, converted_pointe):
     """A tiny "released" point-e base and upsampler: the base's guidance and steps, the text
     upsampler's steps (it takes no prompt); the students keep point-e's ε parameterisation and
     sample through the point-e pipeline with their own settings."""
-    from pointdiff.compat.pointe import save_converted
     from pointdiff.compat.pointe_pipeline import load_pointe_pipeline
     from pointdiff.conditioning.words import WordEncoder
-    from pointdiff.config import UpsamplerConfig
     from pointdiff.diffusion.discrete import DiscreteEpsDenoiser
     from pointdiff.training.pointe_objective import pointe_info
 
-    cfgs = {
-        "base40M-textvec": DenoiserConfig(
-            width=32, depth=1, heads=2, num_points=32, out_channels=12, cond_dim=32
-        ),
-        "upsample": UpsamplerConfig(
-            width=32,
-            depth=1,
-            heads=2,
-            num_points=64,
-            num_cond_points=32,
-            out_channels=12,
-            grid_tokens=256,
-            grid_dim=64,
-        ),
-    }
-    over = {
-        "base40M-textvec": dict(heads=2, num_points=32),
-        "upsample": dict(heads=2, num_points=64, num_cond_points=32),
-    }
-    conv = tmp_path / "conv"
-    conv.mkdir()
-    for seed, (name, cfg) in enumerate(cfgs.items()):
-        torch.save(random_pointe_state_dict(cfg, seed), conv / f"{name}.pt")
-        save_converted(conv / f"{name}.pt", name, conv / name, **over[name])
+    conv = converted_pointe(tmp_path / "conv", 32, 64)
     common = ["--data", str(shards), *"--batch_size=2 --max_steps=2 --warmup_steps=1".split()]
     g = tmp_path / "g"
     _distil(conv / "base40M-textvec", "guidance", g, "--text", "words-32", *common)

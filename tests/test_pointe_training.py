@@ -15,10 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from pointdiff.checkpoint import load_configs, load_model
-from pointdiff.compat.pointe import save_converted
 from pointdiff.compat.pointe_pipeline import load_pointe_pipeline
 from pointdiff.conditioning.words import WordEncoder
-from pointdiff.config import DenoiserConfig, UpsamplerConfig
 from pointdiff.data import write_shards
 from pointdiff.diffusion.discrete import ALPHAS_CUMPROD, DiscreteDiffusion
 from pointdiff.pointcloud import to_model_space
@@ -26,7 +24,7 @@ from pointdiff.training.pointe_objective import PointeLoss, choose_objective, po
 from pointdiff.training.run import main
 
 FIXTURE = Path(__file__).parent / "data" / "pointe_training_losses.npz"
-N_BASE, N_UP, TEXT_DIM = 64, 192, 32  # tiny: point-e's 1024 + 3072 points, 768-d CLIP
+N_BASE, N_UP = 64, 192  # tiny: point-e's 1024 + 3072 points
 SHAPES = ("torus", "cone", "box")  # conftest's synthetic clouds to fine-tune on
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -113,35 +111,10 @@ def test_pointe_loss_draws_uniform_steps_and_splits_the_upsampler_cloud():
 # Fine-tuning a converted model through the training command, then sampling it
 
 
-CONFIGS = {
-    "base40M-textvec": DenoiserConfig(
-        width=32, depth=1, heads=2, num_points=N_BASE, out_channels=12, cond_dim=TEXT_DIM
-    ),
-    "upsample": UpsamplerConfig(
-        width=32,
-        depth=1,
-        heads=2,
-        num_points=N_UP,
-        num_cond_points=N_BASE,
-        out_channels=12,
-        grid_tokens=256,
-        grid_dim=64,
-    ),
-}
-OVERRIDES = {
-    "base40M-textvec": dict(heads=2, num_points=N_BASE),
-    "upsample": dict(heads=2, num_points=N_UP, num_cond_points=N_BASE),
-}
-
-
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory, random_pointe_state_dict) -> Path:
+def converted(tmp_path_factory, converted_pointe) -> Path:
     """Tiny random "released" point-e models (point-e's parameter names), converted once."""
-    root = tmp_path_factory.mktemp("converted")
-    for seed, (name, cfg) in enumerate(CONFIGS.items()):
-        torch.save(random_pointe_state_dict(cfg, seed), root / f"{name}.pt")
-        save_converted(root / f"{name}.pt", name, root / name, **OVERRIDES[name])
-    return root
+    return converted_pointe(tmp_path_factory.mktemp("converted"), N_BASE, N_UP)
 
 
 @pytest.fixture(scope="module")
