@@ -5,8 +5,9 @@
         --rows "teacher:dpmpp_2m:16 teacher:heun:8 fast:consistency:1 fast:consistency:4" \
         --out runs/bench_fast
 
-Each row is ``PIPELINE:SAMPLER:STEPS[:PROJECTION]`` (PROJECTION: surface-projection passes after
-sampling, default the stage's own): ``teacher`` is ``--checkpoint`` as shipped, ``fast`` the
+Each row is ``PIPELINE:SAMPLER:STEPS[:PROJECTION[:GUIDANCE]]`` (PROJECTION: surface-projection
+passes after sampling, GUIDANCE: the classifier-free guidance scale; empty or absent: the stage's
+own): ``teacher`` is ``--checkpoint`` as shipped, ``fast`` the
 same with its distilled stages (``load_pipeline(fast=True)``), and ``--student NAME=DIR`` adds
 other pipelines with distilled stages (e.g. a student under evaluation). For every row and seed,
 the base stage samples the natural-prompt suite and the held-out captions (as
@@ -88,7 +89,7 @@ def main() -> None:
         metavar="RESULTS_JSON",
         help="only print the table of earlier runs' results.json files, in order",
     )
-    ap.add_argument("--rows", help="PIPELINE:SAMPLER:STEPS[:PROJECTION] ...")
+    ap.add_argument("--rows", help="PIPELINE:SAMPLER:STEPS[:PROJECTION[:GUIDANCE]] ...")
     ap.add_argument("--data", help="shards: training references, held-out captions")
     ap.add_argument("--classifier")
     ap.add_argument("--splits", nargs="+", default=["test", "val", "test_group"])
@@ -112,11 +113,13 @@ def main() -> None:
         pipes[name] = lambda folder=folder: load_pipeline(folder, fast=True)
     rows = [r.split(":") for r in args.rows.split()]
     bad = [
-        ":".join(r) for r in rows if len(r) not in (3, 4) or r[0] not in pipes or r[1] not in EVALS
+        ":".join(r)
+        for r in rows
+        if len(r) not in (3, 4, 5) or r[0] not in pipes or r[1] not in EVALS
     ]
     if bad:
         raise SystemExit(
-            f"bad rows {bad}: PIPELINE ({', '.join(pipes)}):SAMPLER:STEPS[:PROJECTION]"
+            f"bad rows {bad}: PIPELINE ({', '.join(pipes)}):SAMPLER:STEPS[:PROJECTION[:GUIDANCE]]"
         )
 
     clf = load_classifier(args.classifier).eval()
@@ -133,14 +136,17 @@ def main() -> None:
     print(f"CPU: {cpu_name()}; {len(suite)} natural prompts, {len(held)} held-out captions")
 
     results, loaded = [], {}
-    for pipe_name, sampler, steps, *projection in rows:
+    for pipe_name, sampler, steps, *extra in rows:
         pipe = loaded.get(pipe_name) or loaded.setdefault(pipe_name, pipes[pipe_name]())
         stage = pipe.stages[0]
-        n, guidance = stage.num_points, stage.sample.guidance
+        projection, guidance = (extra + ["", ""])[:2]
         over = {"sampler": sampler, "steps": int(steps)}
         if projection:
-            over["surface_projection"] = float(projection[0])
-        label = ":".join([pipe_name, sampler, steps, *projection])
+            over["surface_projection"] = float(projection)
+        if guidance:
+            over["guidance"] = float(guidance)
+        n, guidance = stage.num_points, over.get("guidance", stage.sample.guidance)
+        label = ":".join([pipe_name, sampler, steps, *extra])
         per_seed = []
         for seed in args.seeds:
             clouds, sec_nat = sample(pipe, [p.prompt for p in suite], seed, over, False, args.bf16)
@@ -170,6 +176,7 @@ def main() -> None:
             "sampler": sampler,
             "steps": int(steps),
             "surface_projection": over.get("surface_projection", stage.sample.surface_projection),
+            "guidance": guidance,
             "calls": calls_per_sample(stage, sampler, int(steps), guidance),
             "seeds": per_seed,
             "summary": summarise(per_seed, list(KEYS)),
@@ -181,16 +188,16 @@ def main() -> None:
 
 def table(results: list[dict]) -> str:
     head = (
-        "| pipeline | sampler | steps | projection | calls/stage | natural (clf) | natural (NN) "
-        "| colour | R-precision | 1-NNA-CD | spread | s/sample |"
+        "| pipeline | sampler | steps | projection | guidance | calls/stage | natural (clf) "
+        "| natural (NN) | colour | R-precision | 1-NNA-CD | spread | s/sample |"
     )
-    lines = [head, "|" + " --- |" * 12]
+    lines = [head, "|" + " --- |" * 13]
     for r in results:
         s = r["summary"]
         pct = [f"{100 * s[k][0]:.1f} ± {100 * s[k][1]:.1f}" for k in KEYS[:5]]
         lines.append(
             f"| {r['pipeline']} | {r['sampler']} | {r['steps']} | {r.get('surface_projection', '')} "
-            f"| {r['calls']} | "
+            f"| {r.get('guidance', '')} | {r['calls']} | "
             + " | ".join(pct)
             + f" | {s['spread'][0]:.3f} | {s['sec'][0]:.3f} |"
         )
