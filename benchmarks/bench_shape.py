@@ -18,6 +18,9 @@ coarse-to-fine mesh's on how much of the grid the surface crosses):
 * **NeRF render 128×128**: one pan-camera view, 64 + 128 samples per ray, 4096-ray chunks,
   seeded (both draw the same random numbers). Shap-E: ``renderer.render_views`` in ``nerf`` mode.
 
+``--breakdown`` profiles pointdiff's bf16 text step: the seconds in its linear layers (GEMMs),
+in attention and in everything else, i.e. how far the step is from this CPU's GEMM rate.
+
 "match" compares each output with Shap-E's fp32 output: the max difference relative to the
 output's largest value (latents, pixels), or for meshes the farthest Shap-E vertex from ours and
 the largest vertex-colour difference there; a coarse-to-fine fp32 mesh is also compared with the
@@ -182,6 +185,11 @@ def main() -> None:
     ap.add_argument(
         "--rough-field", action="store_true", help="decode a noise field (see _decoder_state)"
     )
+    ap.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="profile pointdiff's bf16 text step: seconds in linear layers, attention, the rest",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     shape_e = _import_shape_e(args.shape_src) if args.shape_src else None
@@ -242,6 +250,8 @@ def main() -> None:
                 t, out = _timed(ours_step)
             match = f"{_rel(out.flatten(1), ref):.1e}" if ref is not None else "-"
             rows.append(("text300M guided step" if not shape_e else "", label, t, match))
+        if args.breakdown:
+            _print_breakdown(ours_step)
         del ours
 
     # ------------------------------------------------------------------------------ decoder
@@ -350,6 +360,37 @@ def _mesh_match(mesh, ref) -> list[str]:
     lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
     col = np.stack([np.asarray(ref.vertex_channels[ch]) for ch in "RGB"], 1)
     return [f"vert {dist.max():.1e}", f"colour {np.abs(lin - col).max():.1e}"]
+
+
+#: profiler op names → where a text step's time goes (the rest: norms, GELU, copies, adds)
+_OP_GROUPS = {
+    "linear layers (GEMM)": ("aten::addmm", "aten::mm", "aten::bmm"),
+    "attention (SDPA)": ("aten::_scaled_dot_product_flash_attention_for_cpu",),
+}
+
+
+def _print_breakdown(step) -> None:
+    """Self CPU seconds of one bf16 ``step`` by op group, as torch's profiler counts them, and
+    the GEMMs' rate beside a bare bf16 GEMM of the MLP's shape (this core's rate)."""
+    with BF16(), torch.no_grad(), torch.profiler.profile(with_flops=True) as prof:
+        step()
+    events = prof.key_averages()
+    total = {e.key: e.self_cpu_time_total / 1e6 for e in events}
+    gemm_flops = sum(e.flops for e in events if e.key in _OP_GROUPS["linear layers (GEMM)"])
+    a, w = torch.randn(2052, 1024).bfloat16(), torch.randn(4096, 1024).bfloat16()
+    torch.nn.functional.linear(a, w)
+    (_, bare), _ = _timed(lambda: [torch.nn.functional.linear(a, w) for _ in range(5)])
+    print("\n| pointdiff bf16 text step | self CPU s |\n| --- | ---: |")
+    rest = sum(total.values())
+    for group, ops in _OP_GROUPS.items():
+        sec = sum(total.get(op, 0.0) for op in ops)
+        rest -= sec
+        rate = f" ({gemm_flops / sec / 1e9:.0f} GFLOP/s)" if "GEMM" in group and sec else ""
+        print(f"| {group}{rate} | {sec:.2f} |")
+    print(f"| everything else | {rest:.2f} |\n| total | {sum(total.values()):.2f} |")
+    print(
+        f"bare bf16 GEMM [2052, 1024] × [1024, 4096]: {5 * 2 * a.shape[0] * 1024 * 4096 / bare / 1e9:.0f} GFLOP/s"
+    )
 
 
 class _Rows(list):
