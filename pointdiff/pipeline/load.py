@@ -25,6 +25,7 @@ import torch
 from pointdiff.checkpoint import CheckpointError, load_model
 from pointdiff.conditioning.lexicon import LexiconError, PromptReader, load_lexicon
 from pointdiff.conditioning.text import TextEncoder
+from pointdiff.conditioning.text_loading import build_text_encoder, load_text_encoder
 from pointdiff.config import DiffusionConfig, SampleConfig, TextConfig
 from pointdiff.diffusion.precond import KarrasDenoiser
 from pointdiff.pipeline.stages import Stage, SurfaceUpsampler
@@ -66,9 +67,9 @@ def _text_encoder_for(
     path: Path, configs: dict, device: torch.device, clip_weights, download: bool
 ) -> TextEncoder | None:
     if (path / "text.safetensors").is_file():
-        return TextEncoder.load(path).to(device).eval()
+        return load_text_encoder(path).to(device).eval()
     cfg = configs.get("text", TextConfig())
-    return TextEncoder.from_text_config(cfg, None, clip_weights, download).to(device).eval()
+    return build_text_encoder(cfg, None, clip_weights, download).to(device).eval()
 
 
 def _prompt_reader(base: Path) -> PromptReader:

@@ -229,9 +229,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _text_encoder(cfg: TextConfig, clip_weights):
-    from pointdiff.conditioning.text import TextEncoder
+    from pointdiff.conditioning.text_loading import build_text_encoder
 
-    return TextEncoder.from_text_config(cfg, None, clip_weights, True).eval()
+    return build_text_encoder(cfg, None, clip_weights, True).eval()
 
 
 def _build_student(model_cfg, teacher: Teacher, teacher_net) -> torch.nn.Module:

@@ -37,7 +37,8 @@ import torch
 
 from pointdiff.checkpoint import init_from_checkpoint, load_configs, load_into, load_weights
 from pointdiff.conditioning import hf_text, transfer
-from pointdiff.conditioning.text import SCRATCH_CONFIGS, TextEncoder, load_frozen_clip
+from pointdiff.conditioning.text import SCRATCH_CONFIGS
+from pointdiff.conditioning.text_loading import build_text_encoder, load_frozen_clip
 from pointdiff.conditioning.words import WordEncoder
 from pointdiff.config import (
     DiffusionConfig,
@@ -98,13 +99,13 @@ def build_text(spec: str, clip_weights: str | None, download: bool, freeze: bool
         return enc, TextConfig(arch=enc.spec["arch"], pretrained="", trainable=False)
     if spec.startswith(hf_text.ARCH_PREFIX):
         cfg = TextConfig(arch=spec, pretrained="", trainable=False)
-        enc = TextEncoder.from_text_config(cfg)
+        enc = build_text_encoder(cfg)
         return enc, dataclasses.replace(
             cfg, arch=enc.spec["arch"], pretrained=enc.spec["pretrained"]
         )
     if spec in SCRATCH_CONFIGS:
         cfg = TextConfig(arch=spec, pretrained="", trainable=not freeze)
-        return TextEncoder.from_text_config(cfg, seed=0), cfg
+        return build_text_encoder(cfg, seed=0), cfg
     if not spec.startswith("clip:"):
         raise ValueError(
             f"--text {spec!r}: use clip:ARCH[:TAG], hf:DIR_OR_HUB_ID, tiny, small, words[-D] "
@@ -285,7 +286,7 @@ def _init_from(path: Path, model, text, dataset) -> None:
     this one (``conditioning.transfer``, fitted on the dataset's captions)."""
     old_text = load_configs(path).get("text")
     if text is not None and old_text is not None and old_text.arch != text.spec["arch"]:
-        _init_with_new_text(path, model, text, TextEncoder.from_text_config(old_text), dataset)
+        _init_with_new_text(path, model, text, build_text_encoder(old_text), dataset)
         return
     ckpt = init_from_checkpoint(model, path, keep_missing=("text_bias.", "token_proj."))
     if text is not None and text.trainable:
