@@ -35,6 +35,7 @@ from PIL import Image
 from torch import nn
 
 from pointdiff.conditioning.clip_weights import ClipFilesError, resolve_weights, tower_state_dict
+from pointdiff.conditioning.scratch import build_scratch_tower
 
 # From-scratch towers: ViT-L/14's token layout (224 px, 14 px patches -> 16×16 grid), tiny width.
 SCRATCH_CONFIGS = {
@@ -103,12 +104,8 @@ class ImageEncoder(nn.Module):
             raise ImageEncoderError(
                 f"unknown from-scratch image tower {arch!r}; choose one of {choices}"
             )
-        spec = {**SCRATCH_CONFIGS[arch], "arch": arch, "pretrained": "", "quick_gelu": False}
-        spec["vision_cfg"] = asdict(CLIPVisionCfg(**spec["vision_cfg"]))
-        with torch.random.fork_rng(devices=[], enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
-            enc = cls(spec)
+        fields = SCRATCH_CONFIGS[arch]
+        enc = build_scratch_tower(cls, arch, fields, seed, vision_cfg=CLIPVisionCfg)
         return enc.requires_grad_(False).eval()
 
     @classmethod

@@ -39,6 +39,7 @@ from pointdiff.atomic import atomic_path, write_json_atomic
 from pointdiff.conditioning import clip_weights
 from pointdiff.conditioning.clip_weights import ClipFilesError
 from pointdiff.conditioning.prompts import check_prompts
+from pointdiff.conditioning.scratch import build_scratch_tower
 from pointdiff.conditioning.words import CONFIG_NAME
 from pointdiff.config import TextConfig
 
@@ -117,13 +118,8 @@ class TextEncoder(nn.Module):
             raise TextEncoderError(
                 f"unknown from-scratch text tower {arch!r}; choose one of {sorted(SCRATCH_CONFIGS)}"
             )
-        spec = {**SCRATCH_CONFIGS[arch], "arch": arch, "pretrained": "", "quick_gelu": False}
-        spec["text_cfg"] = asdict(_open_clip().model.CLIPTextCfg(**spec["text_cfg"]))
-        if seed is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                return cls(spec)
-        return cls(spec)
+        text_cfg = _open_clip().model.CLIPTextCfg
+        return build_scratch_tower(cls, arch, SCRATCH_CONFIGS[arch], seed, text_cfg=text_cfg)
 
     @classmethod
     def from_pretrained(
