@@ -2,12 +2,13 @@
 
 Signature (k-diffusion): ``sample_x(model, x, sigmas, extra_args=None, callback=None,
 disable=None, generator=None, …) -> x0`` where ``model(x [B,N,C], sigma [B], **extra_args) ->
-denoised`` and ``sigmas`` is a decreasing grid ending in 0 (``schedules.get_sigmas_karras``).
-``x`` must already be scaled to the first noise level (``noise * sigmas[0]``). ``callback``
-receives a dict with ``x, i, sigma, sigma_hat, denoised`` once per step. Every sampler takes
-``generator`` (one, or a list of one per batch row: see ``randn_rows``), even one that draws no
-noise, so a caller runs them all the same way; all randomness comes from it. Samplers named in
-``CHURN`` also take Karras' ``s_churn``.
+denoised``, ``sigmas`` is a decreasing [n+1] grid ending in 0 (``schedules.get_sigmas_karras``)
+and ``x`` [B,N,C] is already scaled to the first noise level (``noise * sigmas[0]``); the result
+is the [B,N,C] sample at ``sigmas[-1]``. ``callback`` receives a dict with ``x, i, sigma,
+sigma_hat, denoised`` once per step. Every sampler takes ``generator`` (one, or a list of one
+per batch row: see ``randn_rows``), even one that draws no noise, so a caller runs them all the
+same way; all randomness comes from it. Samplers named in ``CHURN`` also take Karras'
+``s_churn``.
 """
 
 from __future__ import annotations
@@ -101,11 +102,8 @@ def sample_heun(
     """Heun's 2nd-order method with churn: Karras et al. 2022 ("EDM") Algorithm 2, point-e's
     default sampler. Euler on the last step (to σ = 0), so 2·n − 1 model calls for n steps.
     ``second_order=False`` drops the correction (Alg. 2 lines 9–11) on every step: that is
-    ``sample_euler``, one model call per step.
-
-    :param x: [B,N,C] initial noise × sigmas[0]. :param sigmas: [n+1] grid ending in 0.
-    :return: [B,N,C] sample at sigmas[-1].
-    """
+    ``sample_euler``, one model call per step. ``s_churn``, ``s_tmin``, ``s_tmax`` and
+    ``s_noise`` are Alg. 2's stochastic-step settings (``s_churn=0``: deterministic)."""
     for i in trange(len(sigmas) - 1, disable=disable):
         x, sigma_hat = _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, generator)
         denoised = _denoise(model, x, sigma_hat, extra_args, callback, i, sigmas[i])
@@ -126,11 +124,7 @@ def sample_euler(
     model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None, **kwargs
 ) -> torch.Tensor:
     """Euler method on the probability-flow ODE, with optional churn (Karras Alg. 2 without the
-    2nd-order correction). One model call per step. Takes ``sample_heun``'s arguments.
-
-    :param x: [B,N,C] initial noise × sigmas[0]. :param sigmas: [n+1] grid ending in 0.
-    :return: [B,N,C] sample at sigmas[-1].
-    """
+    2nd-order correction). One model call per step. Takes ``sample_heun``'s arguments."""
     return sample_heun(model, x, sigmas, extra_args, second_order=False, **kwargs)
 
 
@@ -148,11 +142,7 @@ def sample_dpmpp_2m(
     in k-diffusion's form. Works in λ = −ln σ; each step is exact for a denoised value that is
     linear in λ, extrapolated from the current and previous D. One model call per step; the
     first step and the final step to σ = 0 are 1st order (DDIM). Deterministic: ``generator``
-    is accepted for the common signature and draws nothing.
-
-    :param x: [B,N,C] initial noise × sigmas[0]. :param sigmas: [n+1] grid ending in 0.
-    :return: [B,N,C] sample at sigmas[-1].
-    """
+    is accepted for the common signature and draws nothing."""
     old_denoised = None
     h_last = None
     for i in trange(len(sigmas) - 1, disable=disable):
@@ -185,11 +175,7 @@ def sample_consistency(
     """Multistep sampling of a model whose output at any σ is the end of its ODE trajectory (a
     consistency model, Song et al. 2023, Algorithm 1; a trajectory-distilled student): predict the
     clean sample, then re-noise it to the next σ with fresh noise. One model call per step; one
-    step from σ_max is the student's single-call sample.
-
-    :param x: [B,N,C] initial noise × sigmas[0]. :param sigmas: [n+1] grid ending in 0.
-    :return: [B,N,C] sample at sigmas[-1].
-    """
+    step from σ_max is the student's single-call sample."""
     for i in trange(len(sigmas) - 1, disable=disable):
         x = _denoise(model, x, sigmas[i], extra_args, callback, i, sigmas[i])
         if sigmas[i + 1] > 0:

@@ -6,6 +6,9 @@
 * ``get_sigmas_subgrid``: every k-th level of a Karras grid (the levels a distilled student was
   trained on); ``sample_grid_sigmas``: σ drawn uniformly along the Karras ramp (where samplers
   evaluate a model: distillation trains there).
+
+The ``get_*`` functions return a sampling grid ending in 0; the ``sample_*`` ones draw ``batch``
+σ values (B) from torch's global RNG.
 """
 
 from __future__ import annotations
@@ -82,7 +85,6 @@ def sample_grid_sigmas(
     """σ at a uniform position u ~ U[0, 1] along the Karras ramp (EDM eq. 5 with i/(n−1) = u):
     the noise levels a sampler visits, σ_max to σ_min, with their density.
 
-    :param batch: number of σ values B (drawn from torch's global RNG).
     :return: [B] float32 tensor of σ in [σ_min, σ_max].
     """
     return _karras_ramp(torch.rand(batch, device=device), sigma_min, sigma_max, rho)
@@ -99,7 +101,6 @@ def sample_train_sigmas(
     EDM's image defaults are P_mean = −1.2, P_std = 1.2 (median σ ≈ 0.30, 95 % in [0.03, 3.2]);
     the loss weight that goes with it lives in ``precond.EDMLoss``.
 
-    :param batch: number of σ values B (drawn from torch's global RNG).
     :return: [B] float32 tensor of σ > 0.
     """
     rnd = torch.randn(batch, device=device)
