@@ -9,19 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from pointdiff import meshing
 from pointdiff.colours import linear_to_srgb
-from pointdiff.meshing import (
-    MeshError,
-    TriMesh,
-    evaluate_grid,
-    marching_cubes,
-    mesh_from_cloud,
-    poisson_mesh,
-    sample_surface,
-    snap_to_cloud,
-    surface_fit,
-    vertex_colors_from_cloud,
-)
 from pointdiff.pointcloud import PointCloud, PointCloudError
 
 # Analytic SDFs (negative inside), evaluated in float64 numpy so a value never depends on which
@@ -49,7 +38,7 @@ def _torus(p, big=0.3, small=0.1):
 SHAPES = {"sphere": _sphere, "box": _box, "torus": _torus}
 
 
-def _signed_volume(mesh: TriMesh) -> float:
+def _signed_volume(mesh: meshing.TriMesh) -> float:
     tri = mesh.verts.astype(np.float64)[mesh.faces]
     return float(np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum() / 6)
 
@@ -69,7 +58,7 @@ def _two_tone_sphere_cloud(n=2048, r=0.35, seed=0) -> PointCloud:
 
 def test_sphere_vertices_within_one_voxel_of_radius():
     grid, bound = 40, 0.51
-    mesh = marching_cubes(_np_fn(_sphere), grid_size=grid, bound=bound)
+    mesh = meshing.marching_cubes(_np_fn(_sphere), grid_size=grid, bound=bound)
     voxel = 2 * bound / (grid - 1)
     r = np.linalg.norm(mesh.verts, axis=1)
     assert mesh.num_faces > 100
@@ -84,19 +73,19 @@ def test_sphere_vertices_within_one_voxel_of_radius():
 @pytest.mark.parametrize("grid", [33, 48])
 def test_coarse_to_fine_equals_dense(name, grid):
     fn = _np_fn(SHAPES[name])
-    dense = marching_cubes(fn, grid_size=grid, coarse_stride=1)
-    fine = marching_cubes(fn, grid_size=grid, coarse_stride=8)
+    dense = meshing.marching_cubes(fn, grid_size=grid, coarse_stride=1)
+    fine = meshing.marching_cubes(fn, grid_size=grid, coarse_stride=8)
     np.testing.assert_array_equal(fine.faces, dense.faces)
     np.testing.assert_array_equal(fine.verts, dense.verts)
-    _, n_dense = evaluate_grid(fn, grid_size=grid, coarse_stride=1)
-    _, n_fine = evaluate_grid(fn, grid_size=grid, coarse_stride=8)
+    _, n_dense = meshing.evaluate_grid(fn, grid_size=grid, coarse_stride=1)
+    _, n_fine = meshing.evaluate_grid(fn, grid_size=grid, coarse_stride=8)
     assert n_dense == grid**3
     assert n_fine < 0.5 * n_dense
 
 
 def test_coarse_to_fine_query_fraction_shrinks_with_grid():
     fn = _np_fn(_sphere)
-    fractions = [evaluate_grid(fn, grid_size=g)[1] / g**3 for g in (32, 64)]
+    fractions = [meshing.evaluate_grid(fn, grid_size=g)[1] / g**3 for g in (32, 64)]
     assert fractions[1] < fractions[0] < 0.6
 
 
@@ -107,7 +96,7 @@ def test_sdf_fn_batches_are_bounded():
         sizes.append(len(q))
         return _np_fn(_sphere)(q)
 
-    marching_cubes(fn, grid_size=24, batch_size=1000)
+    meshing.marching_cubes(fn, grid_size=24, batch_size=1000)
     assert max(sizes) <= 1000
 
 
@@ -117,48 +106,48 @@ def test_sdf_fn_batches_are_bounded():
 
 def test_vertex_colors_follow_nearest_points():
     cloud = _two_tone_sphere_cloud()
-    colors = vertex_colors_from_cloud(cloud.coords[:50], cloud)  # vertices on points
+    colors = meshing.vertex_colors_from_cloud(cloud.coords[:50], cloud)  # vertices on points
     np.testing.assert_allclose(colors, cloud.colors[:50], atol=1e-3)
-    mesh = mesh_from_cloud(cloud, _np_fn(_sphere), "sdf", grid_size=32).mesh
+    mesh = meshing.mesh_from_cloud(cloud, _np_fn(_sphere), "sdf", grid_size=32).mesh
     top, bottom = mesh.verts[:, 2] > 0.1, mesh.verts[:, 2] < -0.1
     assert (mesh.colors[top, 0] > 0.9).all() and (mesh.colors[bottom, 2] > 0.9).all()
 
 
 def test_poisson_baseline_reconstructs_sphere():
     cloud = _two_tone_sphere_cloud(n=4096)
-    mesh = poisson_mesh(cloud, depth=6)
+    mesh = meshing.poisson_mesh(cloud, depth=6)
     r = np.linalg.norm(mesh.verts, axis=1)
     assert np.median(np.abs(r - 0.35)) < 0.01
     assert _signed_volume(mesh) > 0
     assert mesh.colors is not None and mesh.colors.shape == mesh.verts.shape
-    result = mesh_from_cloud(cloud, method="poisson", depth=5)
+    result = meshing.mesh_from_cloud(cloud, method="poisson", depth=5)
     assert result.method == "poisson" and result.reason == "asked for"
     assert result.mesh.num_faces > 0 and result.notes == ()
 
 
 def test_surface_samples_and_fit_to_a_cloud():
-    mesh = marching_cubes(_np_fn(_sphere), grid_size=48)
-    pts = sample_surface(mesh, 5000)
+    mesh = meshing.marching_cubes(_np_fn(_sphere), grid_size=48)
+    pts = meshing.sample_surface(mesh, 5000)
     assert pts.shape == (5000, 3) and np.abs(np.linalg.norm(pts, axis=1) - 0.35).max() < 0.01
-    fit = surface_fit(mesh, _two_tone_sphere_cloud())
+    fit = meshing.surface_fit(mesh, _two_tone_sphere_cloud())
     assert fit["cloud_to_mesh"] < 0.01 and fit["mesh_to_cloud"] < 0.02, fit  # ~ point spacing
     moved = _two_tone_sphere_cloud()
     moved = PointCloud(moved.coords * 0.5, moved.colors)  # a smaller sphere inside
-    assert min(surface_fit(mesh, moved).values()) > 0.08
+    assert min(meshing.surface_fit(mesh, moved).values()) > 0.08
     # a few stray points (3 %, far off) are left out of cloud -> mesh; many are not
     cloud = _two_tone_sphere_cloud()
     for frac, fits in ((0.03, True), (0.2, False)):
         coords = cloud.coords.copy()
         coords[: int(frac * len(coords))] *= 2.0  # 0.35 -> 0.7: 0.35 off the surface
-        fit = surface_fit(mesh, PointCloud(coords, cloud.colors))["cloud_to_mesh"]
+        fit = meshing.surface_fit(mesh, PointCloud(coords, cloud.colors))["cloud_to_mesh"]
         assert (fit < 0.01) == fits, (frac, fit)
 
 
 def test_snapping_moves_vertices_onto_the_cloud_and_keeps_faces():
     # an SDF surface 0.02 inside the true sphere (radius 0.33) snapped to a cloud on radius 0.35
-    mesh = marching_cubes(_np_fn(lambda p: _sphere(p, 0.33)), grid_size=32)
+    mesh = meshing.marching_cubes(_np_fn(lambda p: _sphere(p, 0.33)), grid_size=32)
     cloud = _two_tone_sphere_cloud(n=8192, r=0.35)
-    snapped = snap_to_cloud(mesh, cloud)
+    snapped = meshing.snap_to_cloud(mesh, cloud)
     before = np.abs(np.linalg.norm(mesh.verts, axis=1) - 0.35).mean()
     after = np.abs(np.linalg.norm(snapped.verts, axis=1) - 0.35).mean()
     assert before > 0.019 and after < 0.003, (before, after)
@@ -168,11 +157,11 @@ def test_snapping_moves_vertices_onto_the_cloud_and_keeps_faces():
     noisy = PointCloud(
         cloud.coords + g.normal(0, 0.01, cloud.coords.shape).astype(np.float32), cloud.colors
     )
-    off = np.abs(np.linalg.norm(snap_to_cloud(mesh, noisy).verts, axis=1) - 0.35).mean()
+    off = np.abs(np.linalg.norm(meshing.snap_to_cloud(mesh, noisy).verts, axis=1) - 0.35).mean()
     assert off < 0.006, off
     # surface the cloud does not support stays where the SDF put it
     far = PointCloud(cloud.coords + np.float32([2.0, 0, 0]), cloud.colors)
-    np.testing.assert_array_equal(snap_to_cloud(mesh, far).verts, mesh.verts)
+    np.testing.assert_array_equal(meshing.snap_to_cloud(mesh, far).verts, mesh.verts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -180,8 +169,10 @@ def test_snapping_moves_vertices_onto_the_cloud_and_keeps_faces():
 
 
 @pytest.fixture(scope="module")
-def colored_mesh() -> TriMesh:
-    return mesh_from_cloud(_two_tone_sphere_cloud(), _np_fn(_sphere), "sdf", grid_size=20).mesh
+def colored_mesh() -> meshing.TriMesh:
+    return meshing.mesh_from_cloud(
+        _two_tone_sphere_cloud(), _np_fn(_sphere), "sdf", grid_size=20
+    ).mesh
 
 
 def _bytes(c):
@@ -258,43 +249,43 @@ def test_empty_or_nan_cloud_is_rejected():
 
 @pytest.mark.parametrize("grid", [0, 1, -5, 2.5])
 def test_bad_grid_size(grid):
-    with pytest.raises(MeshError, match="grid_size"):
-        marching_cubes(_np_fn(_sphere), grid_size=grid)
+    with pytest.raises(meshing.MeshError, match="grid_size"):
+        meshing.marching_cubes(_np_fn(_sphere), grid_size=grid)
 
 
 def test_sdf_fn_nan_or_wrong_shape():
-    with pytest.raises(MeshError, match="NaN"):
-        marching_cubes(lambda q: torch.full((len(q),), float("nan")), grid_size=16)
-    with pytest.raises(MeshError, match="shape"):
-        marching_cubes(lambda q: torch.zeros(len(q), 1), grid_size=16)
+    with pytest.raises(meshing.MeshError, match="NaN"):
+        meshing.marching_cubes(lambda q: torch.full((len(q),), float("nan")), grid_size=16)
+    with pytest.raises(meshing.MeshError, match="shape"):
+        meshing.marching_cubes(lambda q: torch.zeros(len(q), 1), grid_size=16)
 
 
 def test_no_surface_in_grid():
-    with pytest.raises(MeshError, match="never crosses"):
-        marching_cubes(lambda q: torch.ones(len(q)), grid_size=16)
+    with pytest.raises(meshing.MeshError, match="never crosses"):
+        meshing.marching_cubes(lambda q: torch.ones(len(q)), grid_size=16)
 
 
 def test_unwritable_or_unknown_output(tmp_path, colored_mesh):
-    with pytest.raises(MeshError, match="does not exist"):
+    with pytest.raises(meshing.MeshError, match="does not exist"):
         colored_mesh.save(tmp_path / "missing" / "m.glb")
-    with pytest.raises(MeshError, match="suffix"):
+    with pytest.raises(meshing.MeshError, match="suffix"):
         colored_mesh.save(tmp_path / "m.stl")
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
     try:
         if not os.access(locked, os.W_OK):  # root ignores permissions
-            with pytest.raises(MeshError, match="not writable"):
+            with pytest.raises(meshing.MeshError, match="not writable"):
                 colored_mesh.save(locked / "m.ply")
     finally:
         locked.chmod(0o700)
 
 
 def test_trimesh_validates_shapes():
-    with pytest.raises(MeshError, match="out of range"):
-        TriMesh(np.zeros((3, 3)), np.array([[0, 1, 3]]))
-    with pytest.raises(MeshError, match="colors"):
-        TriMesh(np.zeros((3, 3)), np.array([[0, 1, 2]]), colors=np.zeros((2, 3)))
+    with pytest.raises(meshing.MeshError, match="out of range"):
+        meshing.TriMesh(np.zeros((3, 3)), np.array([[0, 1, 3]]))
+    with pytest.raises(meshing.MeshError, match="colors"):
+        meshing.TriMesh(np.zeros((3, 3)), np.array([[0, 1, 2]]), colors=np.zeros((2, 3)))
 
 
 def test_poisson_survives_a_degenerate_cloud():
@@ -305,6 +296,6 @@ def test_poisson_survives_a_degenerate_cloud():
     p[:256, 1] = -0.5  # half the points on one face, as a clamped sample
     cloud = PointCloud(p, np.full((512, 3), 0.5, np.float32))
     try:
-        assert poisson_mesh(cloud, depth=5).num_faces > 0
-    except MeshError:
+        assert meshing.poisson_mesh(cloud, depth=5).num_faces > 0
+    except meshing.MeshError:
         pass
