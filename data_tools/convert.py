@@ -1,4 +1,5 @@
-"""One object: mesh file (or a point cloud: ``data_tools.clouds``) → normalised coloured 4096-point cloud + SDF samples (a record).
+"""One object: mesh file (or a point cloud: ``data_tools.clouds``) → normalised coloured
+4096-point cloud + SDF samples (a record).
 
 Steps: load (``data_tools.mesh_reader``, Z-up) → normalise on the mesh bbox → area-weighted surface
 sample (``oversample`` points) → keep points visible from ``views`` viewpoints → farthest point

@@ -247,7 +247,8 @@ def resolve(path: str | os.PathLike) -> Path:
 
 
 def _existing(ckpt: Path, name: str, consequence: str = "") -> Path:
-    """``ckpt / name``; a CheckpointError naming the missing file (and ``consequence``) if absent."""
+    """``ckpt / name``; a CheckpointError naming the missing file (and ``consequence``) if
+    absent."""
     f = ckpt / name
     if not f.is_file():
         raise CheckpointError(f"{ckpt}: {name} is missing{consequence}")

@@ -74,11 +74,11 @@ def build_text_encoder(
     """The text encoder a ``TextConfig`` names: a CLIP tower (``TextEncoder``), a ``WordEncoder``
     (``words``) or an ``HFTextEncoder`` (``hf:…``).
 
-    ``pretrained`` may name a directory (or its ``text.safetensors``) written by ``save`` (``load_text_encoder``);
-    for the from-scratch archs (``tiny``/``small``) anything that is not a path (e.g. the
-    default tag ``"openai"``) means random init. A CLIP ``TAG@sha256:HEX`` or
-    ``sha256:HEX`` record is found as ``TextEncoder.from_pretrained`` finds a tag (``clip_weights``:
-    a local file of it), hash-checked.
+    ``pretrained`` may name a directory (or its ``text.safetensors``) written by ``save``
+    (``load_text_encoder``); for the from-scratch archs (``tiny``/``small``) anything that is not
+    a path (e.g. the default tag ``"openai"``) means random init. A CLIP ``TAG@sha256:HEX`` or
+    ``sha256:HEX`` record is found as ``TextEncoder.from_pretrained`` finds a tag
+    (``clip_weights``: a local file of it), hash-checked.
     """
     if cfg.arch.startswith(WordEncoder.ARCH):
         return _words_encoder(cfg.arch)
@@ -120,7 +120,8 @@ def load_frozen_clip(
 
     Under a process group, local rank 0 of each node resolves the weights first (downloading
     them once where needed), then a barrier, then the other ranks read them from the cache it
-    filled; never every rank downloading at once. Without a group it is ``TextEncoder.from_pretrained``.
+    filled; never every rank downloading at once. Without a group it is
+    ``TextEncoder.from_pretrained``.
     """
     import torch.distributed as tdist
 
