@@ -19,7 +19,8 @@ coarse-to-fine mesh's on how much of the grid the surface crosses):
   seeded (both draw the same random numbers). Shap-E: ``renderer.render_views`` in ``nerf`` mode.
 
 ``--breakdown`` profiles pointdiff's bf16 text step: the seconds in its linear layers (GEMMs),
-in attention and in everything else, i.e. how far the step is from this CPU's GEMM rate.
+in attention (the head loop's GEMMs and softmax, or PyTorch's fused kernel), GELU, LayerNorm and
+everything else, i.e. how far the step is from this CPU's GEMM rate.
 
 "match" compares each output with Shap-E's fp32 output: the max difference relative to the
 output's largest value (latents, pixels), or for meshes the farthest Shap-E vertex from ours and
@@ -364,19 +365,26 @@ def _mesh_match(mesh, ref) -> list[str]:
 
 #: profiler op names → where a text step's time goes (the rest: norms, GELU, copies, adds)
 _OP_GROUPS = {
-    "linear layers (GEMM)": ("aten::addmm", "aten::mm", "aten::bmm"),
-    "attention (SDPA)": ("aten::_scaled_dot_product_flash_attention_for_cpu",),
+    "linear layers (GEMM; the MLP's input layer fused with its GELU)": (
+        "aten::addmm",
+        "mkldnn::_linear_pointwise",
+    ),
+    "attention: score and value GEMMs (head loop)": ("aten::mm", "aten::bmm"),
+    "attention: softmax (head loop)": ("aten::_softmax",),
+    "attention: fused kernel (SDPA)": ("aten::_scaled_dot_product_flash_attention_for_cpu",),
+    "GELU": ("aten::gelu",),
+    "LayerNorm": ("aten::native_layer_norm",),
 }
 
 
 def _print_breakdown(step) -> None:
     """Self CPU seconds of one bf16 ``step`` by op group, as torch's profiler counts them, and
-    the GEMMs' rate beside a bare bf16 GEMM of the MLP's shape (this core's rate)."""
+    the GEMMs' rates beside a bare bf16 GEMM of the MLP's shape (this core's rate)."""
     with BF16(), torch.no_grad(), torch.profiler.profile(with_flops=True) as prof:
         step()
     events = prof.key_averages()
     total = {e.key: e.self_cpu_time_total / 1e6 for e in events}
-    gemm_flops = sum(e.flops for e in events if e.key in _OP_GROUPS["linear layers (GEMM)"])
+    flops = {e.key: e.flops for e in events}
     a, w = torch.randn(2052, 1024).bfloat16(), torch.randn(4096, 1024).bfloat16()
     torch.nn.functional.linear(a, w)
     (_, bare), _ = _timed(lambda: [torch.nn.functional.linear(a, w) for _ in range(5)])
@@ -385,7 +393,11 @@ def _print_breakdown(step) -> None:
     for group, ops in _OP_GROUPS.items():
         sec = sum(total.get(op, 0.0) for op in ops)
         rest -= sec
-        rate = f" ({gemm_flops / sec / 1e9:.0f} GFLOP/s)" if "GEMM" in group and sec else ""
+        counted = [op for op in ops if flops.get(op)]  # the profiler counts aten GEMMs only
+        gemm_sec = sum(total[op] for op in counted)
+        gemm = "GEMM" in group and gemm_sec > 0
+        rate = sum(flops[op] for op in counted) / gemm_sec / 1e9 if gemm else 0
+        rate = f" ({', '.join(counted)}: {rate:.0f} GFLOP/s)" if rate else ""
         print(f"| {group}{rate} | {sec:.2f} |")
     print(f"| everything else | {rest:.2f} |\n| total | {sum(total.values()):.2f} |")
     print(

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pointdiff.config import DenoiserConfig, UpsamplerConfig, get_preset
 from pointdiff.models import (
@@ -14,11 +15,13 @@ from pointdiff.models import (
     PointUpsampler,
     build_model,
     count_params,
+    layers,
 )
 from pointdiff.models.layers import (
     CrossAttention,
     ResidualCrossAttentionBlock,
     SelfAttention,
+    attention,
     timestep_embedding,
 )
 
@@ -227,6 +230,85 @@ def test_self_attention_is_softmax_attention():
     w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(4), dim=-1)
     ref = attn.c_proj((w @ v).transpose(1, 2).reshape(2, 5, 16))
     torch.testing.assert_close(attn(x), ref)
+
+
+def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.double() - ref).norm() / ref.norm())
+
+
+@pytest.mark.parametrize(
+    "b, h, tq, tk, kv_batch", [(2, 3, 300, 300, 2), (2, 2, 1100, 260, 1), (1, 1, 256, 256, 1)]
+)
+def test_attention_head_loop_is_softmax_attention(monkeypatch, b, h, tq, tk, kv_batch):
+    """bf16 inference on a CPU runs the head loop (here in equal query blocks of at most 128
+    rows): softmax attention to bf16 accuracy, at most twice the fused kernel's error."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(b, h, tq, 16, generator=g)
+    k, v = (torch.randn(kv_batch, h, tk, 16, generator=g) for _ in range(2))
+    w = torch.softmax(q.double() @ k.double().transpose(-1, -2) / 4, dim=-1)
+    ref = w @ v.double()
+    q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    fused = F.scaled_dot_product_attention(q, k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1))
+
+    def no_fused(*args, **kwargs):
+        raise AssertionError("the fused kernel ran")
+
+    monkeypatch.setattr(layers, "_SCORE_BLOCK", 128 * tk)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", no_fused)
+    with torch.no_grad():
+        out = attention(q, k, v)
+    assert out.dtype == torch.bfloat16 and out.shape == (b, h, tq, 16)
+    assert _rel_err(out, ref) < 2 * _rel_err(fused, ref) + 1e-3, (out, fused)
+
+
+def test_attention_uses_the_fused_kernel_elsewhere(monkeypatch):
+    """fp32, training (inputs needing gradients) and small score blocks: PyTorch's kernel,
+    bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 300, 16, generator=g) for _ in range(3))
+    assert torch.equal(attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    small = [t[:, :, :200].bfloat16() for t in (q, k, v)]  # 200² < 2^16 scores
+    assert torch.equal(attention(*small), F.scaled_dot_product_attention(*small))
+    qb = q.bfloat16().requires_grad_()
+    out = attention(qb, k.bfloat16(), v.bfloat16())
+    assert torch.equal(out, F.scaled_dot_product_attention(qb, k.bfloat16(), v.bfloat16()))
+    out.float().sum().backward()
+    assert qb.grad is not None and qb.grad.abs().sum() > 0
+
+
+@pytest.mark.skipif(layers._FUSED_LINEAR is None, reason="this torch build has no oneDNN bf16")
+def test_linear_gelu_fused_is_gelu_of_linear():
+    """bf16 weights, no autograd: the fused oneDNN call is GELU(xWᵀ + b) to bf16 accuracy,
+    no further from float64 than the unfused bf16 ops; 3-D inputs keep their shape."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 96).bfloat16()
+    x = torch.randn(2, 70, 64)
+    ref = F.gelu(F.linear(x.double(), layer.weight.double(), layer.bias.double()))
+    with torch.no_grad():
+        fused = layers.linear_gelu(x, layer)
+        plain = F.gelu(layer(x.bfloat16()))
+    assert fused.shape == (2, 70, 96) and fused.dtype == torch.bfloat16
+    assert (fused.double() - ref).abs().max() <= (plain.double() - ref).abs().max()
+    assert _rel_err(fused, ref) < 4e-3
+    fp32 = torch.nn.Linear(64, 96)
+    fp32.load_state_dict(layer.float().state_dict())
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):  # casts as for the layer
+        assert torch.equal(layers.linear_gelu(x, fp32), fused)
+
+
+def test_linear_gelu_unfused_elsewhere(monkeypatch):
+    """fp32 weights, autograd, or no oneDNN: exactly ``F.gelu(layer(x))``."""
+    torch.manual_seed(0)
+    layer, x = torch.nn.Linear(8, 12), torch.randn(3, 8)
+    assert torch.equal(layers.linear_gelu(x, layer), F.gelu(layer(x)))
+    bf = torch.nn.Linear(8, 12).bfloat16()
+    out = layers.linear_gelu(x.bfloat16(), bf)  # weights need gradients: autograd path
+    assert torch.equal(out, F.gelu(bf(x.bfloat16())))
+    out.float().sum().backward()
+    assert bf.weight.grad is not None
+    monkeypatch.setattr(layers, "_FUSED_LINEAR", None)
+    with torch.no_grad():
+        assert torch.equal(layers.linear_gelu(x.bfloat16(), bf), F.gelu(bf(x.bfloat16())))
 
 
 def test_cross_attention_cached_kv_matches_and_broadcasts():

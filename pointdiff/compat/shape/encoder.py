@@ -36,6 +36,7 @@ from torch import nn
 
 from pointdiff.compat.shape.decoder import posenc_nerf
 from pointdiff.compat.shape.transformer import MLP, Backbone
+from pointdiff.models.layers import attention
 
 _ALPHA_OPAQUE = 0.999  # pixels at least this opaque carry a surface point
 _VIEW_CHUNK = 4  # views per multiview convolution call (the 279-channel input is large)
@@ -143,7 +144,7 @@ class _CrossAttention(nn.Module):
         # per-head interleaved rows [h0: k v | h1: k v | …], as Shap-E's c_kv
         kv = self.c_kv(data).view(b, data.shape[1], self.heads, -1).transpose(1, 2)
         k, v = kv.chunk(2, dim=-1)
-        out = F.scaled_dot_product_attention(q, k, v)  # 1/√d = Shap-E's d^(-1/4) on q and k
+        out = attention(q, k, v)  # 1/√d = Shap-E's d^(-1/4) on q and k
         return self.c_proj(out.transpose(1, 2).reshape(b, n, w))
 
 

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pointdiff.models.layers import attention, linear_gelu
+
 
 @dataclass(frozen=True)
 class LatentDenoiserConfig:
@@ -55,7 +57,7 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(4 * width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x)))  # exact (erf) GELU, as nn.GELU()
+        return self.c_proj(linear_gelu(x, self.c_fc))  # exact (erf) GELU, as nn.GELU()
 
 
 class _Attention(nn.Module):
@@ -70,8 +72,8 @@ class _Attention(nn.Module):
         # Shap-E's fused rows are interleaved per head: view [B, T, H, 3·d] and split the last axis.
         qkv = self.c_qkv(x).view(b, n, self.heads, -1).transpose(1, 2)
         q, k, v = qkv.chunk(3, dim=-1)
-        # SDPA's 1/√d equals Shap-E's d^(-1/4) on q and on k (same maths, fused kernel).
-        out = F.scaled_dot_product_attention(q, k, v)
+        # 1/√d equals Shap-E's d^(-1/4) on q and on k (same maths; see models.layers.attention)
+        out = attention(q, k, v)
         return self.c_proj(out.transpose(1, 2).reshape(b, n, w))
 
 
