@@ -162,13 +162,12 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(width, 4 * width)
         self.c_proj = nn.Linear(4 * width, width)
-        self.gelu = nn.GELU()
         if init_std is not None:
             init_linear(self.c_fc, init_std)
             init_linear(self.c_proj, init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(self.gelu(self.c_fc(x)))
+        return self.c_proj(linear_gelu(x, self.c_fc))
 
 
 def _check_heads(width: int, heads: int) -> int:
@@ -181,7 +180,7 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention with one fused ``c_qkv`` Linear(w, 3w) laid out ``[q | k | v]``.
 
     Scaled dot-product attention (1/√d), no mask, no dropout — point-e's maths (it scales q and
-    k each by d^-¼), computed by ``F.scaled_dot_product_attention``.
+    k each by d^-¼), computed by ``attention``.
     """
 
     def __init__(self, width: int, heads: int, init_std: float | None = None):
@@ -199,7 +198,7 @@ class SelfAttention(nn.Module):
         b, t, w = x.shape
         # [B, T, 3w] -> [3, B, H, T, d]: views only; SDPA wants the head dim before time.
         qkv = self.c_qkv(x).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # [B, H, T, d]
+        out = attention(qkv[0], qkv[1], qkv[2])  # [B, H, T, d]
         return self.c_proj(out.transpose(1, 2).reshape(b, t, w))
 
 
@@ -243,7 +242,7 @@ class CrossAttention(nn.Module):
         k, v = kv[0], kv[1]
         if k.shape[0] != b:
             k, v = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
         return self.c_proj(out.transpose(1, 2).reshape(b, t, w))
 
 
