@@ -104,7 +104,7 @@ def _nfe_calls(pipe, pointe_attn: bool) -> dict:
             den = type(stage.denoiser)(
                 pointe_copy(stage.denoiser.net), stage.denoiser.alphas_cumprod
             )
-            model = guided(den) if stage.uses_text else clamp_denoised(den)
+            model = guided(den) if stage.cond_key else clamp_denoised(den)
             calls[(key, "point-e attn fp32")] = run(model, x, False, **cond)
     return calls
 

@@ -8,17 +8,19 @@ the ``base40M`` guided step (batch 2) ≥ 1.5× faster in fp32 and ≥ 5× with 
 ``upsample40M`` forward (batch 1) ≥ 2× fp32 and ≥ 6× bf16. This script measures what the
 hardware allows, in one run:
 
-1. **Peaks**: the best GEMM throughput (the shapes of the models' Linear layers) and the best
-   fused attention throughput (``scaled_dot_product_attention`` at the models' sequence lengths)
-   in fp32 and bf16.
+1. **Peaks**: the best GEMM throughput (the shapes of the models' Linear layers) and the
+   attention throughput of pointdiff's kernel at the models' sequence lengths
+   (``models.layers.attention``: PyTorch's fused ``scaled_dot_product_attention`` in fp32, the
+   head loop in bf16), in fp32 and bf16.
 2. **FLOPs** of one forward (2·params·tokens for the Linear layers, 4·T²·width per layer for
    attention), and the **lower bound** time = Linear FLOPs / GEMM peak + attention FLOPs /
-   attention peak — no implementation that computes the same function exactly can be faster.
+   attention peak — what these kernels allow, with nothing else in the forward costing time.
 3. **Measured** pointdiff forwards (``--no-measure`` skips them), and the speed-up targets next to
    the best speed-up the bound allows.
 
 On a CPU with AMX (the machine kind point-e.md measured) the bf16 peaks are several times the fp32
-ones; with AVX512-BF16 only, bf16 GEMM is ~2.8× fp32 and the fused attention kernel gains nothing.
+ones; with AVX512-BF16 only, bf16 GEMM is ~2.8× fp32 and PyTorch's fused attention kernel gains
+nothing from bf16 (the head loop does).
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ import platform
 import time
 
 import torch
-import torch.nn.functional as F
 
 from pointdiff.config import DenoiserConfig, UpsamplerConfig
 from pointdiff.models import PointDenoiser, PointUpsampler
+from pointdiff.models.layers import attention
 
 # point-e.md §11: point-e's own modules on this project's 2-core VM (fp32); the issues quote
 # ≈1.5 s and ≈8.5 s for the same figures.
@@ -68,9 +70,10 @@ def gemm_peak(tokens: int, width: int, dtype: torch.dtype, reps: int) -> float:
 
 
 def attention_peak(batch: int, tokens: int, width: int, heads: int, dtype, reps: int) -> float:
-    """FLOP/s of the fused attention kernel at this sequence length ([B, H, T, w/H])."""
+    """FLOP/s of pointdiff's attention (inference) at this sequence length ([B, H, T, w/H])."""
     q, k, v = (torch.randn(batch, heads, tokens, width // heads, dtype=dtype) for _ in range(3))
-    t = _best(lambda: F.scaled_dot_product_attention(q, k, v), reps)
+    with torch.no_grad():
+        t = _best(lambda: attention(q, k, v), reps)
     return 4 * batch * tokens * tokens * width / t
 
 
