@@ -2,7 +2,8 @@
 
 Point-E's blocks (``point_e/models/transformer.py``, ``perceiver.py``) with two changes that do not
 alter the maths: attention runs through ``attention`` (PyTorch's fused kernels, no materialised
-[B, H, T, T] fp32 weights; head by head for bf16 inference on a CPU), and the fused projections
+[B, H, T, T] fp32 weights; head by head for bf16 inference on a CPU, where the scores are rounded
+to bf16 before the softmax), and the fused projections
 use a natural layout — ``c_qkv`` outputs ``[q | k | v]`` and ``c_kv`` outputs ``[k | v]``, each
 with the heads contiguous, instead of point-e's per-head interleaving (``pointdiff.compat.pointe``
 permutes released weights).
@@ -39,8 +40,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     1026² scores, batch 2, one thread), and a loop over heads and blocks of queries is 2.2-2.6×
     as fast: a bf16 GEMM for a block of scores small enough to stay in cache, a softmax (fp32
     inside, bf16 out) and a bf16 GEMM with the values.
-    The scores are rounded to bf16 before the softmax, as in Shap-E's and point-e's own bf16
-    paths: relative error 4.4e-3 against float64 where the fused kernel's is 2.2e-3 (Shap-E's
+    The scores are rounded to bf16 before the softmax, as in Shap-E's bf16 and point-e's fp16
+    paths (their einsums): relative error 4.4e-3 against float64 where the fused kernel's is 2.2e-3 (Shap-E's
     own 5.1e-3). Keys and values of batch 1 broadcast over the queries' batch.
     """
     tq, tk = q.shape[-2], k.shape[-2]
