@@ -39,10 +39,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     fused kernel spends most of its time in the softmax (about 100 ms for Shap-E's 16 heads ×
     1026² scores, batch 2, one thread), and a loop over heads and blocks of queries is 2.2-2.6×
     as fast: a bf16 GEMM for a block of scores small enough to stay in cache, a softmax (fp32
-    inside, bf16 out) and a bf16 GEMM with the values.
-    The scores are rounded to bf16 before the softmax, as in Shap-E's bf16 and point-e's fp16
-    paths (their einsums): relative error 4.4e-3 against float64 where the fused kernel's is 2.2e-3 (Shap-E's
-    own 5.1e-3). Keys and values of batch 1 broadcast over the queries' batch.
+    inside, bf16 out) and a bf16 GEMM with the values. The scores are rounded to bf16 before
+    the softmax, as in Shap-E's bf16 and point-e's fp16 paths (their einsums): relative error
+    4.4e-3 against float64 where the fused kernel's is 2.2e-3 (Shap-E's own 5.1e-3). Keys and
+    values of batch 1 broadcast over the queries' batch.
     """
     tq, tk = q.shape[-2], k.shape[-2]
     if (
